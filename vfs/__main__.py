@@ -1,0 +1,5 @@
+"""``python -m vfs`` runs the command line."""
+
+from vfs.cli.main import main
+
+main()

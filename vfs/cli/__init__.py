@@ -1,0 +1,1 @@
+"""The ``vfs`` command line: one module per command group."""

@@ -1,0 +1,67 @@
+"""Pieces shared by the command groups: error reporting, S3 options, output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from vfs.errors import VfsError
+from vfs.storage import S3Options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class VfsGroup(click.Group):
+    """A click group that turns :class:`VfsError` into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VfsError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def s3_options(func: F) -> F:
+    """Add ``--endpoint-url`` and ``--expected-bucket-owner`` to a command."""
+    func = click.option(
+        "--expected-bucket-owner",
+        envvar="VFS_EXPECTED_BUCKET_OWNER",
+        metavar="ACCOUNT_ID",
+        help="AWS account id that must own the bucket; sent on every S3 call.",
+    )(func)
+    func = click.option(
+        "--endpoint-url",
+        envvar="AWS_ENDPOINT_URL",
+        metavar="URL",
+        help="S3 endpoint (for S3-compatible servers). Default: AWS_ENDPOINT_URL or AWS.",
+    )(func)
+    return func
+
+
+def make_s3_options(endpoint_url: str | None, expected_bucket_owner: str | None) -> S3Options:
+    """The :class:`S3Options` the two common flags describe."""
+    return S3Options(endpoint_url=endpoint_url or None, expected_bucket_owner=expected_bucket_owner)
+
+
+def emit_json(value: Any) -> None:
+    """Print ``value`` as one line of JSON on stdout."""
+    sys.stdout.write(json.dumps(value) + "\n")
+
+
+def setup_logging(verbose: int, log_file: str | None = None) -> None:
+    """Log to stderr (or ``log_file``): warnings by default, info with -v, debug with -vv."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler: logging.Handler = (
+        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,105 @@
+"""``vfs mount`` and ``vfs unmount``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import platformdirs
+
+from vfs.cli.common import make_s3_options, s3_options, setup_logging
+from vfs.mount.service import (
+    MountConfig,
+    default_log_file,
+    python_argv,
+    run_mount,
+    start_mount,
+    unmount as unmount_path,
+)
+
+
+def default_cache_dir() -> str:
+    """The node's shared cache: ``$VFS_CACHE_DIR`` or the user cache dir (``~/.cache/vfs``)."""
+    return os.environ.get("VFS_CACHE_DIR") or platformdirs.user_cache_dir("vfs")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--manifest", "manifests", multiple=True, required=True, metavar="FILE",
+              help="Manifest file or s3://BUCKET/KEY (repeatable; later ones win per path).")
+@click.option("--store", "store_uri", required=True, metavar="URI",
+              help="Where the CAS objects are: s3://BUCKET/PREFIX or file:///DIR.")
+@click.option("--cache-dir", default=None, metavar="DIR",
+              help="Object cache shared by all mounts (default: $VFS_CACHE_DIR or ~/.cache/vfs).")
+@click.option("-o", "fuse_options", multiple=True, metavar="OPTION",
+              help="FUSE mount option, e.g. -o allow_other (repeatable, comma-separated).")
+@click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("--log-file", default=None, metavar="FILE",
+              help="Log file (default: stderr in the foreground, "
+                   "CACHE_DIR/logs/mount-*.log in the background).")
+@click.option("--max-fetches", default=16, show_default=True,
+              help="Concurrent object downloads.")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@s3_options
+@click.pass_context
+def mount(
+    ctx: click.Context,
+    mountpoint: str,
+    manifests: tuple[str, ...],
+    store_uri: str,
+    cache_dir: str | None,
+    fuse_options: tuple[str, ...],
+    foreground: bool,
+    log_file: str | None,
+    max_fetches: int,
+    ready_fd: int | None,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Mount the merged MANIFESTs read-only at MOUNTPOINT.
+
+    Without --foreground, returns once the mount answers (exit status 1 and the reason
+    when it cannot mount); the daemon keeps running until `vfs unmount MOUNTPOINT`.
+    """
+    cache = os.path.abspath(cache_dir or default_cache_dir())
+    locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
+    verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
+    if foreground:
+        if log_file:
+            setup_logging(max(verbose, 1), log_file)
+        elif verbose == 0:
+            setup_logging(1 if ready_fd is None else 0)
+        config = MountConfig(
+            mountpoint=mountpoint,
+            manifests=locations,
+            store_uri=store_uri,
+            cache_dir=cache,
+            fuse_options=list(fuse_options),
+            s3=make_s3_options(endpoint_url, expected_bucket_owner),
+            max_fetches=max_fetches,
+        )
+        run_mount(config, ready_fd)
+        return
+    argv = [*python_argv(), *(["-" + "v" * verbose] if verbose else []), "mount",
+            os.path.abspath(mountpoint), "--store", store_uri, "--cache-dir", cache,
+            "--max-fetches", str(max_fetches), "--foreground"]
+    for m in locations:
+        argv += ["--manifest", m]
+    for o in fuse_options:
+        argv += ["-o", o]
+    if endpoint_url:
+        argv += ["--endpoint-url", endpoint_url]
+    if expected_bucket_owner:
+        argv += ["--expected-bucket-owner", expected_bucket_owner]
+    log_path = log_file or default_log_file(cache, mountpoint)
+    pid = start_mount(argv, log_path)
+    click.echo(f"mounted {os.path.abspath(mountpoint)} (pid {pid}, log {log_path})")
+    sys.stdout.flush()
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+def unmount(mountpoint: str) -> None:
+    """Unmount a vfs mount; returns once it is gone."""
+    unmount_path(mountpoint)

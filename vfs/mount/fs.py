@@ -1,0 +1,271 @@
+"""The pyfuse3 ``Operations`` of a read-only mount: a thin translation layer.
+
+Requests are answered from the :class:`~vfs.mount.tree.InodeTree` (metadata) and the
+:class:`~vfs.mount.fetcher.ObjectFetcher` (content). The tree never changes while mounted,
+so every reply carries long entry and attribute timeouts, absent names are answered with
+cached negative entries, and files are opened with ``keep_cache``: after the first pass the
+kernel answers on its own (fuse-anchors.md §3.3).
+
+Reads of cached objects are served inline with ``os.pread`` (a thread hop costs more than it
+saves at 128 KiB–1 MiB requests, reference/test-environment.md); fetches run in threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
+
+import pyfuse3
+
+from vfs.mount.fetcher import ObjectFetcher
+from vfs.mount.stats import MountStats
+from vfs.mount.tree import InodeTree
+from vfs.storage import data_key
+
+log = logging.getLogger(__name__)
+
+CACHE_TIMEOUT = 365 * 24 * 3600.0
+"""Entry and attribute timeout in seconds: the base tree is immutable."""
+
+BLOCK_SIZE = 128 * 1024
+"""``st_blksize`` reported for files: the preferred I/O size."""
+
+XATTR_HASH = b"user.vfs.hash"
+XATTR_SOURCE = b"user.vfs.source"
+XATTR_STATS = b"user.vfs.stats"
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Self = TypeVar("_Self", bound="ReadOnlyOperations")
+
+
+def _guarded(
+    handler: Callable[Concatenate[_Self, _P], Awaitable[_R]],
+) -> Callable[Concatenate[_Self, _P], Awaitable[_R]]:
+    """Turn an unexpected exception into EIO and a log line.
+
+    pyfuse3 only answers ``FUSEError``; any other exception would end its main loop and
+    take the mount down with it.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(self: _Self, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            self.stats.add("eio")
+            log.exception("internal error in %s%r", handler.__name__, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(slots=True)
+class _Handle:
+    inode: int
+    hash: str
+    size: int
+    fd: int | None = None
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    """FUSE operations over ``tree``, reading content through ``fetcher``."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: InodeTree, fetcher: ObjectFetcher, stats: MountStats) -> None:
+        super().__init__()
+        self.tree = tree
+        self.fetcher = fetcher
+        self.stats = stats
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._handles: dict[int, _Handle] = {}
+        self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
+        self._next_fh = 1
+
+    # -- attributes -------------------------------------------------------------------------
+
+    def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+        tree = self.tree
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = CACHE_TIMEOUT
+        a.attr_timeout = CACHE_TIMEOUT
+        if ino in tree.children:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_size = 4096
+            a.st_nlink = tree.nlink(ino)
+        else:
+            a.st_mode = stat.S_IFREG | 0o644
+            a.st_size = tree.size[ino]
+            a.st_nlink = 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_blksize = BLOCK_SIZE
+        a.st_blocks = (a.st_size + 511) // 512
+        ns = tree.mtime[ino] * 1000
+        a.st_mtime_ns = ns
+        a.st_ctime_ns = ns
+        a.st_atime_ns = ns
+        return a
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = CACHE_TIMEOUT
+        return a
+
+    @_guarded
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self.stats.add("req.lookup")
+        if name == b".":
+            return self._attrs(parent_inode)
+        if name == b"..":
+            return self._attrs(self.tree.parent[parent_inode] or parent_inode)
+        ino = self.tree.lookup(parent_inode, name)
+        if ino is None:
+            return self._negative()
+        return self._attrs(ino)
+
+    @_guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self.stats.add("req.getattr")
+        if not self.tree.exists(inode):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(inode)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
+        # Base inodes live as long as the mount; lookup counts need no tracking.
+        return None
+
+    @_guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLOCK_SIZE
+        s.f_frsize = 4096
+        s.f_blocks = (self.tree.total_size + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.tree)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- directories ------------------------------------------------------------------------
+
+    @_guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self.stats.add("req.opendir")
+        if not self.tree.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        # Snapshot the entries once per open: readdir is called many times with offsets.
+        self._dir_handles[fh] = list(self.tree.entries(inode))
+        return fh
+
+    @_guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        self.stats.add("req.readdir")
+        entries = self._dir_handles[fh]
+        for index in range(start_id, len(entries)):
+            name, ino = entries[index]
+            if not pyfuse3.readdir_reply(token, name, self._attrs(ino), index + 1):
+                break
+
+    @_guarded
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    # -- files ------------------------------------------------------------------------------
+
+    @_guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        self.stats.add("req.open")
+        if self.tree.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if not self.tree.exists(inode):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        info = self.tree.file_info(inode)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(inode, info.hash, info.size)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.stats.add("req.read")
+        handle = self._handles[fh]
+        if off >= handle.size or handle.size == 0:
+            return b""
+        fd = handle.fd
+        if fd is None:
+            fd = await self._open_content(handle)
+        data = os.pread(fd, size, off)
+        self.stats.add("read.bytes", len(data))
+        return data
+
+    async def _open_content(self, handle: _Handle) -> int:
+        """Fetch the handle's object if needed and open the cached copy."""
+        try:
+            path = await self.fetcher.ensure(handle.hash, handle.size)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except Exception as e:
+            self.stats.add("eio")
+            log.error(
+                "read of %s failed (key %s): %s",
+                self.tree.path_of(handle.inode),
+                data_key(handle.hash),
+                self.fetcher.cache.describe_error(e),
+            )
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if handle.fd is None:
+            handle.fd = fd
+        else:  # a concurrent read on the same handle opened it first
+            os.close(fd)
+        return handle.fd
+
+    @_guarded
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.fd is not None:
+            os.close(handle.fd)
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    @_guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        tree = self.tree
+        if name == XATTR_STATS and inode == pyfuse3.ROOT_INODE:
+            return self.stats.to_json()
+        if tree.exists(inode) and not tree.is_dir(inode):
+            if name == XATTR_HASH:
+                return tree.hash_hex(inode).encode()
+            if name == XATTR_SOURCE:
+                return tree.source_of(inode).encode("utf-8", "surrogateescape")
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if inode == pyfuse3.ROOT_INODE:
+            return [XATTR_STATS]
+        if self.tree.exists(inode) and not self.tree.is_dir(inode):
+            return [XATTR_HASH, XATTR_SOURCE]
+        return []
+

@@ -1,0 +1,316 @@
+"""Running a mount: load and check the manifests, mount, serve, signal readiness, unmount.
+
+``run_mount`` is the daemon (foreground) side. ``start_mount`` is what ``vfs mount`` does by
+default: it starts the daemon as a detached child process and returns only once the mount
+answers, or fails with the daemon's own error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from vfs.errors import MountError, VfsError
+from vfs.hashing import hash_string
+from vfs.manifest import Manifest, decode_manifest
+from vfs.mount.cache import ObjectCache
+from vfs.mount.fetcher import ObjectFetcher
+from vfs.mount.fs import ReadOnlyOperations
+from vfs.mount.stats import MountStats
+from vfs.mount.tree import InodeTree
+from vfs.storage import S3Options, open_store, read_location
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 300.0
+"""Seconds ``start_mount`` waits for the daemon to answer before giving up."""
+
+READY_PREFIX = b"ready "
+
+
+@dataclass(slots=True)
+class MountConfig:
+    """Everything a mount needs.
+
+    ``manifests``: local paths or ``s3://bucket/key`` URIs, merged in order (last wins).
+    ``store_uri``: where CAS objects are (``s3://BUCKET/PREFIX`` or ``file:///DIR``).
+    ``fuse_options``: extra ``-o`` mount options (e.g. ``allow_other``).
+    """
+
+    mountpoint: str
+    manifests: list[str]
+    store_uri: str
+    cache_dir: str
+    fuse_options: list[str] = field(default_factory=list)
+    s3: S3Options = field(default_factory=S3Options)
+    max_fetches: int = 16
+
+
+def load_manifests(
+    locations: Sequence[str], s3: S3Options | None = None
+) -> tuple[list[Manifest], list[str]]:
+    """Read and decode each manifest; return them with the names used in messages.
+
+    Raises :class:`VfsError` (``StoreError``, ``ManifestError``) naming the manifest.
+    """
+    manifests = []
+    for location in locations:
+        data = read_location(location, s3)
+        manifests.append(decode_manifest(data, source=location))
+    return manifests, list(locations)
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """Return the absolute mount point after checking it is an existing, unmounted directory.
+
+    Raises :class:`MountError` naming the path.
+    """
+    path = os.path.abspath(mountpoint)
+    if is_mounted(path):
+        raise MountError(
+            f"{path} is already a mount point", hint=f"unmount it first: vfs unmount {path}"
+        )
+    if not os.path.isdir(path):
+        raise MountError(
+            f"mount point {path} is not a directory", hint="create it first (mkdir -p)"
+        )
+    return path
+
+
+def fuse_options(extra: Sequence[str]) -> set[str]:
+    """Mount options: pyfuse3's defaults, read-only, named ``vfs``, plus ``extra``.
+
+    Raises :class:`MountError` for ``max_read``, which breaks pyfuse3 mounts
+    (reference/test-environment.md, pitfall 4).
+    """
+    options = set(pyfuse3.default_options) | {"fsname=vfs", "subtype=vfs", "ro"}
+    for item in extra:
+        for opt in item.split(","):
+            opt = opt.strip()
+            if not opt:
+                continue
+            if opt.startswith("max_read"):
+                raise MountError("the mount option max_read is not supported (it breaks mounts)")
+            if opt == "rw":
+                raise MountError("this mount is read-only; the option rw is not supported yet")
+            options.add(opt)
+    return options
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (``Type=notify`` units) about our state; a no-op elsewhere."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+
+
+def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
+    """Mount and serve until unmounted or signalled (SIGTERM, SIGINT, SIGHUP).
+
+    When ``ready_fd`` is given, ``b"ready <pid>\\n"`` is written to it once the mount
+    answers, or the error message if it could not be set up; the fd is then closed.
+    Raises :class:`VfsError` for anything that prevents mounting.
+    """
+    try:
+        mountpoint = check_mountpoint(config.mountpoint)
+        started = time.monotonic()
+        manifests, sources = load_manifests(config.manifests, config.s3)
+        tree = InodeTree.from_manifests(manifests, sources)
+        del manifests
+        store = open_store(config.store_uri, config.s3)
+        cache = ObjectCache(config.cache_dir)
+        options = fuse_options(config.fuse_options)
+        stats = MountStats()
+        fetcher = ObjectFetcher(cache, store, stats, config.max_fetches)
+        ops = ReadOnlyOperations(tree, fetcher, stats)
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+        except RuntimeError as e:
+            raise MountError(
+                f"cannot mount on {mountpoint}: {e}",
+                hint="check that /dev/fuse exists, fuse3 is installed, and you may mount",
+            ) from None
+        log.info(
+            "tree of %d files (%d bytes) from %d manifest(s) built in %.2f s",
+            tree.file_count,
+            tree.total_size,
+            len(sources),
+            time.monotonic() - started,
+        )
+    except VfsError as e:
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"{e}\n".encode())
+            os.close(ready_fd)
+        raise
+
+    terminated = False
+
+    async def serve() -> None:
+        nonlocal terminated
+        async with trio.open_nursery() as nursery:
+
+            async def announce_ready() -> None:
+                # The stat is answered by our own loop: once it returns, the mount answers.
+                await trio.to_thread.run_sync(os.stat, mountpoint)
+                log.info("mounted %s (store %s, cache %s)", mountpoint, store.uri, cache.root)
+                _sd_notify("READY=1")
+                if ready_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.write(ready_fd, READY_PREFIX + f"{os.getpid()}\n".encode())
+                    os.close(ready_fd)
+
+            async def watch_signals() -> None:
+                nonlocal terminated
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                    async for signum in sigs:
+                        log.info("signal %d: unmounting %s", signum, mountpoint)
+                        terminated = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(announce_ready)
+            nursery.start_soon(watch_signals)
+            # pyfuse3.main returns when the file system is unmounted or terminated.
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(serve)
+    finally:
+        _sd_notify("STOPPING=1")
+        pyfuse3.close(unmount=terminated)
+        log.info("unmounted %s", mountpoint)
+
+
+def default_log_file(cache_dir: str, mountpoint: str) -> str:
+    """Log file of a background mount: ``{cache_dir}/logs/mount-{hash of the mount point}.log``."""
+    name = hash_string(os.path.abspath(mountpoint))[:16]
+    return os.path.join(cache_dir, "logs", f"mount-{name}.log")
+
+
+def start_mount(argv: Sequence[str], log_file: str, timeout: float = READY_TIMEOUT) -> int:
+    """Start ``vfs mount … --foreground`` (``argv``, without the ready fd) detached.
+
+    Returns the daemon's pid once the mount answers. Raises :class:`MountError` with the
+    daemon's own message when it exits or fails to answer within ``timeout`` seconds.
+    """
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    read_end, write_end = os.pipe()
+    with open(log_file, "ab") as log_out:
+        proc = subprocess.Popen(
+            [*argv, "--ready-fd", str(write_end), "--log-file", log_file],
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=log_out,
+            pass_fds=(write_end,),
+            start_new_session=True,
+        )
+    os.close(write_end)
+    try:
+        message = _read_ready(read_end, proc, timeout)
+    finally:
+        os.close(read_end)
+    if message.startswith(READY_PREFIX):
+        return int(message[len(READY_PREFIX) :].strip() or proc.pid)
+    if proc.poll() is None:
+        proc.terminate()
+    text = message.decode(errors="replace").strip()
+    if not text:
+        text = f"the mount daemon exited with status {proc.poll()}; see {log_file}"
+    raise MountError(text)
+
+
+def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise MountError(f"the mount did not answer within {timeout:.0f} s")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            if b"\n" in data:
+                return b"".join(chunks)
+        elif proc.poll() is not None and not chunks:
+            return b""
+
+
+def unmount(mountpoint: str, timeout: float = 60.0) -> None:
+    """Unmount a vfs mount with ``fusermount3 -u``; wait until it is gone.
+
+    Raises :class:`MountError` when ``mountpoint`` is not mounted or stays busy.
+    """
+    path = os.path.abspath(mountpoint)
+    if not is_mounted(path):
+        raise MountError(f"{path} is not mounted")
+    result = subprocess.run(
+        ["fusermount3", "-u", path], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        detail = result.stderr.strip() or f"fusermount3 exited with {result.returncode}"
+        hint = "close the files and shells using it, or unmount lazily: fusermount3 -uz"
+        raise MountError(f"cannot unmount {path}: {detail}", hint=hint)
+    deadline = time.monotonic() + timeout
+    while is_mounted(path):
+        if time.monotonic() > deadline:
+            raise MountError(f"{path} is still mounted after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def is_mounted(path: str) -> bool:
+    """True when ``path`` is a mount point, read from /proc (never touches the mount)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                target = line.split(" ")[4]
+                if _unescape_mountinfo(target) == path:
+                    return True
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise
+    return False
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """Undo the octal escapes (``\\040`` for space) of /proc/self/mountinfo."""
+    if "\\" not in field:
+        return field
+    out = bytearray()
+    raw = field.encode("utf-8", "surrogateescape")
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def python_argv() -> list[str]:
+    """The command that runs this vfs: ``[python, -m, vfs]``."""
+    return [sys.executable, "-m", "vfs"]

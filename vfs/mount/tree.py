@@ -1,0 +1,197 @@
+"""The in-memory inode tree of a mount, built once from merged manifests.
+
+The base tree never changes while mounted, so it is stored compactly: one inode space in
+which directories and files are numbered in the order the merged manifest first names them
+(the root is inode 1), so the same manifests always give the same inode numbers. Per inode
+there is a slot in a few flat arrays (size, mtime, parent, source manifest, 16-byte hash);
+each directory owns a ``dict`` from its entries' names (bytes, as the kernel sends them) to
+their inode numbers. No Python object is kept per file.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from vfs.errors import ManifestError
+from vfs.manifest import Manifest, merge_with_sources
+
+ROOT_INODE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What the read path needs of one file: ``hash`` (32 hex digits), ``size`` in bytes."""
+
+    inode: int
+    hash: str
+    size: int
+
+
+class InodeTree:
+    """Directories and files of the merged manifests, by inode number.
+
+    Built with :meth:`from_manifests`. Inode ``0`` is unused; inode ``1`` is the root.
+    ``mtime`` values are microseconds since the epoch; a directory's mtime is the newest
+    mtime below it.
+    """
+
+    def __init__(self) -> None:
+        self.children: dict[int, dict[bytes, int]] = {ROOT_INODE: {}}
+        self.size = array("Q", [0, 0])
+        self.mtime = array("q", [0, 0])
+        self.parent = array("I", [0, ROOT_INODE])
+        self.source = array("H", [0, 0])
+        self.hashes = bytearray(32)
+        self.subdirs = array("I", [0, 0])
+        self.file_count = 0
+        self.total_size = 0
+        self.sources: list[str] = []
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_manifests(
+        cls, manifests: Sequence[Manifest], sources: Sequence[str] | None = None
+    ) -> InodeTree:
+        """Merge ``manifests`` (last wins per path) and build the tree.
+
+        ``sources`` names each manifest (file path or URI) for error messages and for
+        provenance. Raises :class:`ManifestError` naming the manifest and entry when a path
+        is both a file and a directory, or a name cannot be a Linux file name.
+        """
+        names = list(sources) if sources is not None else [f"#{i}" for i in range(len(manifests))]
+        tree = cls()
+        tree.sources = names
+        merged = merge_with_sources(manifests)
+        dir_by_path: dict[str, int] = {"": ROOT_INODE}
+        children = tree.children
+        size, mtime, parent, source = tree.size, tree.mtime, tree.parent, tree.source
+        hashes = tree.hashes
+        for path, (entry, src) in merged.items():
+            dirpath, _, name = path.rpartition("/")
+            dir_ino = dir_by_path.get(dirpath)
+            if dir_ino is None:
+                dir_ino = tree._make_dirs(dirpath, dir_by_path, names[src], path)
+            try:
+                bname = name.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ManifestError(
+                    "the name cannot be a Linux file name (it holds a lone surrogate)",
+                    source=names[src],
+                    entry=repr(path),
+                ) from None
+            siblings = children[dir_ino]
+            if bname in siblings:
+                raise tree._conflict(path, names[src])
+            ino = len(size)
+            siblings[bname] = ino
+            size.append(entry.size)
+            mtime.append(entry.mtime)
+            parent.append(dir_ino)
+            source.append(src)
+            hashes += bytes.fromhex(entry.hash)
+            if entry.mtime > mtime[dir_ino]:
+                mtime[dir_ino] = entry.mtime
+        tree.file_count = len(merged)
+        tree.total_size = sum(entry.size for entry, _ in merged.values())
+        # Directories were created before their children: walk them backwards so that each
+        # directory's mtime reaches its parent.
+        for ino in sorted(children, reverse=True):
+            up = parent[ino]
+            if ino != ROOT_INODE and mtime[ino] > mtime[up]:
+                mtime[up] = mtime[ino]
+        return tree
+
+    def _make_dirs(self, dirpath: str, dir_by_path: dict[str, int], src: str, path: str) -> int:
+        """Create ``dirpath`` and its missing ancestors; return its inode."""
+        parts = dirpath.split("/")
+        current = ROOT_INODE
+        for depth in range(len(parts)):
+            prefix = "/".join(parts[: depth + 1])
+            found = dir_by_path.get(prefix)
+            if found is not None:
+                current = found
+                continue
+            bname = parts[depth].encode("utf-8", "surrogateescape")
+            siblings = self.children[current]
+            if bname in siblings:  # a file of that name exists already
+                raise self._conflict(prefix, src, inside=path)
+            ino = len(self.size)
+            siblings[bname] = ino
+            self.children[ino] = {}
+            self.size.append(0)
+            self.mtime.append(0)
+            self.parent.append(current)
+            self.source.append(0)
+            self.hashes += bytes(16)
+            self.subdirs.extend([0] * (ino + 1 - len(self.subdirs)))
+            self.subdirs[current] += 1
+            dir_by_path[prefix] = ino
+            current = ino
+        return current
+
+    def _conflict(self, path: str, src: str, inside: str | None = None) -> ManifestError:
+        what = f"it is a file, and a directory holding {inside!r}" if inside else (
+            "it is a directory, and also a file"
+        )
+        return ManifestError(
+            f"{path!r} is both a file and a directory ({what})",
+            source=src,
+            entry=repr(inside or path),
+            hint="fix the manifests so that no path is used as both",
+        )
+
+    # -- queries (the FUSE adapter's hot path) ----------------------------------------------
+
+    def is_dir(self, ino: int) -> bool:
+        """True when ``ino`` is a directory."""
+        return ino in self.children
+
+    def exists(self, ino: int) -> bool:
+        """True when ``ino`` is an inode of this tree."""
+        return 0 < ino < len(self.size)
+
+    def lookup(self, parent_ino: int, name: bytes) -> int | None:
+        """Inode of ``name`` in directory ``parent_ino``, or ``None``."""
+        entries = self.children.get(parent_ino)
+        if entries is None:
+            return None
+        return entries.get(name)
+
+    def hash_hex(self, ino: int) -> str:
+        """Content hash of file ``ino`` as 32 hex digits."""
+        return self.hashes[16 * ino : 16 * ino + 16].hex()
+
+    def file_info(self, ino: int) -> FileInfo:
+        """The read path's view of file ``ino``."""
+        return FileInfo(ino, self.hash_hex(ino), self.size[ino])
+
+    def nlink(self, ino: int) -> int:
+        """Link count: 1 for a file, 2 + subdirectories for a directory."""
+        if ino in self.children:
+            return 2 + (self.subdirs[ino] if ino < len(self.subdirs) else 0)
+        return 1
+
+    def path_of(self, ino: int) -> str:
+        """Path of ``ino`` relative to the root (slow: for messages and xattrs only)."""
+        parts: list[str] = []
+        while ino != ROOT_INODE:
+            up = self.parent[ino]
+            name = next(n for n, i in self.children[up].items() if i == ino)
+            parts.append(name.decode("utf-8", "surrogateescape"))
+            ino = up
+        return "/".join(reversed(parts))
+
+    def source_of(self, ino: int) -> str:
+        """Name of the manifest a file came from."""
+        return self.sources[self.source[ino]] if self.sources else ""
+
+    def entries(self, dir_ino: int) -> Iterator[tuple[bytes, int]]:
+        """``(name, inode)`` of a directory's entries, in a stable order."""
+        return iter(self.children[dir_ino].items())
+
+    def __len__(self) -> int:
+        """Number of inodes, the root included."""
+        return len(self.size) - 1

@@ -1,0 +1,180 @@
+"""``s3://BUCKET/ROOT_PREFIX`` store on boto3.
+
+Credentials come from boto3's standard chain; the endpoint from ``endpoint_url`` or boto3's
+own ``AWS_ENDPOINT_URL``. When ``expected_bucket_owner`` is set it is sent as
+``ExpectedBucketOwner`` on every S3 call that accepts it, as deadline does with its
+``provide-client-params.s3.*`` hook (reference §4.1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError
+from vfs.storage.base import Readable
+from vfs.storage.layout import join_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """How to reach S3: ``endpoint_url`` (``None``: boto3's default or ``AWS_ENDPOINT_URL``),
+    ``expected_bucket_owner`` (AWS account id sent on every call), ``max_pool_connections``."""
+
+    endpoint_url: str | None = None
+    expected_bucket_owner: str | None = None
+    max_pool_connections: int = 32
+
+
+def make_s3_client(options: S3Options) -> S3Client:
+    """A thread-safe S3 client configured like deadline's (s3v4, standard retries)."""
+    config = Config(
+        signature_version="s3v4",
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=options.max_pool_connections,
+        user_agent_extra="vfs",
+    )
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=options.endpoint_url, config=config
+    )
+    owner = options.expected_bucket_owner
+    if owner:
+
+        def inject_owner(params: dict[str, Any], model: Any, **_: Any) -> None:
+            if "ExpectedBucketOwner" in model.input_shape.members:
+                params.setdefault("ExpectedBucketOwner", owner)
+
+        client.meta.events.register("provide-client-params.s3.*", inject_owner)
+    return client
+
+
+class S3Store:
+    """An :class:`~vfs.storage.base.ObjectStore` on ``bucket`` under ``prefix``."""
+
+    def __init__(self, bucket: str, prefix: str, options: S3Options | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.options = options or S3Options()
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.client = make_s3_client(self.options)
+
+    def full_key(self, key: str) -> str:
+        """The object key in the bucket: ``{prefix}/{key}``."""
+        return join_key(self.prefix, key)
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.full_key(key)}"
+
+    def _error(self, e: Exception, key: str, action: str) -> StoreError:
+        where = self.describe(key)
+        if isinstance(e, ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return ObjectNotFoundError(
+                    f"{action} {where}: the object does not exist",
+                    key=where,
+                    hint="check the store's root prefix and that the data was uploaded",
+                )
+            if code == "NoSuchBucket":
+                return ObjectNotFoundError(
+                    f"{action} {where}: bucket {self.bucket!r} does not exist",
+                    key=where,
+                    hint="check the bucket name and the endpoint URL",
+                )
+            if status == 403 or code in ("403", "AccessDenied", "Forbidden"):
+                return AccessDeniedError(
+                    f"{action} {where}: access denied",
+                    key=where,
+                    hint="check the credentials, the ExpectedBucketOwner account id and "
+                    "KMS key permissions",
+                )
+            return StoreError(f"{action} {where}: {code or status}: {e}", key=where)
+        return StoreError(f"{action} {where}: {e}", key=where, hint="check the network/endpoint")
+
+    def head(self, key: str) -> int | None:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except ClientError as e:
+            err = self._error(e, key, "HEAD")
+            if isinstance(err, ObjectNotFoundError):
+                return None
+            raise err from None
+        except BotoCoreError as e:
+            raise self._error(e, key, "HEAD") from None
+        return int(resp["ContentLength"])
+
+    def open_read(self, key: str) -> AbstractContextManager[Readable]:
+        return self._open(key)
+
+    @contextmanager
+    def _open(self, key: str) -> Iterator[Readable]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, "GET") from None
+        body = resp["Body"]
+        try:
+            yield _GuardedBody(body, self, key)
+        finally:
+            body.close()
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._open(key) as body:
+            return body.read()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, "PUT") from None
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        try:
+            self.client.upload_file(os.fspath(path), self.bucket, self.full_key(key))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, "PUT") from None
+        except Exception as e:  # s3transfer wraps client errors in S3UploadFailedError
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, ClientError | BotoCoreError):
+                raise self._error(cause, key, "PUT") from None
+            raise StoreError(f"PUT {self.describe(key)}: {e}", key=self.describe(key)) from None
+
+    def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full_prefix = self.full_key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:], int(obj["Size"])
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, prefix, "LIST") from None
+
+
+class _GuardedBody:
+    """A GET body whose read errors become :class:`StoreError` naming the key."""
+
+    def __init__(self, body: Any, store: S3Store, key: str) -> None:
+        self._body = body
+        self._store = store
+        self._key = key
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            data: bytes = self._body.read(None if size < 0 else size)
+        except (ClientError, BotoCoreError) as e:
+            raise self._store._error(e, self._key, "GET") from None
+        return data
