@@ -98,7 +98,9 @@ def snapshot_directory(
     return Manifest(paths=entries)
 
 
-def manifest_file_name(root: str, name: str | None = None, now: datetime.datetime | None = None) -> str:
+def manifest_file_name(
+    root: str, name: str | None = None, now: datetime.datetime | None = None
+) -> str:
     """The official local manifest file name for ``root`` (see the module docstring).
 
     ``root`` is hashed exactly as given (deadline hashes the CLI argument unresolved).

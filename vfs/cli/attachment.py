@@ -41,12 +41,28 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
 
 
 @attachment.command()
-@click.option("-m", "--manifests", "manifests", multiple=True, required=True,
-              help="Manifest file (repeatable).")
-@click.option("-r", "--root-dirs", "roots", multiple=True, required=True,
-              help="Root directory the manifest's paths are relative to (repeatable).")
-@click.option("--s3-root-uri", required=True, metavar="URI",
-              help="Store root: s3://BUCKET/PREFIX or file:///DIR.")
+@click.option(
+    "-m",
+    "--manifests",
+    "manifests",
+    multiple=True,
+    required=True,
+    help="Manifest file (repeatable).",
+)
+@click.option(
+    "-r",
+    "--root-dirs",
+    "roots",
+    multiple=True,
+    required=True,
+    help="Root directory the manifest's paths are relative to (repeatable).",
+)
+@click.option(
+    "--s3-root-uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
+)
 @click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
 @s3_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -71,9 +87,15 @@ def upload(
         m = decode_manifest(read_location(manifest_file), source=manifest_file)
         s = upload_manifest_files(m, root, store, workers=workers)
         results.append(
-            {"manifest": manifest_file, "root": root, "objects": s.objects,
-             "uploaded": s.uploaded, "uploaded_bytes": s.uploaded_bytes,
-             "skipped": s.skipped, "skipped_bytes": s.skipped_bytes}
+            {
+                "manifest": manifest_file,
+                "root": root,
+                "objects": s.objects,
+                "uploaded": s.uploaded,
+                "uploaded_bytes": s.uploaded_bytes,
+                "skipped": s.skipped,
+                "skipped_bytes": s.skipped_bytes,
+            }
         )
         if not as_json:
             click.echo(

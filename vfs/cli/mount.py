@@ -15,6 +15,8 @@ from vfs.mount.service import (
     python_argv,
     run_mount,
     start_mount,
+)
+from vfs.mount.service import (
     unmount as unmount_path,
 )
 
@@ -26,20 +28,43 @@ def default_cache_dir() -> str:
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--manifest", "manifests", multiple=True, required=True, metavar="FILE",
-              help="Manifest file or s3://BUCKET/KEY (repeatable; later ones win per path).")
-@click.option("--store", "store_uri", required=True, metavar="URI",
-              help="Where the CAS objects are: s3://BUCKET/PREFIX or file:///DIR.")
-@click.option("--cache-dir", default=None, metavar="DIR",
-              help="Object cache shared by all mounts (default: $VFS_CACHE_DIR or ~/.cache/vfs).")
-@click.option("-o", "fuse_options", multiple=True, metavar="OPTION",
-              help="FUSE mount option, e.g. -o allow_other (repeatable, comma-separated).")
+@click.option(
+    "--manifest",
+    "manifests",
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="Manifest file or s3://BUCKET/KEY (repeatable; later ones win per path).",
+)
+@click.option(
+    "--store",
+    "store_uri",
+    required=True,
+    metavar="URI",
+    help="Where the CAS objects are: s3://BUCKET/PREFIX or file:///DIR.",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    metavar="DIR",
+    help="Object cache shared by all mounts (default: $VFS_CACHE_DIR or ~/.cache/vfs).",
+)
+@click.option(
+    "-o",
+    "fuse_options",
+    multiple=True,
+    metavar="OPTION",
+    help="FUSE mount option, e.g. -o allow_other (repeatable, comma-separated).",
+)
 @click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
-@click.option("--log-file", default=None, metavar="FILE",
-              help="Log file (default: stderr in the foreground, "
-                   "CACHE_DIR/logs/mount-*.log in the background).")
-@click.option("--max-fetches", default=16, show_default=True,
-              help="Concurrent object downloads.")
+@click.option(
+    "--log-file",
+    default=None,
+    metavar="FILE",
+    help="Log file (default: stderr in the foreground, "
+    "CACHE_DIR/logs/mount-*.log in the background).",
+)
+@click.option("--max-fetches", default=16, show_default=True, help="Concurrent object downloads.")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @s3_options
 @click.pass_context
@@ -81,9 +106,19 @@ def mount(
         )
         run_mount(config, ready_fd)
         return
-    argv = [*python_argv(), *(["-" + "v" * verbose] if verbose else []), "mount",
-            os.path.abspath(mountpoint), "--store", store_uri, "--cache-dir", cache,
-            "--max-fetches", str(max_fetches), "--foreground"]
+    argv = [
+        *python_argv(),
+        *(["-" + "v" * verbose] if verbose else []),
+        "mount",
+        os.path.abspath(mountpoint),
+        "--store",
+        store_uri,
+        "--cache-dir",
+        cache,
+        "--max-fetches",
+        str(max_fetches),
+        "--foreground",
+    ]
     for m in locations:
         argv += ["--manifest", m]
     for o in fuse_options:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from vfs.errors import ManifestError
@@ -40,7 +40,7 @@ def canonical_path_key(path: str) -> bytes:
 
 
 def _json_string(value: str) -> str:
-    return encode_basestring_ascii(value)  # type: ignore[no-any-return]
+    return encode_basestring_ascii(value)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -93,8 +93,7 @@ def decode_manifest(data: str | bytes, *, source: str | None = None) -> Manifest
     version = doc.get("manifestVersion")
     if version not in KNOWN_VERSIONS:
         raise ManifestError(
-            f"unknown manifest version {version!r} "
-            f"(supported: {', '.join(KNOWN_VERSIONS)})",
+            f"unknown manifest version {version!r} (supported: {', '.join(KNOWN_VERSIONS)})",
             source=source,
         )
     for key in _TOP_KEYS:

@@ -17,9 +17,9 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -47,8 +47,8 @@ _Self = TypeVar("_Self", bound="ReadOnlyOperations")
 
 
 def _guarded(
-    handler: Callable[Concatenate[_Self, _P], Awaitable[_R]],
-) -> Callable[Concatenate[_Self, _P], Awaitable[_R]]:
+    handler: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
     """Turn an unexpected exception into EIO and a log line.
 
     pyfuse3 only answers ``FUSEError``; any other exception would end its main loop and
@@ -262,10 +262,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_guarded
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         if inode == pyfuse3.ROOT_INODE:
             return [XATTR_STATS]
         if self.tree.exists(inode) and not self.tree.is_dir(inode):
             return [XATTR_HASH, XATTR_SOURCE]
         return []
-

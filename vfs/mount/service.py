@@ -180,7 +180,9 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
 
             async def watch_signals() -> None:
                 nonlocal terminated
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                with trio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                ) as sigs:
                     async for signum in sigs:
                         log.info("signal %d: unmounting %s", signum, mountpoint)
                         terminated = True

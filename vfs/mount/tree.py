@@ -133,8 +133,10 @@ class InodeTree:
         return current
 
     def _conflict(self, path: str, src: str, inside: str | None = None) -> ManifestError:
-        what = f"it is a file, and a directory holding {inside!r}" if inside else (
-            "it is a directory, and also a file"
+        what = (
+            f"it is a file, and a directory holding {inside!r}"
+            if inside
+            else ("it is a directory, and also a file")
         )
         return ManifestError(
             f"{path!r} is both a file and a directory ({what})",

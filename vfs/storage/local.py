@@ -5,6 +5,7 @@ This is the embedded default: everything vfs does works against it without AWS.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -69,7 +70,7 @@ class LocalStore:
     @contextmanager
     def _open(self, key: str) -> Iterator[Readable]:
         try:
-            f: BinaryIO = open(self._path(key), "rb")
+            f: BinaryIO = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
         except OSError as e:
             raise self._error(e, key) from None
         with f:
@@ -91,10 +92,8 @@ class LocalStore:
                 fill(f)
             os.replace(tmp, dest)
         except BaseException as e:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             if isinstance(e, OSError):
                 raise self._error(e, key) from None
             raise

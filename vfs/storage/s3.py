@@ -46,9 +46,7 @@ def make_s3_client(options: S3Options) -> S3Client:
         max_pool_connections=options.max_pool_connections,
         user_agent_extra="vfs",
     )
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=options.endpoint_url, config=config
-    )
+    client = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
     owner = options.expected_bucket_owner
     if owner:
 
