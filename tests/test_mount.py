@@ -80,7 +80,7 @@ def test_ranged_reads_serve_the_right_bytes(mounted: Mounted) -> None:
 
 def test_read_only(mounted: Mounted) -> None:
     with pytest.raises(OSError) as e:
-        open(mounted.path / "README", "r+b")
+        os.open(mounted.path / "README", os.O_RDWR)
     assert e.value.errno == errno.EROFS
     with pytest.raises(OSError) as e:
         (mounted.path / "new").mkdir()
