@@ -149,12 +149,14 @@ def force_unmount(path: str) -> None:
     subprocess.run(["fusermount3", "-uz", path], capture_output=True, timeout=10, check=False)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped by init has finished)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 @pytest.fixture()
@@ -179,13 +181,13 @@ def vfs_mount(tmp_path: Path) -> Iterator[Callable[..., Mounted]]:
         log = tmp_path / f"mount-{len(made)}.log"
         args = ["mount", str(mountpoint), "--store", store, "--cache-dir", str(cache)]
         args += ["--log-file", str(log)]
-        for m in manifests:
-            args += ["--manifest", str(m)]
+        for manifest in manifests:
+            args += ["--manifest", str(manifest)]
         result = run_vfs(*args, *extra, timeout=MOUNT_TIMEOUT, env=env)
         pid = int(result.stdout.split("(pid ")[1].split(",")[0])
-        m = Mounted(mountpoint, pid, log)
-        made.append(m)
-        return m
+        mounted = Mounted(mountpoint, pid, log)
+        made.append(mounted)
+        return mounted
 
     yield mount
 
@@ -197,11 +199,9 @@ def vfs_mount(tmp_path: Path) -> Iterator[Callable[..., Mounted]]:
         if is_mounted(path):
             force_unmount(path)
         deadline = time.monotonic() + 10
-        while _pid_alive(m.pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(m.pid, os.WNOHANG)
+        while pid_alive(m.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _pid_alive(m.pid):
+        if pid_alive(m.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(m.pid, signal.SIGKILL)
 

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Mounted, run_vfs
+from conftest import Mounted, pid_alive, run_vfs
 
 from vfs.hashing import hash_bytes
 from vfs.manifest import Manifest, ManifestPath, encode_manifest
@@ -277,9 +277,7 @@ def test_unmount_stops_the_daemon(
     run_vfs("unmount", str(m.path))
     assert not is_mounted(str(m.path))
     for _ in range(200):
-        try:
-            os.kill(m.pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(m.pid):
             break
         threading.Event().wait(0.05)
     else:

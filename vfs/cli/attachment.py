@@ -84,7 +84,7 @@ def upload(
     store = open_store(s3_root_uri, s3)
     results = []
     for manifest_file, root in pair_roots(list(manifests), list(roots)):
-        m = decode_manifest(read_location(manifest_file), source=manifest_file)
+        m = decode_manifest(read_location(manifest_file, s3), source=manifest_file)
         s = upload_manifest_files(m, root, store, workers=workers)
         results.append(
             {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import select
@@ -132,9 +133,15 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
     try:
         mountpoint = check_mountpoint(config.mountpoint)
         started = time.monotonic()
-        manifests, sources = load_manifests(config.manifests, config.s3)
-        tree = InodeTree.from_manifests(manifests, sources)
-        del manifests
+        # Decoding and building allocate millions of objects and no garbage cycles; the
+        # cyclic GC's repeated scans of them cost about 20 % of a 1M-entry start-up.
+        gc.disable()
+        try:
+            manifests, sources = load_manifests(config.manifests, config.s3)
+            tree = InodeTree.from_manifests(manifests, sources)
+            del manifests
+        finally:
+            gc.enable()
         store = open_store(config.store_uri, config.s3)
         cache = ObjectCache(config.cache_dir)
         options = fuse_options(config.fuse_options)

@@ -29,6 +29,22 @@ class FileInfo:
     size: int
 
 
+def _name_bytes(name: str, src: str, path: str) -> bytes:
+    """The Linux name of a path component (surrogateescape turns back into the raw bytes).
+
+    Raises :class:`ManifestError` naming the manifest and entry for a lone surrogate that
+    surrogateescape cannot encode.
+    """
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ManifestError(
+            "the name cannot be a Linux file name (it holds a lone surrogate)",
+            source=src,
+            entry=repr(path),
+        ) from None
+
+
 class InodeTree:
     """Directories and files of the merged manifests, by inode number.
 
@@ -69,31 +85,38 @@ class InodeTree:
         children = tree.children
         size, mtime, parent, source = tree.size, tree.mtime, tree.parent, tree.source
         hashes = tree.hashes
-        for path, (entry, src) in merged.items():
-            dirpath, _, name = path.rpartition("/")
-            dir_ino = dir_by_path.get(dirpath)
-            if dir_ino is None:
-                dir_ino = tree._make_dirs(dirpath, dir_by_path, names[src], path)
-            try:
-                bname = name.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                raise ManifestError(
-                    "the name cannot be a Linux file name (it holds a lone surrogate)",
-                    source=names[src],
-                    entry=repr(path),
-                ) from None
-            siblings = children[dir_ino]
-            if bname in siblings:
-                raise tree._conflict(path, names[src])
-            ino = len(size)
-            siblings[bname] = ino
-            size.append(entry.size)
-            mtime.append(entry.mtime)
-            parent.append(dir_ino)
-            source.append(src)
-            hashes += bytes.fromhex(entry.hash)
-            if entry.mtime > mtime[dir_ino]:
-                mtime[dir_ino] = entry.mtime
+        path, src = "", 0
+        try:
+            if merged:
+                # The newest mtime below the root is at least that of any one file (which may
+                # be before 1970, so 0 is no neutral start); new directories start likewise.
+                path, (first, src) = next(iter(merged.items()))
+                mtime[ROOT_INODE] = first.mtime
+            for path, (entry, src) in merged.items():
+                dirpath, _, name = path.rpartition("/")
+                dir_ino = dir_by_path.get(dirpath)
+                if dir_ino is None:
+                    dir_ino = tree._make_dirs(dirpath, dir_by_path, names[src], path, entry.mtime)
+                bname = _name_bytes(name, names[src], path)
+                siblings = children[dir_ino]
+                if bname in siblings:
+                    raise tree._conflict(path, names[src])
+                ino = len(size)
+                siblings[bname] = ino
+                size.append(entry.size)
+                mtime.append(entry.mtime)
+                parent.append(dir_ino)
+                source.append(src)
+                hashes += bytes.fromhex(entry.hash)
+                if entry.mtime > mtime[dir_ino]:
+                    mtime[dir_ino] = entry.mtime
+        except OverflowError:
+            raise ManifestError(
+                "the size or mtime is out of range (size 0 to 2**64-1, mtime a signed 64-bit "
+                "count of microseconds)",
+                source=names[src],
+                entry=repr(path),
+            ) from None
         tree.file_count = len(merged)
         tree.total_size = sum(entry.size for entry, _ in merged.values())
         # Directories were created before their children: walk them backwards so that each
@@ -104,8 +127,11 @@ class InodeTree:
                 mtime[up] = mtime[ino]
         return tree
 
-    def _make_dirs(self, dirpath: str, dir_by_path: dict[str, int], src: str, path: str) -> int:
-        """Create ``dirpath`` and its missing ancestors; return its inode."""
+    def _make_dirs(
+        self, dirpath: str, dir_by_path: dict[str, int], src: str, path: str, mtime: int
+    ) -> int:
+        """Create ``dirpath`` and its missing ancestors for the file ``path`` whose mtime is
+        ``mtime`` (the starting mtime of the new directories); return its inode."""
         parts = dirpath.split("/")
         current = ROOT_INODE
         for depth in range(len(parts)):
@@ -114,7 +140,7 @@ class InodeTree:
             if found is not None:
                 current = found
                 continue
-            bname = parts[depth].encode("utf-8", "surrogateescape")
+            bname = _name_bytes(parts[depth], src, path)
             siblings = self.children[current]
             if bname in siblings:  # a file of that name exists already
                 raise self._conflict(prefix, src, inside=path)
@@ -122,7 +148,7 @@ class InodeTree:
             siblings[bname] = ino
             self.children[ino] = {}
             self.size.append(0)
-            self.mtime.append(0)
+            self.mtime.append(mtime)
             self.parent.append(current)
             self.source.append(0)
             self.hashes += bytes(16)

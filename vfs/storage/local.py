@@ -102,11 +102,16 @@ class LocalStore:
         self._write(key, lambda f: f.write(data))
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        def fill(out: BinaryIO) -> None:
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, out, 8 * 1024 * 1024)
-
-        self._write(key, fill)
+        # Open the source first: an error reading it is about that file, not the object.
+        try:
+            src = open(path, "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            where = self._path(key)
+            raise StoreError(
+                f"cannot store {os.fsdecode(path)} as {where}: {e.strerror}", key=where
+            ) from None
+        with src:
+            self._write(key, lambda out: shutil.copyfileobj(src, out, 8 * 1024 * 1024))
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         for dirpath, _dirs, files in os.walk(self.root):

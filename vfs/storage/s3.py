@@ -152,7 +152,9 @@ class S3Store:
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         paginator = self.client.get_paginator("list_objects_v2")
-        full_prefix = self.full_key(prefix)
+        # Not join_key: with an empty ``prefix`` that would give ``{root}`` without its
+        # trailing ``/`` and also list sibling prefixes such as ``{root}2/``.
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):

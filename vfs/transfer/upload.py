@@ -9,6 +9,7 @@ content-addressed store with content under the wrong hash.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from vfs.errors import UploadError, VfsError
 from vfs.hashing import hash_file
 from vfs.manifest import Manifest, ManifestPath
 from vfs.storage import ObjectStore, data_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,22 +46,29 @@ def upload_manifest_files(
     """Upload the content of every file of ``manifest``, read from under ``root``.
 
     Each distinct hash is handled once: skipped when the store has an object of the right
-    size, else the local file is hashed, compared with the manifest, and uploaded.
+    size, else a local file with that content is hashed, compared with the manifest, and
+    uploaded (when several files share the content, the next is tried if one is missing or
+    changed).
     ``on_object(entry, uploaded)`` is called per distinct object. Raises
     :class:`UploadError` listing the files that failed (missing, changed since the manifest
     was made, unreadable, or refused by the store); the other objects are still uploaded.
     """
-    by_hash: dict[str, ManifestPath] = {}
+    by_hash: dict[str, list[ManifestPath]] = {}
     for entry in manifest.paths:
-        by_hash.setdefault(entry.hash, entry)
+        by_hash.setdefault(entry.hash, []).append(entry)
     summary = UploadSummary(objects=len(by_hash))
     lock = threading.Lock()
     failures: list[str] = []
 
-    def one(entry: ManifestPath) -> None:
+    def one(copies: list[ManifestPath]) -> None:
+        entry = copies[0]
         key = data_key(entry.hash, manifest.hash_alg)
         try:
-            uploaded = _upload_one(entry, root, store, key)
+            if store.head(key) == entry.size:
+                uploaded = False
+            else:
+                _upload_any(copies, root, store, key)
+                uploaded = True
         except (VfsError, OSError) as e:
             with lock:
                 failures.append(str(e))
@@ -84,10 +94,19 @@ def upload_manifest_files(
     return summary
 
 
-def _upload_one(entry: ManifestPath, root: str, store: ObjectStore, key: str) -> bool:
-    """Upload one object unless present; True when uploaded."""
-    if store.head(key) == entry.size:
-        return False
+def _upload_any(copies: list[ManifestPath], root: str, store: ObjectStore, key: str) -> None:
+    """Upload the object from the first of ``copies`` that still has the content."""
+    for entry in copies[:-1]:
+        try:
+            _upload_one(entry, root, store, key)
+            return
+        except UploadError as e:
+            log.warning("%s; uploading %s from another file with that content", e, key)
+    _upload_one(copies[-1], root, store, key)
+
+
+def _upload_one(entry: ManifestPath, root: str, store: ObjectStore, key: str) -> None:
+    """Hash the file of ``entry``, check it against the manifest and upload it."""
     path = os.path.join(root, entry.path)
     try:
         actual = hash_file(path)
@@ -103,4 +122,3 @@ def _upload_one(entry: ManifestPath, root: str, store: ObjectStore, key: str) ->
             hint="snapshot the root again",
         )
     store.put_file(key, path)
-    return True

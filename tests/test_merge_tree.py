@@ -1,0 +1,272 @@
+"""Merging manifests (against deadline's ``merge_asset_manifests``) and the mount's inode tree."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from deadline.job_attachments.asset_manifests.hash_algorithms import HashAlgorithm
+from deadline.job_attachments.asset_manifests.v2023_03_03 import AssetManifest as DlManifest
+from deadline.job_attachments.asset_manifests.v2023_03_03 import ManifestPath as DlPath
+from deadline.job_attachments.download import merge_asset_manifests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfs.errors import ManifestError
+from vfs.manifest import Manifest, ManifestPath, encode_manifest, merge_manifests
+from vfs.manifest.merge import merge_with_sources
+from vfs.mount.tree import ROOT_INODE, InodeTree
+
+
+def h(n: int) -> str:
+    return f"{n:032x}"
+
+
+def mp(path: str, n: int = 1, size: int = 1, mtime: int = 0) -> ManifestPath:
+    return ManifestPath(path, h(n), size, mtime)
+
+
+def to_deadline(m: Manifest) -> DlManifest:
+    return DlManifest(
+        hash_alg=HashAlgorithm.XXH128,
+        paths=[DlPath(path=p.path, hash=p.hash, size=p.size, mtime=p.mtime) for p in m.paths],
+        total_size=m.effective_total_size(),
+    )
+
+
+# -- merge ---------------------------------------------------------------------------------
+
+
+def test_merge_last_wins_first_insertion_order_total_recomputed() -> None:
+    a = Manifest(paths=[mp("x", 1, 10), mp("y", 2, 20), mp("z", 3, 30)], total_size=999)
+    b = Manifest(paths=[mp("w", 4, 40), mp("y", 5, 5)], total_size=7)
+    c = Manifest(paths=[mp("x", 6, 1)], total_size=0)
+    merged = merge_manifests([a, b, c])
+    assert merged is not None
+    assert [p.path for p in merged.paths] == ["x", "y", "z", "w"]
+    assert merged.paths == [mp("x", 6, 1), mp("y", 5, 5), mp("z", 3, 30), mp("w", 4, 40)]
+    assert merged.effective_total_size() == 1 + 5 + 30 + 40
+    dl = merge_asset_manifests([to_deadline(m) for m in (a, b, c)])
+    assert encode_manifest(merged) == dl.encode().encode()
+
+
+def test_merge_zero_and_one() -> None:
+    assert merge_manifests([]) is None
+    a = Manifest(paths=[mp("x")], total_size=5)
+    assert merge_manifests([a]) is a  # returned as-is, like deadline (totalSize kept)
+    assert merge_asset_manifests([]) is None
+
+
+def test_merge_with_sources_and_hash_alg_mismatch() -> None:
+    a = Manifest(paths=[mp("x", 1), mp("y", 2)])
+    b = Manifest(paths=[mp("y", 3)])
+    merged = merge_with_sources([a, b])
+    assert list(merged) == ["x", "y"]
+    assert merged["x"] == (mp("x", 1), 0)
+    assert merged["y"] == (mp("y", 3), 1)
+    with pytest.raises(ManifestError, match="hashAlg"):
+        merge_with_sources([a, Manifest(paths=[mp("x")], hash_alg="sha1")])
+
+
+_names = st.sampled_from(["a", "b", "B", "d/e", "d/f", "\u00e9", "\U0001f600", "\uff41", "z/y/x"])
+_entries = st.lists(
+    st.builds(
+        ManifestPath,
+        _names,
+        st.integers(0, 2**128 - 1).map(h),
+        st.integers(0, 1000),
+        st.integers(-(2**40), 2**40),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_entries, min_size=2, max_size=4))
+def test_merge_matches_deadline(entry_lists: list[list[ManifestPath]]) -> None:
+    ours = [Manifest(paths=list(e)) for e in entry_lists]
+    theirs = merge_asset_manifests([to_deadline(m) for m in ours])
+    merged = merge_manifests(ours)
+    assert merged is not None
+    # Order in memory is deadline's dict insertion order.
+    assert [p.path for p in merged.paths] == [p.path for p in theirs.paths]
+    assert encode_manifest(merged) == theirs.encode().encode()
+
+
+# -- inode tree ----------------------------------------------------------------------------
+
+
+def node(tree: InodeTree, path: str) -> int:
+    ino = ROOT_INODE
+    for part in path.split("/") if path else []:
+        found = tree.lookup(ino, os.fsencode(part))
+        assert found is not None, f"{path}: {part} not found"
+        ino = found
+    return ino
+
+
+def snapshot(tree: InodeTree) -> tuple[object, ...]:
+    return (
+        tree.children,
+        list(tree.size),
+        list(tree.mtime),
+        list(tree.parent),
+        list(tree.source),
+        bytes(tree.hashes),
+    )
+
+
+def test_tree_structure_sizes_mtimes_hashes() -> None:
+    m = Manifest(
+        paths=[
+            mp("top.txt", 1, 3, 100),
+            mp("a/b/c.bin", 2, 2**40, 500),
+            mp("a/b/d.bin", 3, 0, 300),
+            mp("a/e.txt", 4, 7, 200),
+            mp("f/g/h/i", 2**128 - 1, 9, -50),
+        ]
+    )
+    tree = InodeTree.from_manifests([m], ["m1.manifest"])
+    assert tree.file_count == 5
+    assert tree.total_size == 3 + 2**40 + 7 + 9
+    # Directories implied by the paths.
+    assert {n for n, _ in tree.entries(ROOT_INODE)} == {b"top.txt", b"a", b"f"}
+    for d in ["", "a", "a/b", "f", "f/g", "f/g/h"]:
+        assert tree.is_dir(node(tree, d)), d
+    for p in m.paths:
+        ino = node(tree, p.path)
+        assert not tree.is_dir(ino)
+        assert tree.size[ino] == p.size
+        assert tree.mtime[ino] == p.mtime
+        assert tree.hash_hex(ino) == p.hash
+        assert tree.file_info(ino).hash == p.hash and tree.file_info(ino).size == p.size
+        assert tree.path_of(ino) == p.path
+        assert tree.source_of(ino) == "m1.manifest"
+        assert tree.nlink(ino) == 1
+    # Directory mtime = newest mtime below it.
+    assert tree.mtime[node(tree, "a/b")] == 500
+    assert tree.mtime[node(tree, "a")] == 500
+    assert tree.mtime[ROOT_INODE] == 500
+    assert tree.nlink(ROOT_INODE) == 2 + 2
+    assert tree.nlink(node(tree, "a")) == 2 + 1
+    assert tree.nlink(node(tree, "a/b")) == 2
+    assert len(tree) == 1 + 5 + 6 - 1  # root, files, directories other than the root
+    assert tree.exists(node(tree, "a")) and not tree.exists(0) and not tree.exists(len(tree) + 1)
+
+
+def test_directory_mtime_is_newest_below_even_before_1970() -> None:
+    m = Manifest(paths=[mp("old/x", 1, 1, -2_000_000), mp("old/sub/y", 2, 1, -1_000_000)])
+    tree = InodeTree.from_manifests([m])
+    assert tree.mtime[node(tree, "old/sub")] == -1_000_000
+    assert tree.mtime[node(tree, "old")] == -1_000_000
+    assert tree.mtime[ROOT_INODE] == -1_000_000
+
+
+def test_inode_numbers_are_stable() -> None:
+    ms = [
+        Manifest(paths=[mp("d/x", 1), mp("a", 2), mp("d/e/f", 3), mp("\u00e9/g", 4)]),
+        Manifest(paths=[mp("a", 5), mp("z/y", 6)]),
+    ]
+    first = InodeTree.from_manifests(ms, ["one", "two"])
+    again = InodeTree.from_manifests([Manifest(paths=list(m.paths)) for m in ms], ["one", "two"])
+    assert snapshot(first) == snapshot(again)
+    # Numbered in first-naming order: the root, then d, d/x, a, ...
+    assert node(first, "d") == 2 and node(first, "d/x") == 3 and node(first, "a") == 4
+    # The later manifest wins for "a" but "a" keeps its place.
+    assert first.hash_hex(node(first, "a")) == h(5)
+    assert first.source_of(node(first, "a")) == "two"
+    assert first.source_of(node(first, "d/x")) == "one"
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [["a", "a/b"], ["a/b", "a"], ["x/a", "x/a/b/c"], ["x/a/b/c", "x/a/b"]],
+)
+def test_file_vs_directory_conflict_in_one_manifest(paths: list[str]) -> None:
+    m = Manifest(paths=[mp(p, i) for i, p in enumerate(paths)])
+    with pytest.raises(ManifestError) as info:
+        InodeTree.from_manifests([m], ["s3://bucket/Manifests/one_input"])
+    err = info.value
+    assert err.source == "s3://bucket/Manifests/one_input"
+    assert "s3://bucket/Manifests/one_input" in str(err)
+    assert err.entry is not None and paths[1] in err.entry
+    assert "both a file and a directory" in str(err)
+
+
+@pytest.mark.parametrize("order", ["file_first", "dir_first"])
+def test_file_vs_directory_conflict_across_manifests(order: str) -> None:
+    file_m = Manifest(paths=[mp("keep"), mp("shared/thing")])
+    dir_m = Manifest(paths=[mp("shared/thing/inner.txt")])
+    pairs = [(file_m, "files.manifest"), (dir_m, "dirs.manifest")]
+    if order == "dir_first":
+        pairs.reverse()
+    with pytest.raises(ManifestError) as info:
+        InodeTree.from_manifests([m for m, _ in pairs], [s for _, s in pairs])
+    err = info.value
+    second = pairs[1][1]
+    second_path = "shared/thing/inner.txt" if order == "file_first" else "shared/thing"
+    assert err.source == second
+    assert second in str(err)
+    assert err.entry is not None and second_path in err.entry
+    assert "shared/thing" in str(err)
+
+
+def test_later_manifest_replacing_a_file_is_not_a_conflict() -> None:
+    tree = InodeTree.from_manifests(
+        [Manifest(paths=[mp("a/b", 1)]), Manifest(paths=[mp("a/b", 2, 9)])]
+    )
+    assert tree.hash_hex(node(tree, "a/b")) == h(2)
+    assert tree.size[node(tree, "a/b")] == 9
+    assert tree.file_count == 1
+
+
+def test_surrogateescape_names_become_original_bytes() -> None:
+    raw_dir, raw_file = b"caf\xe9", b"\xff\xfe.bin"
+    path = os.fsdecode(raw_dir) + "/" + os.fsdecode(raw_file)
+    tree = InodeTree.from_manifests([Manifest(paths=[mp(path, 7, 4, 11)])])
+    d = tree.lookup(ROOT_INODE, raw_dir)
+    assert d is not None and tree.is_dir(d)
+    f = tree.lookup(d, raw_file)
+    assert f is not None
+    assert tree.size[f] == 4 and tree.hash_hex(f) == h(7) and tree.mtime[f] == 11
+    assert tree.path_of(f) == path
+    # Valid non-ASCII names are UTF-8.
+    tree2 = InodeTree.from_manifests([Manifest(paths=[mp("\u00e9\U0001f600")])])
+    assert tree2.lookup(ROOT_INODE, "\u00e9\U0001f600".encode()) is not None
+
+
+@pytest.mark.parametrize("path", ["\ud800", "dir/\udfff.txt", "\ud800/file", "a/\udc00x/f"])
+def test_lone_surrogate_that_is_not_surrogateescape_is_refused(path: str) -> None:
+    m = Manifest(paths=[mp("fine"), mp(path)])
+    with pytest.raises(ManifestError) as info:
+        InodeTree.from_manifests([m], ["bad.manifest"])
+    assert info.value.source == "bad.manifest"
+    assert "bad.manifest" in str(info.value)
+    assert info.value.entry is not None and repr(path) in info.value.entry
+
+
+@pytest.mark.parametrize(
+    ("size", "mtime"), [(2**64, 0), (0, 2**63), (0, -(2**63) - 1), (2**70, 2**70)]
+)
+def test_out_of_range_size_or_mtime_is_refused(size: int, mtime: int) -> None:
+    # The decoder accepts any JSON integer (as deadline does); the tree's arrays cannot.
+    m = Manifest(paths=[mp("ok"), mp("d/huge", 1, size, mtime)])
+    with pytest.raises(ManifestError) as info:
+        InodeTree.from_manifests([m], ["big.manifest"])
+    assert info.value.source == "big.manifest"
+    assert info.value.entry is not None and "d/huge" in info.value.entry
+    assert "out of range" in str(info.value)
+
+
+def test_extreme_but_valid_size_and_mtime() -> None:
+    m = Manifest(paths=[mp("a/x", 1, 2**64 - 1, 2**63 - 1), mp("a/y", 2, 0, -(2**63))])
+    tree = InodeTree.from_manifests([m])
+    assert tree.size[node(tree, "a/x")] == 2**64 - 1
+    assert tree.mtime[node(tree, "a/y")] == -(2**63)
+    assert tree.mtime[node(tree, "a")] == 2**63 - 1
+
+
+def test_out_of_range_first_entry_is_refused() -> None:
+    with pytest.raises(ManifestError, match="out of range"):
+        InodeTree.from_manifests([Manifest(paths=[mp("x", 1, 0, 2**64)])], ["m"])

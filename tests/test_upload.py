@@ -1,0 +1,355 @@
+"""Uploading a manifest's files to the content-addressed store (local directory and moto S3)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import run_vfs
+
+from vfs.errors import UploadError
+from vfs.hashing import hash_bytes
+from vfs.manifest import Manifest, ManifestPath, encode_manifest
+from vfs.snapshot import snapshot_directory, write_manifest_file
+from vfs.storage import LocalStore, ObjectStore, S3Options, S3Store, data_key
+from vfs.transfer import upload_manifest_files
+
+OWNER = "123456789012"
+
+FILES = {
+    "a.txt": b"alpha",
+    "sub/dup.txt": b"alpha",  # same content as a.txt: one object
+    "sub/b.bin": random.Random(1).randbytes(100_000),
+    "empty": b"",
+    "deep/x/y.dat": random.Random(2).randbytes(3000),
+    "caf\u00e9/\U0001f600.txt": b"unicode",
+}
+
+
+def make_root(root: Path, files: dict[str, bytes] = FILES) -> Manifest:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    m = snapshot_directory(str(root))
+    assert m is not None and len(m.paths) == len(files)
+    return m
+
+
+def distinct(files: dict[str, bytes] = FILES) -> dict[str, bytes]:
+    """``{data key: content}`` of the distinct objects of ``files``."""
+    return {data_key(hash_bytes(d)): d for d in files.values()}
+
+
+def stored(store: ObjectStore) -> dict[str, bytes]:
+    return {k: store.get_bytes(k) for k, _ in store.list_keys("Data/")}
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalStore(str(tmp_path / "store"))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = request.getfixturevalue("s3_bucket")
+    return S3Store(bucket, "jobs/root", S3Options(endpoint_url=endpoint))
+
+
+def count_puts(store: ObjectStore) -> list[str]:
+    """For an S3 store, record the key of every PUT the client sends (observing only)."""
+    puts: list[str] = []
+    if isinstance(store, S3Store):
+
+        def before_send(request: Any, **_: Any) -> None:
+            if request.method == "PUT":
+                puts.append(urlsplit(request.url).path)
+
+        store.client.meta.events.register("before-send.s3.PutObject", before_send)
+    return puts
+
+
+# -- upload_manifest_files ------------------------------------------------------------------
+
+
+def test_uploads_each_distinct_hash_once(store: ObjectStore, tmp_path: Path) -> None:
+    m = make_root(tmp_path / "root")
+    puts = count_puts(store)
+    called: list[tuple[ManifestPath, bool]] = []
+    summary = upload_manifest_files(
+        m, str(tmp_path / "root"), store, on_object=lambda e, up: called.append((e, up))
+    )
+    want = distinct()
+    assert len(want) == len(FILES) - 1
+    assert summary.objects == len(want)
+    assert summary.uploaded == len(want) and summary.skipped == 0
+    assert summary.uploaded_bytes == sum(len(d) for d in want.values())
+    assert stored(store) == want
+    assert sorted(data_key(e.hash) for e, _ in called) == sorted(want)
+    assert all(up for _, up in called)
+    if isinstance(store, S3Store):
+        assert len(puts) == len(want)
+        assert all(p.startswith(f"/{store.bucket}/jobs/root/Data/") for p in puts)
+
+
+def test_second_upload_skips_everything(store: ObjectStore, tmp_path: Path) -> None:
+    m = make_root(tmp_path / "root")
+    upload_manifest_files(m, str(tmp_path / "root"), store)
+    puts = count_puts(store)
+    summary = upload_manifest_files(m, str(tmp_path / "root"), store)
+    want = distinct()
+    assert (summary.uploaded, summary.skipped) == (0, len(want))
+    assert summary.skipped_bytes == sum(len(d) for d in want.values())
+    assert puts == []
+    assert stored(store) == want
+
+
+def test_present_object_of_right_size_is_skipped_wrong_size_replaced(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    m = make_root(tmp_path / "root")
+    alpha_key = data_key(hash_bytes(b"alpha"))
+    big_key = data_key(hash_bytes(FILES["sub/b.bin"]))
+    store.put_bytes(alpha_key, b"ALPHA")  # right size: trusted, not re-read
+    store.put_bytes(big_key, b"truncated")  # wrong size: uploaded again
+    uploaded: dict[str, bool] = {}
+    summary = upload_manifest_files(
+        m, str(tmp_path / "root"), store, on_object=lambda e, up: uploaded.update({e.hash: up})
+    )
+    assert summary.skipped == 1 and summary.uploaded == len(distinct()) - 1
+    assert uploaded[hash_bytes(b"alpha")] is False
+    assert uploaded[hash_bytes(FILES["sub/b.bin"])] is True
+    assert store.get_bytes(alpha_key) == b"ALPHA"
+    assert store.get_bytes(big_key) == FILES["sub/b.bin"]
+
+
+@pytest.mark.parametrize("change", ["same_size", "other_size"])
+def test_changed_and_missing_files_are_refused_others_uploaded(
+    store: ObjectStore, tmp_path: Path, change: str
+) -> None:
+    root = tmp_path / "root"
+    m = make_root(root)
+    changed = root / "sub" / "b.bin"
+    data = bytearray(FILES["sub/b.bin"])
+    if change == "same_size":
+        data[500] ^= 0xFF
+    else:
+        data += b"more"
+    changed.write_bytes(data)
+    missing = root / "deep" / "x" / "y.dat"
+    missing.unlink()
+
+    with pytest.raises(UploadError) as info:
+        upload_manifest_files(m, str(root), store)
+    msg = str(info.value)
+    assert str(changed) in msg and "changed since the manifest" in msg
+    assert str(missing) in msg and "no such file" in msg
+    assert "2 of 5 objects were not uploaded" in msg
+
+    good = {
+        k: v for k, v in distinct().items() if v not in (FILES["sub/b.bin"], FILES["deep/x/y.dat"])
+    }
+    assert stored(store) == good  # the others were uploaded; nothing under a wrong hash
+    assert hash_bytes(bytes(data)) not in str(list(store.list_keys("")))
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def cli_upload(*args: str, check: bool = True) -> Any:
+    result = run_vfs("attachment", "upload", *args, check=check)
+    return json.loads(result.stdout) if check and "--json" in args else result
+
+
+def test_cli_upload_to_file_store(tmp_path: Path, local_store: tuple[Path, str]) -> None:
+    store_dir, uri = local_store
+    root = tmp_path / "root"
+    m = make_root(root)
+    manifest_file = write_manifest_file(str(root), m, str(tmp_path / "manifests"))
+    out = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri, "--json")
+    n = len(distinct())
+    assert out == [
+        {
+            "manifest": manifest_file,
+            "root": str(root),
+            "objects": n,
+            "uploaded": n,
+            "uploaded_bytes": sum(len(d) for d in distinct().values()),
+            "skipped": 0,
+            "skipped_bytes": 0,
+        }
+    ]
+    assert stored(LocalStore(str(store_dir))) == distinct()
+    again = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri, "--json")
+    assert (again[0]["uploaded"], again[0]["skipped"]) == (0, n)
+    text = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri)
+    assert f"0 objects uploaded (0 bytes), {n} already in {uri}" in text.stdout
+
+
+def test_cli_upload_two_roots_paired_by_manifest_name(
+    tmp_path: Path, local_store: tuple[Path, str]
+) -> None:
+    store_dir, uri = local_store
+    files1 = {"one/a": b"1", "one/b": b"shared"}
+    files2 = {"two": b"2", "same": b"shared"}
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    m1 = write_manifest_file(str(r1), make_root(r1, files1), str(tmp_path / "m"))
+    m2 = write_manifest_file(str(r2), make_root(r2, files2), str(tmp_path / "m"))
+    out = cli_upload(
+        *("-m", m1, "-m", m2, "-r", str(r2), "-r", str(r1)), "--s3-root-uri", uri, "--json"
+    )
+    assert [(o["manifest"], o["root"]) for o in out] == [(m1, str(r1)), (m2, str(r2))]
+    assert stored(LocalStore(str(store_dir))) == {**distinct(files1), **distinct(files2)}
+
+
+def test_cli_upload_refuses_changed_file(tmp_path: Path, local_store: tuple[Path, str]) -> None:
+    store_dir, uri = local_store
+    root = tmp_path / "root"
+    m = make_root(root)
+    manifest_file = tmp_path / "x.manifest"
+    manifest_file.write_bytes(encode_manifest(m))
+    (root / "a.txt").write_bytes(b"ALPHA")  # same size, different content
+    (root / "sub" / "dup.txt").write_bytes(b"ALPHA")  # the other copy of that content too
+    result = cli_upload(
+        "-m", str(manifest_file), "-r", str(root), "--s3-root-uri", uri, check=False
+    )
+    assert result.returncode != 0
+    assert str(root / "a.txt") in result.stderr or str(root / "sub" / "dup.txt") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert data_key(hash_bytes(b"alpha")) not in stored(LocalStore(str(store_dir)))
+
+
+def test_cli_upload_takes_an_intact_copy_of_changed_content(
+    tmp_path: Path, local_store: tuple[Path, str]
+) -> None:
+    store_dir, uri = local_store
+    root = tmp_path / "root"
+    m = make_root(root)
+    manifest_file = tmp_path / "x.manifest"
+    manifest_file.write_bytes(encode_manifest(m))
+    changed = root / "a.txt"
+    changed.write_bytes(b"ALPHA")  # sub/dup.txt still holds the manifest's content
+    result = cli_upload("-m", str(manifest_file), "-r", str(root), "--s3-root-uri", uri)
+    assert result.returncode == 0
+    assert str(changed) in result.stderr  # the changed copy is named in a warning
+    key = data_key(hash_bytes(b"alpha"))
+    assert (store_dir / key).read_bytes() == b"alpha"
+
+
+def test_cli_upload_to_moto(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_client: Any
+) -> None:
+    root = tmp_path / "root"
+    m = make_root(root)
+    manifest_file = write_manifest_file(str(root), m, str(tmp_path / "manifests"))
+    uri = f"s3://{s3_bucket}/jobs/root"
+    args = ("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri)
+    out = cli_upload(*args, "--endpoint-url", s3_endpoint, "--json")
+    assert out[0]["uploaded"] == len(distinct())
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="jobs/root/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted(f"jobs/root/{k}" for k in distinct())
+    for key, data in distinct().items():
+        body = s3_client.get_object(Bucket=s3_bucket, Key=f"jobs/root/{key}")["Body"].read()
+        assert body == data
+    # The endpoint can also come from AWS_ENDPOINT_URL.
+    result = run_vfs("attachment", "upload", *args, "--json", env={"AWS_ENDPOINT_URL": s3_endpoint})
+    assert json.loads(result.stdout)[0]["skipped"] == len(distinct())
+
+
+# -- ExpectedBucketOwner through the CLI, observed on the wire --------------------------------
+
+
+class RecordingProxy:
+    """A plain HTTP relay to the moto server that records each request's method, path and
+    ``x-amz-expected-bucket-owner`` header, so a subprocess's requests can be observed."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.seen: list[tuple[str, str, str | None]] = []
+        seen = self.seen
+
+        class Relay(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                owner = self.headers.get("x-amz-expected-bucket-owner")
+                seen.append((self.command, self.path, owner))
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    headers = resp.getheaders()
+                finally:
+                    conn.close()
+                self.send_response(resp.status, resp.reason)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                if self.command == "HEAD":
+                    self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = relay
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def proxy(s3_endpoint: str) -> Iterator[RecordingProxy]:
+    p = RecordingProxy(s3_endpoint)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_cli_sends_expected_bucket_owner_on_every_request(
+    tmp_path: Path, s3_bucket: str, s3_client: Any, proxy: RecordingProxy
+) -> None:
+    root = tmp_path / "root"
+    m = make_root(root)
+    # The manifest itself is read from S3 too (read_location with the same options).
+    s3_client.put_object(Bucket=s3_bucket, Key="Manifests/in_input", Body=encode_manifest(m))
+    args = (
+        *("-m", f"s3://{s3_bucket}/Manifests/in_input", "-r", str(root)),
+        *("--s3-root-uri", f"s3://{s3_bucket}/jobs", "--endpoint-url", proxy.url),
+    )
+    out = cli_upload(*args, "--expected-bucket-owner", OWNER, "--json")
+    assert out[0]["uploaded"] == len(distinct())
+    methods = {method for method, _, _ in proxy.seen}
+    assert {"GET", "HEAD", "PUT"} <= methods
+    assert all(owner == OWNER for _, _, owner in proxy.seen), proxy.seen
+    assert any(path.endswith("/Manifests/in_input") for _, path, _ in proxy.seen)
+
+    # Also from the environment variable; and nothing is sent when it is not set.
+    proxy.seen.clear()
+    env = {"VFS_EXPECTED_BUCKET_OWNER": OWNER}
+    run_vfs("attachment", "upload", *args, env=env)
+    assert proxy.seen and all(owner == OWNER for _, _, owner in proxy.seen)
+    proxy.seen.clear()
+    run_vfs("attachment", "upload", *args, env={"VFS_EXPECTED_BUCKET_OWNER": ""})
+    assert proxy.seen and all(owner is None for _, _, owner in proxy.seen)
