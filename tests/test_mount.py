@@ -333,4 +333,4 @@ def test_concurrent_readers_share_one_fetch(
     for t in threads:
         t.join(60)
     assert results == [True] * 16
-    assert stats(m)["fetch.objects"] == 1
+    assert stats(m)["fetch.blocks"] == 2  # 8 MiB = two 4 MiB blocks, each fetched once

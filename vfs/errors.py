@@ -68,6 +68,10 @@ class CorruptObjectError(StoreError):
     """An object's content does not match its content hash or its expected size."""
 
 
+class CacheFullError(VfsError):
+    """The block cache cannot make room: every entry is in use, or the disk is full."""
+
+
 class StoreUriError(VfsError):
     """A store URI is malformed or uses an unsupported scheme."""
 

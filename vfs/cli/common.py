@@ -65,3 +65,27 @@ def setup_logging(verbose: int, log_file: str | None = None) -> None:
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with an optional binary unit (``512M``, ``20G``, ``1.5T``).
+
+    Raises ``click.BadParameter`` for anything else.
+    """
+    s = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = s[-1:] if s[-1:] in _UNITS else ""
+    try:
+        value = float(s[: len(s) - len(unit)] if unit else s)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 512M, 20G)") from None
+    if value < 0:
+        raise click.BadParameter(f"{text!r} is negative")
+    return int(value * _UNITS[unit])
+
+
+def size_callback(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+    """Click callback turning a size option (``20G``) into bytes."""
+    return value if isinstance(value, int) else parse_size(value)

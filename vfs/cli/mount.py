@@ -8,7 +8,8 @@ import sys
 import click
 import platformdirs
 
-from vfs.cli.common import make_s3_options, s3_options, setup_logging
+from vfs.cli.common import make_s3_options, s3_options, setup_logging, size_callback
+from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
 from vfs.mount.service import (
     MountConfig,
     default_log_file,
@@ -47,7 +48,43 @@ def default_cache_dir() -> str:
     "--cache-dir",
     default=None,
     metavar="DIR",
-    help="Object cache shared by all mounts (default: $VFS_CACHE_DIR or ~/.cache/vfs).",
+    help="Block cache shared by all mounts (default: $VFS_CACHE_DIR or ~/.cache/vfs).",
+)
+@click.option(
+    "--cache-size",
+    callback=size_callback,
+    metavar="SIZE",
+    default="20G",
+    show_default=True,
+    help="Bound of the block cache (e.g. 50G).",
+)
+@click.option(
+    "--min-free-ratio",
+    type=click.FloatRange(0, 0.9),
+    default=0.05,
+    show_default=True,
+    help="Share of the cache's file system kept free.",
+)
+@click.option(
+    "--max-memory",
+    callback=size_callback,
+    metavar="SIZE",
+    default="256M",
+    show_default=True,
+    help="Memory for downloads in flight, readahead included (e.g. 512M).",
+)
+@click.option(
+    "--max-fetches",
+    default=DEFAULT_POLICY.max_fetches,
+    show_default=True,
+    help="Concurrent downloads.",
+)
+@click.option(
+    "--fetch-timeout",
+    type=click.FloatRange(1),
+    default=DEFAULT_POLICY.fetch_timeout,
+    show_default=True,
+    help="Seconds before a read of uncached data fails with EIO.",
 )
 @click.option(
     "-o",
@@ -64,7 +101,6 @@ def default_cache_dir() -> str:
     help="Log file (default: stderr in the foreground, "
     "CACHE_DIR/logs/mount-*.log in the background).",
 )
-@click.option("--max-fetches", default=16, show_default=True, help="Concurrent object downloads.")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @s3_options
 @click.pass_context
@@ -74,10 +110,14 @@ def mount(
     manifests: tuple[str, ...],
     store_uri: str,
     cache_dir: str | None,
+    cache_size: int,
+    min_free_ratio: float,
+    max_memory: int,
+    max_fetches: int,
+    fetch_timeout: float,
     fuse_options: tuple[str, ...],
     foreground: bool,
     log_file: str | None,
-    max_fetches: int,
     ready_fd: int | None,
     endpoint_url: str | None,
     expected_bucket_owner: str | None,
@@ -102,23 +142,22 @@ def mount(
             cache_dir=cache,
             fuse_options=list(fuse_options),
             s3=make_s3_options(endpoint_url, expected_bucket_owner),
-            max_fetches=max_fetches,
+            cache_size=cache_size,
+            min_free_ratio=min_free_ratio,
+            policy=FetchPolicy(
+                max_fetches=max_fetches,
+                max_memory=max_memory,
+                fetch_timeout=fetch_timeout,
+                attempt_timeout=min(DEFAULT_POLICY.attempt_timeout, fetch_timeout),
+            ),
         )
         run_mount(config, ready_fd)
         return
-    argv = [
-        *python_argv(),
-        *(["-" + "v" * verbose] if verbose else []),
-        "mount",
-        os.path.abspath(mountpoint),
-        "--store",
-        store_uri,
-        "--cache-dir",
-        cache,
-        "--max-fetches",
-        str(max_fetches),
-        "--foreground",
-    ]
+    argv = [*python_argv(), *(["-" + "v" * verbose] if verbose else []), "mount",
+            os.path.abspath(mountpoint), "--store", store_uri, "--cache-dir", cache,
+            "--cache-size", str(cache_size), "--min-free-ratio", str(min_free_ratio),
+            "--max-memory", str(max_memory), "--max-fetches", str(max_fetches),
+            "--fetch-timeout", str(fetch_timeout), "--foreground"]  # fmt: skip
     for m in locations:
         argv += ["--manifest", m]
     for o in fuse_options:

@@ -1,77 +1,514 @@
-"""Getting CAS objects into the cache without blocking the trio loop.
+"""Getting object content into the block cache and serving reads from it.
 
-One fetch per object is in flight at a time: every reader that needs an object being
-fetched waits for that fetch (request coalescing, as CernVM-FS collapses same-URL
-downloads). Downloads and hashing run in worker threads bounded by a
-``trio.CapacityLimiter``.
+What is fetched how (design: mountpoint-s3's prefetcher, CernVM-FS's verified cache):
+
+* An object of at most ``BLOCK_SIZE`` bytes is fetched whole, checked against its xxh128
+  and size, and only then renamed into the cache.
+* A larger object (a big v1 file, or a 256 MiB chunk of a v2 file) is fetched in blocks by
+  ranged GETs. A block cannot be checked on its own (the hash covers the whole object), so
+  its length is checked; as soon as every block of the object is cached the whole object
+  is hashed, and on a mismatch its blocks are evicted, an error naming the key is logged,
+  and the next read fetches them again.
+* Cache hits are verified once per process before first use: a whole object is hashed; a
+  large object whose blocks are all present is hashed as a whole. A corrupt or truncated
+  entry is evicted and fetched again.
+* One fetch per cache entry is in flight at a time; every reader of that entry waits for it
+  (request coalescing). Downloads run in worker threads: their number is bounded by
+  ``max_fetches`` and by the memory budget (``max_memory`` / ``BLOCK_SIZE``).
+* Sequential reads through one file handle grow a readahead window (1, 2, 4 … blocks up to
+  ``READAHEAD_MAX_BLOCKS``); readahead only uses spare download slots, so it never delays a
+  reader, and a non-sequential read resets it.
+* Every attempt has a timeout; failed attempts are retried with exponential backoff and
+  jitter until ``attempts`` or ``fetch_timeout`` runs out, then the read fails (EIO). A 404
+  or 403 is not retried. Cached data is served without touching the store, so it keeps
+  working while the store is unreachable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
+import xxhash
 
-from vfs.mount.cache import ObjectCache
+from vfs.errors import (
+    AccessDeniedError,
+    CacheFullError,
+    CorruptObjectError,
+    ObjectNotFoundError,
+    StoreError,
+)
+from vfs.mount.blockcache import BLOCK_SIZE, BlockCache
+from vfs.mount.objects import CHUNK_SIZE, ObjectRef
 from vfs.mount.stats import MountStats
-from vfs.storage import ObjectStore
+from vfs.storage import ObjectStore, data_key
+from vfs.storage.ranges import get_range
 
 log = logging.getLogger(__name__)
 
+READAHEAD_MAX_BLOCKS = 16
+"""Largest readahead window, in blocks."""
+
+FDS_PER_HANDLE = 8
+"""Cache entries a file handle keeps open."""
+
+STREAM_CHUNK = 4 * 1024 * 1024
+INLINE_VERIFY_LIMIT = 256 * 1024
+"""Cached objects up to this size are verified on the event loop (cheaper than a thread hop)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    """Limits of the fetcher. Times in seconds, sizes in bytes."""
+
+    max_fetches: int = 16
+    max_memory: int = 256 * 1024 * 1024
+    fetch_timeout: float = 60.0
+    attempt_timeout: float = 30.0
+    attempts: int = 5
+
+
+DEFAULT_POLICY = FetchPolicy()
+
+
+class ReadState:
+    """What one open file handle keeps: open cache entries and its readahead window."""
+
+    __slots__ = ("fds", "next_offset", "window")
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.next_offset = 0
+        self.window = 0
+
+    def fd(self, cache: BlockCache, name: str) -> int:
+        """An open descriptor of cache entry ``name``. Raises ``FileNotFoundError`` if gone."""
+        fd = self.fds.get(name)
+        if fd is not None:
+            return fd
+        fd = os.open(cache.path(name), os.O_RDONLY | os.O_CLOEXEC)
+        if len(self.fds) >= FDS_PER_HANDLE:
+            oldest = next(iter(self.fds))
+            os.close(self.fds.pop(oldest))
+        self.fds[name] = fd
+        return fd
+
+    def drop(self, name: str) -> None:
+        """Close the descriptor of ``name`` (after the entry turned out to be corrupt)."""
+        fd = self.fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
 
 class _Inflight:
-    __slots__ = ("done", "error", "path")
+    __slots__ = ("done", "error")
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.path: str | None = None
         self.error: BaseException | None = None
 
 
-class ObjectFetcher:
-    """Ensures objects are in ``cache``, fetching them from ``store`` when missing.
-
-    ``max_fetches`` bounds concurrent downloads (worker threads).
-    """
+class ContentFetcher:
+    """Serves reads of objects from ``cache``, fetching what is missing from ``store``."""
 
     def __init__(
-        self, cache: ObjectCache, store: ObjectStore, stats: MountStats, max_fetches: int = 16
+        self,
+        cache: BlockCache,
+        store: ObjectStore,
+        stats: MountStats,
+        policy: FetchPolicy | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
         self.stats = stats
-        self.limiter = trio.CapacityLimiter(max_fetches)
+        self.policy = policy or FetchPolicy()
+        slots = max(1, min(self.policy.max_fetches, self.policy.max_memory // BLOCK_SIZE))
+        self.limiter = trio.CapacityLimiter(slots)
         self._inflight: dict[str, _Inflight] = {}
+        self._verified: set[str] = set()
+        self._contact: dict[str, trio.Event] = {}
+        self._present: dict[str, int] = {}
+        self._states: set[ReadState] = set()
+        self._nursery: trio.Nursery | None = None
 
-    async def ensure(self, hash_: str, size: int) -> str:
-        """Path of the verified cached object ``hash_`` of ``size`` bytes.
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Give the fetcher a nursery for readahead and background verification."""
+        self._nursery = nursery
 
-        Raises what the fetch raised (``StoreError`` subclasses, ``OSError``) to every waiter.
+    def open_state(self) -> ReadState:
+        """A new per-handle state; its open entries are never evicted by this process."""
+        state = ReadState()
+        self._states.add(state)
+        return state
+
+    def close_state(self, state: ReadState) -> None:
+        """Close a per-handle state."""
+        state.close()
+        self._states.discard(state)
+
+    def _pinned(self) -> frozenset[str]:
+        return frozenset(name for s in self._states for name in s.fds)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read(
+        self, parts: Sequence[ObjectRef], off: int, size: int, state: ReadState
+    ) -> bytes:
+        """Bytes ``[off, off + size)`` of a file made of ``parts`` (one object, or v2 chunks).
+
+        Raises ``StoreError`` subclasses, ``VfsError`` or ``OSError`` when content cannot
+        be had (the FUSE layer answers EIO).
         """
-        path = self.cache.lookup(hash_, size)
-        if path is not None:
-            self.stats.add("cache.hits")
-            return path
+        if len(parts) == 1:
+            return await self._read_object(parts[0], off, size, state)
+        pieces: list[bytes] = []
+        end = off + size
+        for index, part in enumerate(parts):
+            start = index * CHUNK_SIZE
+            if start >= end:
+                break
+            if start + part.size <= off:
+                continue
+            lo = max(off, start) - start
+            hi = min(end, start + part.size) - start
+            pieces.append(await self._read_object(part, lo, hi - lo, state))
+        return b"".join(pieces)
+
+    async def _read_object(self, obj: ObjectRef, off: int, size: int, state: ReadState) -> bytes:
+        end = min(off + size, obj.size)
+        if off >= end:
+            return b""
+        if obj.size <= BLOCK_SIZE:
+            name = await self._ensure_whole(obj)
+            return await self._pread(state, name, end - off, off, lambda: self._ensure_whole(obj))
+        await self._first_contact(obj)
+        first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        self._readahead(obj, off, end, last, state)
+        pieces: list[bytes] = []
+        for index in range(first, last + 1):
+            start = index * BLOCK_SIZE
+            lo = max(off, start) - start
+            hi = min(end, start + BLOCK_SIZE) - start
+            name = await self._ensure_block(obj, index)
+            refetch = functools.partial(self._ensure_block, obj, index)
+            pieces.append(await self._pread(state, name, hi - lo, lo, refetch))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _pread(
+        self,
+        state: ReadState,
+        name: str,
+        size: int,
+        off: int,
+        refetch: Callable[[], Awaitable[str]],
+    ) -> bytes:
+        try:
+            fd = state.fd(self.cache, name)
+        except FileNotFoundError:  # evicted by another process since we checked
+            state.drop(name)
+            name = await refetch()
+            fd = state.fd(self.cache, name)
+        self.cache.touch(name)
+        return os.pread(fd, size, off)
+
+    # -- whole objects ----------------------------------------------------------------------
+
+    async def _ensure_whole(self, obj: ObjectRef) -> str:
+        name = self.cache.object_name(obj.hash)
+        if self.cache.has(name, obj.size):
+            if obj.hash in self._verified:
+                self.stats.add("cache.hits")
+                return name
+            if await self._verify_cached_whole(name, obj):
+                self._verified.add(obj.hash)
+                self.stats.add("cache.hits")
+                return name
         self.stats.add("cache.misses")
-        inflight = self._inflight.get(hash_)
+        await self._coalesced(name, self._download_whole, obj)
+        self._verified.add(obj.hash)
+        return name
+
+    async def _verify_cached_whole(self, name: str, obj: ObjectRef) -> bool:
+        path = self.cache.path(name)
+        if obj.size <= INLINE_VERIFY_LIMIT:
+            actual = _hash_file(path)
+        else:
+            actual = await trio.to_thread.run_sync(_hash_file, path)
+        if actual == obj.hash:
+            return True
+        log.error(
+            "cache entry %s is corrupt (hashes to %s); fetching %s again",
+            path, actual, self.store.describe(data_key(obj.hash)),
+        )  # fmt: skip
+        self.stats.add("cache.corrupt")
+        await trio.to_thread.run_sync(self.cache.remove, [name])
+        return False
+
+    def _download_whole(self, obj: ObjectRef, pinned: frozenset[str]) -> int:
+        """Worker thread: fetch a whole object, verify it, cache it. Returns bytes fetched."""
+        key = data_key(obj.hash)
+        name = self.cache.object_name(obj.hash)
+        self.cache.reserve(obj.size, pinned)
+        fd, tmp = self.cache.new_temp()
+        try:
+            hasher = xxhash.xxh3_128()
+            written = 0
+            with os.fdopen(fd, "wb") as out, self.store.open_read(key) as body:
+                while written <= obj.size:
+                    chunk = body.read(STREAM_CHUNK)
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+            where = self.store.describe(key)
+            if written != obj.size:
+                raise CorruptObjectError(
+                    f"object {where} has {written}{'+' if written > obj.size else ''} bytes, "
+                    f"the manifest says {obj.size}",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+            if hasher.hexdigest() != obj.hash:
+                raise CorruptObjectError(
+                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+            self.cache.commit(tmp, name, obj.size, reserved=obj.size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self.cache.release(obj.size)
+            raise
+        return written
+
+    # -- blocks of large objects ------------------------------------------------------------
+
+    def _block_length(self, obj: ObjectRef, index: int) -> int:
+        return min(BLOCK_SIZE, obj.size - index * BLOCK_SIZE)
+
+    async def _ensure_block(self, obj: ObjectRef, index: int) -> str:
+        name = self.cache.block_name(obj.hash, index)
+        if self.cache.has(name, self._block_length(obj, index)):
+            self.stats.add("cache.hits")
+            return name
+        self.stats.add("cache.misses")
+        await self._coalesced(name, self._download_block, obj, index)
+        return name
+
+    def _download_block(self, obj: ObjectRef, index: int, pinned: frozenset[str]) -> int:
+        """Worker thread: fetch one block by a ranged GET, check its length, cache it."""
+        key = data_key(obj.hash)
+        length = self._block_length(obj, index)
+        self.cache.reserve(length, pinned)
+        try:
+            data = get_range(self.store, key, index * BLOCK_SIZE, length)
+            if len(data) != length:
+                where = self.store.describe(key)
+                raise CorruptObjectError(
+                    f"object {where} returned {len(data)} bytes for block {index}, "
+                    f"expected {length}: it is shorter than the manifest says",
+                    key=where,
+                )
+            fd, tmp = self.cache.new_temp()
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                self.cache.commit(tmp, self.cache.block_name(obj.hash, index), length, length)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except BaseException:
+            self.cache.release(length)
+            raise
+        return length
+
+    async def _first_contact(self, obj: ObjectRef) -> None:
+        """Once per process: count the object's cached blocks; hash it if all are there."""
+        event = self._contact.get(obj.hash)
+        if event is not None:
+            await event.wait()
+            return
+        event = self._contact[obj.hash] = trio.Event()
+        try:
+            present = await trio.to_thread.run_sync(self._count_blocks, obj)
+            self._present[obj.hash] = present
+            if present == _nblocks(obj):
+                await self._verify_blocks(obj)
+        finally:
+            event.set()
+
+    def _count_blocks(self, obj: ObjectRef) -> int:
+        return sum(
+            self.cache.has(self.cache.block_name(obj.hash, i), self._block_length(obj, i))
+            for i in range(_nblocks(obj))
+        )
+
+    async def _verify_blocks(self, obj: ObjectRef) -> None:
+        """Hash a large object from its cached blocks; evict them all on a mismatch."""
+        names = [self.cache.block_name(obj.hash, i) for i in range(_nblocks(obj))]
+        actual = await trio.to_thread.run_sync(self._hash_blocks, names)
+        if actual is None:  # a block was evicted meanwhile
+            return
+        if actual == obj.hash:
+            self._verified.add(obj.hash)
+            return
+        log.error(
+            "object %s: its cached blocks hash to %s, not %s; evicted them, the next read "
+            "fetches them again",
+            self.store.describe(data_key(obj.hash)), actual, obj.hash,
+        )  # fmt: skip
+        self.stats.add("verify.failed")
+        self._present[obj.hash] = 0
+        await trio.to_thread.run_sync(self.cache.remove, names)
+
+    def _hash_blocks(self, names: list[str]) -> str | None:
+        hasher = xxhash.xxh3_128()
+        for name in names:
+            try:
+                with open(self.cache.path(name), "rb") as f:
+                    while chunk := f.read(STREAM_CHUNK):
+                        hasher.update(chunk)
+            except FileNotFoundError:
+                return None
+        return hasher.hexdigest()
+
+    def _block_arrived(self, obj: ObjectRef) -> None:
+        count = self._present.get(obj.hash, 0) + 1
+        self._present[obj.hash] = count
+        if count >= _nblocks(obj) and obj.hash not in self._verified and self._nursery:
+            self._nursery.start_soon(self._verify_blocks, obj)
+
+    def _readahead(self, obj: ObjectRef, off: int, end: int, last: int, state: ReadState) -> None:
+        sequential = off == state.next_offset and off > 0
+        state.window = min(max(1, state.window * 2), READAHEAD_MAX_BLOCKS) if sequential else 0
+        state.next_offset = end
+        if not state.window or self._nursery is None:
+            return
+        for index in range(last + 1, min(last + 1 + state.window, _nblocks(obj))):
+            if self.limiter.available_tokens <= 1:  # keep a slot for readers
+                break
+            name = self.cache.block_name(obj.hash, index)
+            if name in self._inflight or self.cache.has(name, self._block_length(obj, index)):
+                continue
+            self.stats.add("readahead.blocks")
+            self._nursery.start_soon(self._prefetch, obj, index)
+
+    async def _prefetch(self, obj: ObjectRef, index: int) -> None:
+        name = self.cache.block_name(obj.hash, index)
+        try:
+            await self._coalesced(name, self._download_block, obj, index)
+        except Exception as e:  # a reader that needs the block will report it
+            self.stats.add("readahead.errors")
+            log.debug("readahead of %s failed: %s", name, e)
+
+    # -- coalescing and retries -------------------------------------------------------------
+
+    async def _coalesced(
+        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: int
+    ) -> None:
+        """Run ``download`` for cache entry ``name`` unless it is running; wait for it."""
+        inflight = self._inflight.get(name)
         if inflight is not None:
-            await inflight.done.wait()
+            with trio.fail_after(self.policy.fetch_timeout + self.policy.attempt_timeout):
+                await inflight.done.wait()
             if inflight.error is not None:
                 raise inflight.error
-            assert inflight.path is not None
-            return inflight.path
-        inflight = self._inflight[hash_] = _Inflight()
+            return
+        inflight = self._inflight[name] = _Inflight()
         try:
-            inflight.path = await trio.to_thread.run_sync(
-                self.cache.fetch, self.store, hash_, size, limiter=self.limiter
-            )
-            self.stats.add("fetch.objects")
-            self.stats.add("fetch.bytes", size)
-            return inflight.path
+            fetched = await self._with_retries(name, download, obj, *args)
+            self.stats.add("fetch.objects" if download == self._download_whole else "fetch.blocks")
+            self.stats.add("fetch.bytes", fetched)
+            if download != self._download_whole:
+                self._block_arrived(obj)
         except BaseException as e:
-            inflight.error = e
+            inflight.error = e if isinstance(e, Exception) else StoreError(f"{name}: cancelled")
             self.stats.add("fetch.errors")
             raise
         finally:
-            del self._inflight[hash_]
+            del self._inflight[name]
             inflight.done.set()
+
+    async def _with_retries(
+        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: int
+    ) -> int:
+        policy = self.policy
+        deadline = trio.current_time() + policy.fetch_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - trio.current_time()
+            try:
+                with trio.fail_after(max(0.01, min(policy.attempt_timeout, remaining))):
+                    job = functools.partial(download, obj, *args, self._pinned())
+                    return await trio.to_thread.run_sync(
+                        job, limiter=self.limiter, abandon_on_cancel=True
+                    )
+            except (ObjectNotFoundError, AccessDeniedError, CorruptObjectError, CacheFullError):
+                raise
+            except trio.TooSlowError:
+                error: Exception = StoreError(
+                    f"{self.store.describe(data_key(obj.hash))}: no answer within "
+                    f"{min(policy.attempt_timeout, remaining):.0f} s",
+                    key=self.store.describe(data_key(obj.hash)),
+                )
+            except (StoreError, OSError) as e:
+                error = e
+            left = deadline - trio.current_time()
+            if attempt >= policy.attempts or left <= 0:
+                raise error
+            self.stats.add("fetch.retries")
+            delay = min(5.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            log.warning("fetch of %s failed (attempt %d): %s; retrying in %.1f s",
+                        name, attempt, error, delay)  # fmt: skip
+            await trio.sleep(min(delay, left))
+
+    # -- observability ----------------------------------------------------------------------
+
+    def cached_fraction(self, parts: Sequence[ObjectRef]) -> float:
+        """Share of a file's bytes present in the cache (0.0 to 1.0); stats only."""
+        total = sum(p.size for p in parts)
+        if total == 0:
+            return 1.0
+        have = 0
+        for obj in parts:
+            if obj.size <= BLOCK_SIZE:
+                have += (
+                    obj.size if self.cache.has(self.cache.object_name(obj.hash), obj.size) else 0
+                )
+            else:
+                for i in range(_nblocks(obj)):
+                    length = self._block_length(obj, i)
+                    if self.cache.has(self.cache.block_name(obj.hash, i), length):
+                        have += length
+        return have / total
+
+
+def _nblocks(obj: ObjectRef) -> int:
+    return -(-obj.size // BLOCK_SIZE)
+
+
+def _hash_file(path: str) -> str:
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(STREAM_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()

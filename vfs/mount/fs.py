@@ -23,10 +23,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
-from vfs.mount.fetcher import ObjectFetcher
+from vfs.errors import VfsError
+from vfs.mount.fetcher import ContentFetcher, ReadState
+from vfs.mount.objects import ObjectRef
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
-from vfs.storage import data_key
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ BLOCK_SIZE = 128 * 1024
 """``st_blksize`` reported for files: the preferred I/O size."""
 
 XATTR_HASH = b"user.vfs.hash"
+XATTR_CACHED = b"user.vfs.cached"
 XATTR_SOURCE = b"user.vfs.source"
 XATTR_STATS = b"user.vfs.stats"
 
@@ -72,9 +74,18 @@ def _guarded(
 @dataclass(slots=True)
 class _Handle:
     inode: int
-    hash: str
+    parts: tuple[ObjectRef, ...]
     size: int
-    fd: int | None = None
+    state: ReadState
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the log: vfs errors name their key; others get their type."""
+    if isinstance(error, VfsError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({error.filename or 'cache'})"
+    return f"{type(error).__name__}: {error}"
 
 
 class ReadOnlyOperations(pyfuse3.Operations):
@@ -84,7 +95,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: InodeTree, fetcher: ObjectFetcher, stats: MountStats) -> None:
+    def __init__(self, tree: InodeTree, fetcher: ContentFetcher, stats: MountStats) -> None:
         super().__init__()
         self.tree = tree
         self.fetcher = fetcher
@@ -202,50 +213,33 @@ class ReadOnlyOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        info = self.tree.file_info(inode)
+        parts = self.tree.file_parts(inode)
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = _Handle(inode, info.hash, info.size)
+        size = self.tree.size[inode]
+        self._handles[fh] = _Handle(inode, parts, size, self.fetcher.open_state())
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self.stats.add("req.read")
         handle = self._handles[fh]
-        if off >= handle.size or handle.size == 0:
+        if off >= handle.size:
             return b""
-        fd = handle.fd
-        if fd is None:
-            fd = await self._open_content(handle)
-        data = os.pread(fd, size, off)
-        self.stats.add("read.bytes", len(data))
-        return data
-
-    async def _open_content(self, handle: _Handle) -> int:
-        """Fetch the handle's object if needed and open the cached copy."""
         try:
-            path = await self.fetcher.ensure(handle.hash, handle.size)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            data = await self.fetcher.read(handle.parts, off, size, handle.state)
         except Exception as e:
             self.stats.add("eio")
-            log.error(
-                "read of %s failed (key %s): %s",
-                self.tree.path_of(handle.inode),
-                data_key(handle.hash),
-                self.fetcher.cache.describe_error(e),
-            )
+            log.error("read of %s failed: %s", self.tree.path_of(handle.inode), describe_error(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
-        if handle.fd is None:
-            handle.fd = fd
-        else:  # a concurrent read on the same handle opened it first
-            os.close(fd)
-        return handle.fd
+        self.stats.add("read.bytes", len(data))
+        return data
 
     @_guarded
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if handle is not None and handle.fd is not None:
-            os.close(handle.fd)
+        if handle is not None:
+            self.fetcher.close_state(handle.state)
 
     # -- extended attributes ----------------------------------------------------------------
 
@@ -259,6 +253,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
                 return tree.hash_hex(inode).encode()
             if name == XATTR_SOURCE:
                 return tree.source_of(inode).encode("utf-8", "surrogateescape")
+            if name == XATTR_CACHED:
+                fraction = self.fetcher.cached_fraction(tree.file_parts(inode))
+                return f"{fraction:.4f}".encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_guarded
@@ -266,5 +263,5 @@ class ReadOnlyOperations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             return [XATTR_STATS]
         if self.tree.exists(inode) and not self.tree.is_dir(inode):
-            return [XATTR_HASH, XATTR_SOURCE]
+            return [XATTR_HASH, XATTR_SOURCE, XATTR_CACHED]
         return []

@@ -12,21 +12,12 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from vfs.errors import ManifestError
 from vfs.manifest import Manifest, merge_with_sources
+from vfs.mount.objects import ObjectRef
 
 ROOT_INODE = 1
-
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """What the read path needs of one file: ``hash`` (32 hex digits), ``size`` in bytes."""
-
-    inode: int
-    hash: str
-    size: int
 
 
 def _name_bytes(name: str, src: str, path: str) -> bytes:
@@ -192,9 +183,9 @@ class InodeTree:
         """Content hash of file ``ino`` as 32 hex digits."""
         return self.hashes[16 * ino : 16 * ino + 16].hex()
 
-    def file_info(self, ino: int) -> FileInfo:
-        """The read path's view of file ``ino``."""
-        return FileInfo(ino, self.hash_hex(ino), self.size[ino])
+    def file_parts(self, ino: int) -> tuple[ObjectRef, ...]:
+        """The CAS objects holding file ``ino``'s content, in order (one for v1 files)."""
+        return (ObjectRef(self.hash_hex(ino), self.size[ino]),)
 
     def nlink(self, ino: int) -> int:
         """Link count: 1 for a file, 2 + subdirectories for a directory."""
