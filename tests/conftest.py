@@ -8,18 +8,23 @@ AWS configuration files are pointed at empty files so no profile can redirect tr
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -81,6 +86,104 @@ def s3_endpoint() -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request seen by the relay."""
+
+    method: str
+    path: str
+    range: str | None
+    owner: str | None
+
+
+class S3Relay:
+    """A plain HTTP relay on 127.0.0.1 in front of the S3 server that records every request
+    (method, path, Range and ``x-amz-expected-bucket-owner`` headers) and can inject faults:
+    ``down`` answers every request with 503, ``fail_ratio`` answers that share with 503,
+    ``stall`` delays every answer by that many seconds."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.seen: list[Request] = []
+        self.down = False
+        self.fail_ratio = 0.0
+        self.stall = 0.0
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def handle_one(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                relay.seen.append(
+                    Request(
+                        self.command,
+                        self.path,
+                        self.headers.get("Range"),
+                        self.headers.get("x-amz-expected-bucket-owner"),
+                    )
+                )
+                if relay.stall:
+                    time.sleep(relay.stall)
+                if relay.down or (relay.fail_ratio and random.random() < relay.fail_ratio):
+                    msg = b"<Error><Code>ServiceUnavailable</Code></Error>"
+                    self.send_response(503, "Service Unavailable")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    headers = resp.getheaders()
+                finally:
+                    conn.close()
+                self.send_response(resp.status, resp.reason)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                if self.command == "HEAD":
+                    self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def gets(self, contains: str = "") -> list[Request]:
+        """The GET requests whose path contains ``contains``."""
+        return [r for r in self.seen if r.method == "GET" and contains in r.path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def s3_relay(s3_endpoint: str) -> Iterator[S3Relay]:
+    """A recording, fault-injecting relay in front of the moto server (see :class:`S3Relay`)."""
+    relay = S3Relay(s3_endpoint)
+    try:
+        yield relay
+    finally:
+        relay.close()
 
 
 @pytest.fixture()

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import run_vfs
+from conftest import S3Relay, run_vfs
 
 from vfs.errors import UploadError
 from vfs.hashing import hash_bytes
@@ -265,70 +261,13 @@ def test_cli_upload_to_moto(
 # -- ExpectedBucketOwner through the CLI, observed on the wire --------------------------------
 
 
-class RecordingProxy:
-    """A plain HTTP relay to the moto server that records each request's method, path and
-    ``x-amz-expected-bucket-owner`` header, so a subprocess's requests can be observed."""
-
-    def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.seen: list[tuple[str, str, str | None]] = []
-        seen = self.seen
-
-        class Relay(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def relay(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                owner = self.headers.get("x-amz-expected-bucket-owner")
-                seen.append((self.command, self.path, owner))
-                conn = http.client.HTTPConnection(host, port, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    headers = resp.getheaders()
-                finally:
-                    conn.close()
-                self.send_response(resp.status, resp.reason)
-                for k, v in headers:
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                if self.command == "HEAD":
-                    self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
-                else:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = relay
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture()
-def proxy(s3_endpoint: str) -> Iterator[RecordingProxy]:
-    p = RecordingProxy(s3_endpoint)
-    try:
-        yield p
-    finally:
-        p.close()
+def proxy(s3_relay: S3Relay) -> S3Relay:
+    return s3_relay
 
 
 def test_cli_sends_expected_bucket_owner_on_every_request(
-    tmp_path: Path, s3_bucket: str, s3_client: Any, proxy: RecordingProxy
+    tmp_path: Path, s3_bucket: str, s3_client: Any, proxy: S3Relay
 ) -> None:
     root = tmp_path / "root"
     m = make_root(root)
@@ -340,16 +279,16 @@ def test_cli_sends_expected_bucket_owner_on_every_request(
     )
     out = cli_upload(*args, "--expected-bucket-owner", OWNER, "--json")
     assert out[0]["uploaded"] == len(distinct())
-    methods = {method for method, _, _ in proxy.seen}
+    methods = {r.method for r in proxy.seen}
     assert {"GET", "HEAD", "PUT"} <= methods
-    assert all(owner == OWNER for _, _, owner in proxy.seen), proxy.seen
-    assert any(path.endswith("/Manifests/in_input") for _, path, _ in proxy.seen)
+    assert all(r.owner == OWNER for r in proxy.seen), proxy.seen
+    assert any(r.path.endswith("/Manifests/in_input") for r in proxy.seen)
 
     # Also from the environment variable; and nothing is sent when it is not set.
     proxy.seen.clear()
     env = {"VFS_EXPECTED_BUCKET_OWNER": OWNER}
     run_vfs("attachment", "upload", *args, env=env)
-    assert proxy.seen and all(owner == OWNER for _, _, owner in proxy.seen)
+    assert proxy.seen and all(r.owner == OWNER for r in proxy.seen)
     proxy.seen.clear()
     run_vfs("attachment", "upload", *args, env={"VFS_EXPECTED_BUCKET_OWNER": ""})
-    assert proxy.seen and all(owner is None for _, _, owner in proxy.seen)
+    assert proxy.seen and all(r.owner is None for r in proxy.seen)

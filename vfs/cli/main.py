@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 
 from vfs.cli.attachment import attachment
+from vfs.cli.cache import cache
 from vfs.cli.common import VfsGroup, setup_logging
 from vfs.cli.manifest import manifest
 from vfs.cli.mount import mount, unmount
+from vfs.cli.stats import stats
 
 
 @click.group(cls=VfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +26,8 @@ cli.add_command(manifest)
 cli.add_command(attachment)
 cli.add_command(mount)
 cli.add_command(unmount)
+cli.add_command(stats)
+cli.add_command(cache)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import functools
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -115,6 +115,87 @@ class ReadState:
         self.fds.clear()
 
 
+class Downloader:
+    """Blocking downloads from ``store`` into ``cache`` (run in worker threads).
+
+    Both methods reserve the space first, write a temporary file, check it, and commit it
+    as a cache entry; on any failure nothing is cached and the reservation is released.
+    ``pinned`` names entries that must not be evicted to make room. They return the bytes
+    fetched and raise the store's errors, ``CorruptObjectError`` or ``CacheFullError``.
+    """
+
+    def __init__(self, cache: BlockCache, store: ObjectStore) -> None:
+        self.cache = cache
+        self.store = store
+
+    def whole(self, obj: ObjectRef, pinned: Collection[str] = ()) -> int:
+        """Fetch a whole object, verify its size and xxh128, cache it."""
+        key = data_key(obj.hash)
+        name = self.cache.object_name(obj.hash)
+        self.cache.reserve(obj.size, pinned)
+        fd, tmp = self.cache.new_temp()
+        try:
+            hasher = xxhash.xxh3_128()
+            written = 0
+            with os.fdopen(fd, "wb") as out, self.store.open_read(key) as body:
+                while written <= obj.size:
+                    chunk = body.read(STREAM_CHUNK)
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+            where = self.store.describe(key)
+            if written != obj.size:
+                raise CorruptObjectError(
+                    f"object {where} has {written}{'+' if written > obj.size else ''} bytes, "
+                    f"the manifest says {obj.size}",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+            if hasher.hexdigest() != obj.hash:
+                raise CorruptObjectError(
+                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+            self.cache.commit(tmp, name, obj.size, reserved=obj.size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self.cache.release(obj.size)
+            raise
+        return written
+
+    def block(self, obj: ObjectRef, index: int, pinned: Collection[str] = ()) -> int:
+        """Fetch block ``index`` of a large object by a ranged GET, check its length, cache it."""
+        key = data_key(obj.hash)
+        length = block_length(obj, index)
+        self.cache.reserve(length, pinned)
+        try:
+            data = get_range(self.store, key, index * BLOCK_SIZE, length)
+            if len(data) != length:
+                where = self.store.describe(key)
+                raise CorruptObjectError(
+                    f"object {where} returned {len(data)} bytes for block {index}, "
+                    f"expected {length}: it is shorter than the manifest says",
+                    key=where,
+                )
+            fd, tmp = self.cache.new_temp()
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                self.cache.commit(tmp, self.cache.block_name(obj.hash, index), length, length)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except BaseException:
+            self.cache.release(length)
+            raise
+        return length
+
+
 class _Inflight:
     __slots__ = ("done", "error")
 
@@ -137,6 +218,7 @@ class ContentFetcher:
         self.store = store
         self.stats = stats
         self.policy = policy or FetchPolicy()
+        self.downloader = Downloader(cache, store)
         slots = max(1, min(self.policy.max_fetches, self.policy.max_memory // BLOCK_SIZE))
         self.limiter = trio.CapacityLimiter(slots)
         self._inflight: dict[str, _Inflight] = {}
@@ -239,7 +321,7 @@ class ContentFetcher:
                 self.stats.add("cache.hits")
                 return name
         self.stats.add("cache.misses")
-        await self._coalesced(name, self._download_whole, obj)
+        await self._coalesced(name, self.downloader.whole, obj)
         self._verified.add(obj.hash)
         return name
 
@@ -259,86 +341,16 @@ class ContentFetcher:
         await trio.to_thread.run_sync(self.cache.remove, [name])
         return False
 
-    def _download_whole(self, obj: ObjectRef, pinned: frozenset[str]) -> int:
-        """Worker thread: fetch a whole object, verify it, cache it. Returns bytes fetched."""
-        key = data_key(obj.hash)
-        name = self.cache.object_name(obj.hash)
-        self.cache.reserve(obj.size, pinned)
-        fd, tmp = self.cache.new_temp()
-        try:
-            hasher = xxhash.xxh3_128()
-            written = 0
-            with os.fdopen(fd, "wb") as out, self.store.open_read(key) as body:
-                while written <= obj.size:
-                    chunk = body.read(STREAM_CHUNK)
-                    if not chunk:
-                        break
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    written += len(chunk)
-            where = self.store.describe(key)
-            if written != obj.size:
-                raise CorruptObjectError(
-                    f"object {where} has {written}{'+' if written > obj.size else ''} bytes, "
-                    f"the manifest says {obj.size}",
-                    key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
-                )
-            if hasher.hexdigest() != obj.hash:
-                raise CorruptObjectError(
-                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}",
-                    key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
-                )
-            self.cache.commit(tmp, name, obj.size, reserved=obj.size)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            self.cache.release(obj.size)
-            raise
-        return written
-
     # -- blocks of large objects ------------------------------------------------------------
-
-    def _block_length(self, obj: ObjectRef, index: int) -> int:
-        return min(BLOCK_SIZE, obj.size - index * BLOCK_SIZE)
 
     async def _ensure_block(self, obj: ObjectRef, index: int) -> str:
         name = self.cache.block_name(obj.hash, index)
-        if self.cache.has(name, self._block_length(obj, index)):
+        if self.cache.has(name, block_length(obj, index)):
             self.stats.add("cache.hits")
             return name
         self.stats.add("cache.misses")
-        await self._coalesced(name, self._download_block, obj, index)
+        await self._coalesced(name, self.downloader.block, obj, index)
         return name
-
-    def _download_block(self, obj: ObjectRef, index: int, pinned: frozenset[str]) -> int:
-        """Worker thread: fetch one block by a ranged GET, check its length, cache it."""
-        key = data_key(obj.hash)
-        length = self._block_length(obj, index)
-        self.cache.reserve(length, pinned)
-        try:
-            data = get_range(self.store, key, index * BLOCK_SIZE, length)
-            if len(data) != length:
-                where = self.store.describe(key)
-                raise CorruptObjectError(
-                    f"object {where} returned {len(data)} bytes for block {index}, "
-                    f"expected {length}: it is shorter than the manifest says",
-                    key=where,
-                )
-            fd, tmp = self.cache.new_temp()
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                self.cache.commit(tmp, self.cache.block_name(obj.hash, index), length, length)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except BaseException:
-            self.cache.release(length)
-            raise
-        return length
 
     async def _first_contact(self, obj: ObjectRef) -> None:
         """Once per process: count the object's cached blocks; hash it if all are there."""
@@ -350,21 +362,21 @@ class ContentFetcher:
         try:
             present = await trio.to_thread.run_sync(self._count_blocks, obj)
             self._present[obj.hash] = present
-            if present == _nblocks(obj):
+            if present == nblocks(obj):
                 await self._verify_blocks(obj)
         finally:
             event.set()
 
     def _count_blocks(self, obj: ObjectRef) -> int:
         return sum(
-            self.cache.has(self.cache.block_name(obj.hash, i), self._block_length(obj, i))
-            for i in range(_nblocks(obj))
+            self.cache.has(self.cache.block_name(obj.hash, i), block_length(obj, i))
+            for i in range(nblocks(obj))
         )
 
     async def _verify_blocks(self, obj: ObjectRef) -> None:
         """Hash a large object from its cached blocks; evict them all on a mismatch."""
-        names = [self.cache.block_name(obj.hash, i) for i in range(_nblocks(obj))]
-        actual = await trio.to_thread.run_sync(self._hash_blocks, names)
+        names = [self.cache.block_name(obj.hash, i) for i in range(nblocks(obj))]
+        actual = await trio.to_thread.run_sync(hash_entries, self.cache, names)
         if actual is None:  # a block was evicted meanwhile
             return
         if actual == obj.hash:
@@ -379,21 +391,10 @@ class ContentFetcher:
         self._present[obj.hash] = 0
         await trio.to_thread.run_sync(self.cache.remove, names)
 
-    def _hash_blocks(self, names: list[str]) -> str | None:
-        hasher = xxhash.xxh3_128()
-        for name in names:
-            try:
-                with open(self.cache.path(name), "rb") as f:
-                    while chunk := f.read(STREAM_CHUNK):
-                        hasher.update(chunk)
-            except FileNotFoundError:
-                return None
-        return hasher.hexdigest()
-
     def _block_arrived(self, obj: ObjectRef) -> None:
         count = self._present.get(obj.hash, 0) + 1
         self._present[obj.hash] = count
-        if count >= _nblocks(obj) and obj.hash not in self._verified and self._nursery:
+        if count >= nblocks(obj) and obj.hash not in self._verified and self._nursery:
             self._nursery.start_soon(self._verify_blocks, obj)
 
     def _readahead(self, obj: ObjectRef, off: int, end: int, last: int, state: ReadState) -> None:
@@ -402,11 +403,11 @@ class ContentFetcher:
         state.next_offset = end
         if not state.window or self._nursery is None:
             return
-        for index in range(last + 1, min(last + 1 + state.window, _nblocks(obj))):
+        for index in range(last + 1, min(last + 1 + state.window, nblocks(obj))):
             if self.limiter.available_tokens <= 1:  # keep a slot for readers
                 break
             name = self.cache.block_name(obj.hash, index)
-            if name in self._inflight or self.cache.has(name, self._block_length(obj, index)):
+            if name in self._inflight or self.cache.has(name, block_length(obj, index)):
                 continue
             self.stats.add("readahead.blocks")
             self._nursery.start_soon(self._prefetch, obj, index)
@@ -414,7 +415,7 @@ class ContentFetcher:
     async def _prefetch(self, obj: ObjectRef, index: int) -> None:
         name = self.cache.block_name(obj.hash, index)
         try:
-            await self._coalesced(name, self._download_block, obj, index)
+            await self._coalesced(name, self.downloader.block, obj, index)
         except Exception as e:  # a reader that needs the block will report it
             self.stats.add("readahead.errors")
             log.debug("readahead of %s failed: %s", name, e)
@@ -435,9 +436,9 @@ class ContentFetcher:
         inflight = self._inflight[name] = _Inflight()
         try:
             fetched = await self._with_retries(name, download, obj, *args)
-            self.stats.add("fetch.objects" if download == self._download_whole else "fetch.blocks")
+            self.stats.add("fetch.objects" if download == self.downloader.whole else "fetch.blocks")
             self.stats.add("fetch.bytes", fetched)
-            if download != self._download_whole:
+            if download != self.downloader.whole:
                 self._block_arrived(obj)
         except BaseException as e:
             inflight.error = e if isinstance(e, Exception) else StoreError(f"{name}: cancelled")
@@ -495,15 +496,34 @@ class ContentFetcher:
                     obj.size if self.cache.has(self.cache.object_name(obj.hash), obj.size) else 0
                 )
             else:
-                for i in range(_nblocks(obj)):
-                    length = self._block_length(obj, i)
+                for i in range(nblocks(obj)):
+                    length = block_length(obj, i)
                     if self.cache.has(self.cache.block_name(obj.hash, i), length):
                         have += length
         return have / total
 
 
-def _nblocks(obj: ObjectRef) -> int:
+def nblocks(obj: ObjectRef) -> int:
+    """Number of blocks of a large object."""
     return -(-obj.size // BLOCK_SIZE)
+
+
+def block_length(obj: ObjectRef, index: int) -> int:
+    """Bytes in block ``index`` of ``obj`` (the last block is shorter)."""
+    return min(BLOCK_SIZE, obj.size - index * BLOCK_SIZE)
+
+
+def hash_entries(cache: BlockCache, names: Sequence[str]) -> str | None:
+    """xxh128 of the concatenated cache entries ``names``; ``None`` if one is missing."""
+    hasher = xxhash.xxh3_128()
+    for name in names:
+        try:
+            with open(cache.path(name), "rb") as f:
+                while chunk := f.read(STREAM_CHUNK):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return None
+    return hasher.hexdigest()
 
 
 def _hash_file(path: str) -> str:
