@@ -140,7 +140,8 @@ def test_tree_structure_sizes_mtimes_hashes() -> None:
         assert tree.size[ino] == p.size
         assert tree.mtime[ino] == p.mtime
         assert tree.hash_hex(ino) == p.hash
-        assert tree.file_info(ino).hash == p.hash and tree.file_info(ino).size == p.size
+        (part,) = tree.file_parts(ino)
+        assert part.hash == p.hash and part.size == p.size
         assert tree.path_of(ino) == p.path
         assert tree.source_of(ino) == "m1.manifest"
         assert tree.nlink(ino) == 1

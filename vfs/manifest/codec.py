@@ -26,7 +26,13 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from vfs.errors import ManifestError
-from vfs.manifest.model import HASH_ALG_XXH128, MANIFEST_VERSION_V1, Manifest, ManifestPath
+from vfs.manifest.model import (
+    HASH_ALG_XXH128,
+    MANIFEST_VERSION_V1,
+    MANIFEST_VERSION_V2,
+    Manifest,
+    ManifestPath,
+)
 from vfs.manifest.paths import path_problem
 
 _HASH_RE = re.compile(r"[0-9a-f]{32}")
@@ -83,6 +89,18 @@ def decode_manifest(data: str | bytes, *, source: str | None = None) -> Manifest
     entry and the problem for invalid JSON, an unknown version or hash algorithm, a missing
     or mistyped key, a malformed hash, a negative size, or a path that is empty, absolute,
     has an empty, ``.`` or ``..`` component, or contains NUL.
+
+    A manifest of format 2025-12-04-beta is refused with a hint: callers that can handle both
+    formats use :func:`vfs.manifest.decode_any_manifest`.
+    """
+    return decode_manifest_doc(load_manifest_json(data, source=source), source=source)
+
+
+def load_manifest_json(data: str | bytes, *, source: str | None = None) -> dict[str, Any]:
+    """Parse manifest JSON text into its top-level object (no validation of the content).
+
+    Raises :class:`ManifestError` for invalid JSON or UTF-8, or a top level that is not an
+    object.
     """
     try:
         doc = json.loads(data)
@@ -90,7 +108,22 @@ def decode_manifest(data: str | bytes, *, source: str | None = None) -> Manifest
         raise ManifestError(f"not valid JSON: {e}", source=source) from None
     if not isinstance(doc, dict):
         raise ManifestError("the top level is not a JSON object", source=source)
+    return doc
+
+
+def decode_manifest_doc(doc: dict[str, Any], *, source: str | None = None) -> Manifest:
+    """Validate an already parsed top-level object as a manifest of format 2023-03-03.
+
+    Same rules and errors as :func:`decode_manifest`.
+    """
     version = doc.get("manifestVersion")
+    if version == MANIFEST_VERSION_V2:
+        raise ManifestError(
+            f"manifest version {version!r} is not readable here (supported: "
+            f"{', '.join(KNOWN_VERSIONS)})",
+            source=source,
+            hint="read it with decode_any_manifest(), or convert it to 2023-03-03 with to_v1()",
+        )
     if version not in KNOWN_VERSIONS:
         raise ManifestError(
             f"unknown manifest version {version!r} (supported: {', '.join(KNOWN_VERSIONS)})",

@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 MANIFEST_VERSION_V1 = "2023-03-03"
 """``manifestVersion`` of the format deadline 0.60 reads and writes."""
 
+MANIFEST_VERSION_V2 = "2025-12-04-beta"
+"""``manifestVersion`` of the experimental format 2025-12-04-beta (:mod:`vfs.manifest.v2`).
+
+Source: reference/job-attachments.md §2 (rusty-attachments ``crates/model/src/v2025_12_04.rs``).
+deadline 0.60 rejects it ("Unknown manifest version"), so it is never the default.
+"""
+
 HASH_ALG_XXH128 = "xxh128"
-"""The only ``hashAlg`` of format 2023-03-03."""
+"""The only ``hashAlg`` of formats 2023-03-03 and 2025-12-04-beta."""
 
 
 @dataclass(slots=True)

@@ -9,9 +9,11 @@ calls them from worker threads, never from its event loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
+
+from vfs.errors import StoreError
 
 
 class Readable(Protocol):
@@ -47,8 +49,20 @@ class ObjectStore(Protocol):
         """The whole object, in memory (for manifests and small objects)."""
         ...
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Create or replace the object with ``data``."""
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str], float]:
+        """The whole object with its user metadata and modification time.
+
+        Returns ``(data, metadata, last_modified)``: ``metadata`` maps lower-case names to
+        values (S3 ``x-amz-meta-*`` without the prefix; ``{}`` when none were set),
+        ``last_modified`` is seconds since the epoch (S3 ``LastModified``, 1 s resolution on
+        S3; the file's mtime for a local store).
+        """
+        ...
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        """Create or replace the object with ``data`` and the user ``metadata`` (ASCII names
+        and values; names are stored lower-case). Replacing an object replaces its
+        metadata, as S3 does. Raises ``StoreError`` for non-ASCII metadata."""
         ...
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
@@ -58,3 +72,26 @@ class ObjectStore(Protocol):
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Yield ``(key, size)`` of every object whose key starts with ``prefix``."""
         ...
+
+
+def normalize_metadata(metadata: Mapping[str, str] | None, where: str) -> dict[str, str]:
+    """User metadata as stores keep it: names lower-cased, names and values checked.
+
+    S3 transmits user metadata as ``x-amz-meta-{name}: {value}`` HTTP headers, so names
+    and values must be printable ASCII without line breaks (reference §4.1: deadline
+    JSON-escapes non-ASCII root paths for this reason). Raises :class:`StoreError` naming
+    ``where`` otherwise.
+    """
+    out: dict[str, str] = {}
+    for name, value in (metadata or {}).items():
+        for part in (name, value):
+            if not part.isascii() or not part.isprintable():
+                raise StoreError(
+                    f"cannot store metadata {name!r}: {part!r} is not printable ASCII",
+                    key=where,
+                    hint="JSON-encode non-ASCII values (json.dumps(value, ensure_ascii=True))",
+                )
+        if not name:
+            raise StoreError("cannot store metadata with an empty name", key=where)
+        out[name.lower()] = value
+    return out

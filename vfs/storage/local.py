@@ -1,23 +1,35 @@
 """``file://`` store: a local directory laid out exactly like the bucket under its root prefix.
 
 This is the embedded default: everything vfs does works against it without AWS.
+
+User metadata (S3 ``x-amz-meta-*``, used on output manifests, reference §4.1) is kept in a
+sidecar file ``{root}/.vfs-meta/{key}`` holding a JSON object of the names and values, so
+objects stay plain files and metadata works on any filesystem (extended attributes are not
+available everywhere, e.g. older tmpfs, and are lost by ``cp``/``rsync`` without flags).
+Keys under ``.vfs-meta/`` are reserved and ``list_keys`` never lists them. A put writes the
+sidecar before the object (or removes a stale one first), so whoever sees the new object
+also sees its metadata. The modification time of an object is its file's mtime.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import BinaryIO
 
 from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError
-from vfs.storage.base import Readable
+from vfs.storage.base import Readable, normalize_metadata
 
 BinaryIOWriter = Callable[[BinaryIO], object]
+
+METADATA_DIR = ".vfs-meta"
+"""Directory under the store root that holds the user-metadata sidecar of each object."""
 
 
 class LocalStore:
@@ -34,7 +46,13 @@ class LocalStore:
     def _path(self, key: str) -> str:
         if key.startswith("/") or "/../" in f"/{key}/":
             raise StoreError(f"invalid key {key!r}: it would leave the store root", key=key)
+        if key == METADATA_DIR or key.startswith(METADATA_DIR + "/"):
+            raise StoreError(f"invalid key {key!r}: {METADATA_DIR}/ is reserved", key=key)
         return os.path.join(self.root, key)
+
+    def _metadata_path(self, key: str) -> str:
+        self._path(key)  # validates the key
+        return os.path.join(self.root, METADATA_DIR, key)
 
     def describe(self, key: str) -> str:
         return self._path(key)
@@ -80,8 +98,48 @@ class LocalStore:
         with self._open(key) as f:
             return f.read()
 
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str], float]:
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise self._error(e, key) from None
+        with f:
+            data = f.read()
+            mtime = os.fstat(f.fileno()).st_mtime
+        try:
+            with open(self._metadata_path(key), "rb") as m:
+                raw = json.loads(m.read())
+        except FileNotFoundError:
+            return data, {}, mtime
+        except (OSError, ValueError) as e:
+            where = self._metadata_path(key)
+            raise StoreError(
+                f"cannot read the metadata of {self._path(key)}: {e}", key=where
+            ) from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        ):
+            where = self._metadata_path(key)
+            raise StoreError(f"metadata sidecar {where} is not a JSON object of strings", key=where)
+        return data, raw, mtime
+
+    def _write_metadata(self, key: str, metadata: Mapping[str, str] | None) -> None:
+        meta = normalize_metadata(metadata, self._path(key))
+        if not meta:
+            try:
+                os.unlink(self._metadata_path(key))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise self._error(e, key) from None
+            return
+        text = json.dumps(meta, sort_keys=True).encode("ascii")
+        self._write_file(self._metadata_path(key), key, lambda f: f.write(text))
+
     def _write(self, key: str, fill: BinaryIOWriter) -> None:
-        dest = self._path(key)
+        self._write_file(self._path(key), key, fill)
+
+    def _write_file(self, dest: str, key: str, fill: BinaryIOWriter) -> None:
         try:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
@@ -98,7 +156,8 @@ class LocalStore:
                 raise self._error(e, key) from None
             raise
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        self._write_metadata(key, metadata)
         self._write(key, lambda f: f.write(data))
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
@@ -111,10 +170,13 @@ class LocalStore:
                 f"cannot store {os.fsdecode(path)} as {where}: {e.strerror}", key=where
             ) from None
         with src:
+            self._write_metadata(key, None)
             self._write(key, lambda out: shutil.copyfileobj(src, out, 8 * 1024 * 1024))
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, dirs, files in os.walk(self.root):
+            if dirpath == self.root and METADATA_DIR in dirs:
+                dirs.remove(METADATA_DIR)
             for name in files:
                 if name.startswith(".tmp-"):
                     continue

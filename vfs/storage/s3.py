@@ -9,7 +9,7 @@ own ``AWS_ENDPOINT_URL``. When ``expected_bucket_owner`` is set it is sent as
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError
-from vfs.storage.base import Readable
+from vfs.storage.base import Readable, normalize_metadata
 from vfs.storage.layout import join_key
 
 if TYPE_CHECKING:
@@ -133,9 +133,25 @@ class S3Store:
         with self._open(key) as body:
             return body.read()
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str], float]:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, "GET") from None
+        body = resp["Body"]
+        try:
+            data = _GuardedBody(body, self, key).read()
+        finally:
+            body.close()
+        metadata = {k.lower(): v for k, v in resp.get("Metadata", {}).items()}
+        return data, metadata, resp["LastModified"].timestamp()
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        meta = normalize_metadata(metadata, self.describe(key))
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.full_key(key), Body=data, Metadata=meta
+            )
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, key, "PUT") from None
 
