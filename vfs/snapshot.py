@@ -1,7 +1,8 @@
-"""Snapshot a directory into a manifest, the way ``deadline manifest snapshot`` does.
+"""Snapshot a directory into a manifest, and diff a directory against one, the way
+``deadline manifest snapshot`` and ``deadline manifest diff`` do.
 
-Format facts (reference/job-attachments.md §1.1, §1.4, §8.1; deadline ``_glob.py``,
-``api/manifest.py``):
+Format facts (reference/job-attachments.md §1.1, §1.4, §8.1–8.2; deadline ``_glob.py``,
+``api/manifest.py``, ``_diff.py``):
 
 * files are selected with Python's recursive ``glob`` from the absolute root, include
   patterns default to ``**/*``, exclude patterns are subtracted, only regular files count
@@ -11,23 +12,50 @@ Format facts (reference/job-attachments.md §1.1, §1.4, §8.1; deadline ``_glob
   ``mtime`` = ``st_mtime_ns // 1000`` (microseconds); ``hash`` = xxh128 of the content;
 * the file is named ``{name}-{xxh128(root as given)}-{local time %Y-%m-%dT%H-%M-%S}.manifest``
   where ``name`` defaults to the root with ``/``, ``\\`` and ``:`` replaced by ``_`` and one
-  leading ``_`` removed.
+  leading ``_`` removed;
+* a directory diff is "fast" by default: a file is NEW when its path is not in the base
+  manifest, MODIFIED when its size differs or ``|trunc(st_mtime_ns / 1000) - mtime| > 1``,
+  and a base path no longer found is DELETED; ``force_rehash`` compares hashes instead.
+
+Symbolic links: format 2023-03-03 cannot hold links, so (like deadline) a link is followed
+and the file recorded under the link's path; format 2025-12-04-beta records links as links.
+Unlike deadline, vfs never follows a link out of the root: such a file is skipped with a
+warning (it would otherwise upload a file from anywhere on the machine).
 """
 
 from __future__ import annotations
 
 import datetime
 import glob
+import logging
+import math
 import os
+import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import xxhash
+
 from vfs.errors import SnapshotError
-from vfs.hashing import hash_file, hash_string
+from vfs.hash_cache import RACY_WINDOW_NS, HashCache, hash_file_cached
+from vfs.hashing import FILE_BUFFER_SIZE, hash_string
 from vfs.manifest import Manifest, ManifestPath, encode_manifest
+from vfs.manifest.v2 import (
+    FILE_CHUNK_SIZE_BYTES,
+    ManifestDirectoryPath,
+    ManifestFilePath,
+    ManifestV2,
+    encode_manifest_v2,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_INCLUDE = ("**/*",)
+CHUNK_HASH_ALG = f"xxh128-chunks-{FILE_CHUNK_SIZE_BYTES}"
+"""Hash-cache algorithm name under which the chunk hashes of large files are stored."""
 
 
 def glob_files(
@@ -38,26 +66,254 @@ def glob_files(
     Semantics are deadline's ``_glob_paths`` (see the module docstring). The result is
     sorted for determinism.
     """
+    return sorted(p for p in _glob(root, include, exclude) if os.path.isfile(p))
+
+
+def _glob(root: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> set[str]:
     base = os.path.abspath(root)
 
     def match(patterns: Iterable[str]) -> set[str]:
         found: set[str] = set()
         for pattern in patterns:
             for p in glob.glob(os.path.join(base, pattern), recursive=True):
-                if os.path.isfile(p):
-                    found.add(os.path.normpath(p))
+                found.add(os.path.normpath(p))
         return found
 
     selected = match(include or DEFAULT_INCLUDE)
     if exclude:
         selected -= match(exclude)
-    return sorted(selected)
+    return selected
 
 
-def _entry(abs_root: str, path: str) -> ManifestPath:
-    st = os.stat(path)
-    rel = PurePosixPath(*Path(path).relative_to(abs_root).parts).as_posix()
-    return ManifestPath(rel, hash_file(path), st.st_size, st.st_mtime_ns // 1000)
+# -- scanning -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ScannedFile:
+    """A regular file to record: manifest ``path``, the ``real`` file read (links resolved),
+    ``size`` in bytes, ``mtime_ns``, and whether its owner may execute it."""
+
+    path: str
+    real: str
+    size: int
+    mtime_ns: int
+    runnable: bool
+
+
+@dataclass(slots=True)
+class Scan:
+    """What a directory holds: files, symbolic links (``(path, relative target)``, v2
+    only), directories (v2 only), and warnings about what was skipped."""
+
+    files: list[ScannedFile] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def scan_directory(
+    root: str,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    record_links: bool = False,
+) -> Scan:
+    """Select and stat what a snapshot of ``root`` records (see the module docstring).
+
+    With ``record_links`` (format 2025-12-04-beta) links stay links, with their target
+    made relative to the link's directory, and directories are listed; otherwise links are
+    followed. Anything that resolves outside the root, dangling links and unreadable
+    entries are skipped and described in ``Scan.skipped`` (each also logged as a warning).
+    Raises :class:`SnapshotError` when ``root`` is not a directory.
+    """
+    if not os.path.isdir(root):
+        raise SnapshotError(f"snapshot root {root} is not a directory")
+    base = os.path.abspath(root)
+    real_root = os.path.realpath(base)
+    scan = Scan()
+    real_dirs: dict[str, str] = {}
+    link_dirs: dict[str, bool] = {}
+
+    def skip(message: str) -> None:
+        log.warning("snapshot of %s: %s", base, message)
+        scan.skipped.append(message)
+
+    def rel(path: str) -> str:
+        return PurePosixPath(*Path(path).relative_to(base).parts).as_posix()
+
+    def under_link(path: str) -> str | None:
+        """The outermost symlinked directory between the root and ``path``, if any."""
+        parts = Path(path).relative_to(base).parts[:-1]
+        current = base
+        for part in parts:
+            current = os.path.join(current, part)
+            is_link = link_dirs.get(current)
+            if is_link is None:
+                is_link = link_dirs[current] = os.path.islink(current)
+            if is_link:
+                return current
+        return None
+
+    seen_links: set[str] = set()
+    for path in sorted(_glob(base, include, exclude)):
+        if record_links:
+            outer = under_link(path)
+            if outer is not None:
+                if outer not in seen_links:
+                    seen_links.add(outer)
+                    _record_link(outer, base, real_root, rel, scan, skip)
+                continue
+            if os.path.islink(path):
+                if path not in seen_links:
+                    seen_links.add(path)
+                    _record_link(path, base, real_root, rel, scan, skip)
+                continue
+            if os.path.isdir(path):
+                scan.dirs.append(rel(path))
+                continue
+        dirname = os.path.dirname(path)
+        real_dir = real_dirs.get(dirname)
+        if real_dir is None:
+            real_dir = real_dirs[dirname] = os.path.realpath(dirname)
+        real = (
+            os.path.realpath(path)
+            if os.path.islink(path)
+            else os.path.join(real_dir, os.path.basename(path))
+        )
+        try:
+            st = os.stat(real)
+        except OSError as e:
+            if os.path.islink(path):
+                skip(f"skipped {path}: the symbolic link is dangling")
+            else:
+                skip(f"skipped {path}: {e.strerror}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if not _inside(real, real_root):
+            skip(f"skipped {path}: it resolves to {real}, outside the root")
+            continue
+        scan.files.append(
+            ScannedFile(rel(path), real, st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o100))
+        )
+    return scan
+
+
+def _record_link(
+    link: str,
+    base: str,
+    real_root: str,
+    rel: Callable[[str], str],
+    scan: Scan,
+    skip: Callable[[str], None],
+) -> None:
+    real = os.path.realpath(link)
+    if not os.path.exists(link):
+        skip(f"skipped {link}: the symbolic link is dangling")
+        return
+    if not _inside(real, real_root):
+        skip(f"skipped {link}: it points to {real}, outside the root")
+        return
+    target = os.path.relpath(real, os.path.realpath(os.path.dirname(link)))
+    scan.links.append((rel(link), PurePosixPath(*Path(target).parts).as_posix()))
+
+
+# -- hashing --------------------------------------------------------------------------------
+
+
+def _hash_chunks(path: str) -> list[str]:
+    hashes = []
+    buf = bytearray(FILE_BUFFER_SIZE)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            hasher = xxhash.xxh3_128()
+            left = FILE_CHUNK_SIZE_BYTES
+            while left:
+                n = f.readinto(view[: min(len(buf), left)])
+                if not n:
+                    break
+                hasher.update(view[:n])
+                left -= n
+            if left == FILE_CHUNK_SIZE_BYTES:
+                break
+            hashes.append(hasher.hexdigest())
+            if left:
+                break
+    return hashes
+
+
+def hash_scanned(
+    files: Sequence[ScannedFile],
+    *,
+    hash_cache: HashCache | None = None,
+    chunked: bool = False,
+    workers: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[str | list[str]]:
+    """Hash each file: its xxh128, or with ``chunked`` (format 2025-12-04-beta) the list of
+    chunk hashes for files larger than one 256 MiB chunk.
+
+    ``hash_cache`` is consulted in one batch first and filled with what was hashed.
+    ``on_bytes(n)`` reports progress. Raises :class:`SnapshotError` naming a file that
+    cannot be read.
+    """
+    results: list[str | list[str] | None] = [None] * len(files)
+    is_chunked = [chunked and f.size > FILE_CHUNK_SIZE_BYTES for f in files]
+    todo = list(range(len(files)))
+    if hash_cache is not None:
+        hits = hash_cache.get_many(
+            (f.real, f.size, f.mtime_ns) for f, c in zip(files, is_chunked, strict=True) if not c
+        )
+        todo = []
+        for i, f in enumerate(files):
+            cached = hits.get(f.real) if not is_chunked[i] else None
+            if cached is not None:
+                results[i] = cached
+                if on_bytes is not None:
+                    on_bytes(f.size)
+            else:
+                todo.append(i)
+
+    def one(i: int) -> None:
+        f = files[i]
+        try:
+            if is_chunked[i]:
+                results[i] = _chunk_hashes_cached(hash_cache, f)
+            else:
+                results[i] = hash_file_cached(hash_cache, f.real)[0]
+        except OSError as e:
+            raise SnapshotError(
+                f"cannot read {f.real}: {e.strerror}", hint="check the file's permissions"
+            ) from None
+        if on_bytes is not None:
+            on_bytes(f.size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, todo))
+    return [r for r in results if r is not None]
+
+
+def _chunk_hashes_cached(cache: HashCache | None, f: ScannedFile) -> list[str]:
+    n = -(-f.size // FILE_CHUNK_SIZE_BYTES)
+    if cache is not None:
+        found = [cache.get(f.real, f.size, f.mtime_ns, f"{CHUNK_HASH_ALG}/{i}") for i in range(n)]
+        if all(found):
+            return [h for h in found if h]
+    hashes = _hash_chunks(f.real)
+    st = os.stat(f.real)
+    stable = (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
+    if cache is not None and stable and st.st_mtime_ns < time.time_ns() - RACY_WINDOW_NS:
+        for i, h in enumerate(hashes):
+            cache.put(f.real, f.size, f.mtime_ns, h, f"{CHUNK_HASH_ALG}/{i}")
+    return hashes
+
+
+# -- snapshots ------------------------------------------------------------------------------
 
 
 def snapshot_directory(
@@ -65,37 +321,123 @@ def snapshot_directory(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     *,
+    hash_cache: HashCache | None = None,
     workers: int | None = None,
-    on_file: Callable[[ManifestPath], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    only: Iterable[str] | None = None,
 ) -> Manifest | None:
-    """Hash the files of ``root`` selected by the globs into a manifest.
+    """Hash the files of ``root`` selected by the globs into a manifest of format 2023-03-03.
 
     Returns ``None`` when no file is selected (an empty manifest cannot be written).
-    ``workers`` threads hash in parallel (default: ``min(32, cpus + 4)``); ``on_file`` is
-    called after each file is hashed. Raises :class:`SnapshotError` naming the root when it
-    is not a directory, or the file when one cannot be read.
+    ``only`` restricts the result to these manifest paths (for diff snapshots).
+    Raises :class:`SnapshotError` naming the root or a file that cannot be read.
     """
-    if not os.path.isdir(root):
-        raise SnapshotError(f"snapshot root {root} is not a directory")
-    abs_root = os.path.abspath(root)
-    files = glob_files(abs_root, include, exclude)
+    scan = scan_directory(root, include, exclude)
+    files = _only(scan.files, only)
     if not files:
         return None
+    hashes = hash_scanned(files, hash_cache=hash_cache, workers=workers, on_bytes=on_bytes)
+    return Manifest(
+        paths=[
+            ManifestPath(f.path, str(h), f.size, f.mtime_ns // 1000)
+            for f, h in zip(files, hashes, strict=True)
+        ]
+    )
 
-    def one(path: str) -> ManifestPath:
-        try:
-            entry = _entry(abs_root, path)
-        except OSError as e:
-            raise SnapshotError(
-                f"cannot read {path}: {e.strerror}", hint="check the file's permissions"
-            ) from None
-        if on_file is not None:
-            on_file(entry)
-        return entry
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        entries = list(pool.map(one, files))
-    return Manifest(paths=entries)
+def snapshot_directory_v2(
+    root: str,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    hash_cache: HashCache | None = None,
+    workers: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> ManifestV2 | None:
+    """Like :func:`snapshot_directory`, in format 2025-12-04-beta: symbolic links, empty
+    directories and the execute bit are recorded, files over 256 MiB get chunk hashes."""
+    scan = scan_directory(root, include, exclude, record_links=True)
+    if not scan.files and not scan.links and not scan.dirs:
+        return None
+    hashes = hash_scanned(
+        scan.files, hash_cache=hash_cache, chunked=True, workers=workers, on_bytes=on_bytes
+    )
+    entries: list[ManifestFilePath] = []
+    for f, h in zip(scan.files, hashes, strict=True):
+        mtime = f.mtime_ns // 1000
+        if isinstance(h, list):
+            entries.append(ManifestFilePath.chunked(f.path, h, f.size, mtime, runnable=f.runnable))
+        else:
+            entries.append(ManifestFilePath.file(f.path, h, f.size, mtime, runnable=f.runnable))
+    entries += [ManifestFilePath.symlink(p, t) for p, t in scan.links]
+    return ManifestV2(files=entries, dirs=[ManifestDirectoryPath(d) for d in scan.dirs])
+
+
+def _only(files: list[ScannedFile], only: Iterable[str] | None) -> list[ScannedFile]:
+    if only is None:
+        return files
+    wanted = set(only)
+    return [f for f in files if f.path in wanted]
+
+
+# -- diffs ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DirectoryDiff:
+    """Relative paths that are ``new``, ``modified`` or ``deleted`` compared with a base
+    manifest (deadline's ``ManifestDiff``), each list sorted."""
+
+    new: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """``{"new": [...], "modified": [...], "deleted": [...]}``, the JSON deadline prints."""
+        return {"new": self.new, "modified": self.modified, "deleted": self.deleted}
+
+
+def diff_directory(
+    base: Manifest,
+    root: str,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    force_rehash: bool = False,
+    hash_cache: HashCache | None = None,
+    workers: int | None = None,
+) -> DirectoryDiff:
+    """Compare the files under ``root`` with ``base`` (see the module docstring for the rules).
+
+    Raises :class:`SnapshotError` naming the root or an unreadable file.
+    """
+    scan = scan_directory(root, include, exclude)
+    by_path = {Path(os.path.normpath(p.path)).as_posix(): p for p in base.paths}
+    diff = DirectoryDiff()
+    current = {f.path for f in scan.files}
+    if force_rehash:
+        hashes = hash_scanned(scan.files, hash_cache=hash_cache, workers=workers)
+        for f, h in zip(scan.files, hashes, strict=True):
+            old = by_path.get(f.path)
+            if old is None:
+                diff.new.append(f.path)
+            elif old.hash != h:
+                diff.modified.append(f.path)
+    else:
+        for f in scan.files:
+            old = by_path.get(f.path)
+            if old is None:
+                diff.new.append(f.path)
+            elif f.size != old.size or abs(math.trunc(f.mtime_ns / 1000) - old.mtime) > 1:
+                diff.modified.append(f.path)
+    diff.deleted = [p.path for p in base.paths if p.path not in current]
+    diff.new.sort()
+    diff.modified.sort()
+    diff.deleted.sort()
+    return diff
+
+
+# -- manifest files -------------------------------------------------------------------------
 
 
 def manifest_file_name(
@@ -113,7 +455,7 @@ def manifest_file_name(
 
 
 def write_manifest_file(
-    root: str, manifest: Manifest, destination: str, name: str | None = None
+    root: str, manifest: Manifest | ManifestV2, destination: str, name: str | None = None
 ) -> str:
     """Write ``manifest`` under ``destination`` with the official file name; return its path.
 
@@ -121,7 +463,11 @@ def write_manifest_file(
     :class:`SnapshotError` when the destination cannot be written.
     """
     path = os.path.join(destination, manifest_file_name(root, name))
-    data = encode_manifest(manifest)
+    data = (
+        encode_manifest(manifest)
+        if isinstance(manifest, Manifest)
+        else encode_manifest_v2(manifest)
+    )
     try:
         os.makedirs(destination, exist_ok=True)
         with open(path, "wb") as f:

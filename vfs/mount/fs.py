@@ -120,7 +120,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
             a.st_size = 4096
             a.st_nlink = tree.nlink(ino)
         else:
-            a.st_mode = stat.S_IFREG | 0o644
+            if ino in tree.symlinks:
+                a.st_mode = stat.S_IFLNK | 0o777
+            elif ino in tree.runnable:
+                a.st_mode = stat.S_IFREG | 0o755
+            else:
+                a.st_mode = stat.S_IFREG | 0o644
             a.st_size = tree.size[ino]
             a.st_nlink = 1
         a.st_uid = self.uid
@@ -175,6 +180,14 @@ class ReadOnlyOperations(pyfuse3.Operations):
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
+
+    @_guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        self.stats.add("req.readlink")
+        target = self.tree.symlinks.get(inode)
+        if target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return target
 
     # -- directories ------------------------------------------------------------------------
 
@@ -248,9 +261,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
         tree = self.tree
         if name == XATTR_STATS and inode == pyfuse3.ROOT_INODE:
             return self.stats.to_json()
-        if tree.exists(inode) and not tree.is_dir(inode):
+        if tree.exists(inode) and not tree.is_dir(inode) and inode not in tree.symlinks:
             if name == XATTR_HASH:
-                return tree.hash_hex(inode).encode()
+                return tree.hash_text(inode).encode()
             if name == XATTR_SOURCE:
                 return tree.source_of(inode).encode("utf-8", "surrogateescape")
             if name == XATTR_CACHED:
@@ -262,6 +275,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         if inode == pyfuse3.ROOT_INODE:
             return [XATTR_STATS]
-        if self.tree.exists(inode) and not self.tree.is_dir(inode):
+        tree = self.tree
+        if tree.exists(inode) and not tree.is_dir(inode) and inode not in tree.symlinks:
             return [XATTR_HASH, XATTR_SOURCE, XATTR_CACHED]
         return []

@@ -26,7 +26,9 @@ import trio
 
 from vfs.errors import MountError, VfsError
 from vfs.hashing import hash_string
-from vfs.manifest import Manifest, decode_manifest
+from vfs.manifest import Manifest
+from vfs.manifest.convert import decode_any_manifest
+from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.fetcher import ContentFetcher, FetchPolicy
 from vfs.mount.fs import ReadOnlyOperations
@@ -76,15 +78,15 @@ class MountConfig:
 
 def load_manifests(
     locations: Sequence[str], s3: S3Options | None = None
-) -> tuple[list[Manifest], list[str]]:
-    """Read and decode each manifest; return them with the names used in messages.
+) -> tuple[list[Manifest | ManifestV2], list[str]]:
+    """Read and decode each manifest (either format); return them with their names.
 
     Raises :class:`VfsError` (``StoreError``, ``ManifestError``) naming the manifest.
     """
-    manifests = []
+    manifests: list[Manifest | ManifestV2] = []
     for location in locations:
         data = read_location(location, s3)
-        manifests.append(decode_manifest(data, source=location))
+        manifests.append(decode_any_manifest(data, source=location))
     return manifests, list(locations)
 
 

@@ -14,8 +14,9 @@ from array import array
 from collections.abc import Iterator, Sequence
 
 from vfs.errors import ManifestError
-from vfs.manifest import Manifest, merge_with_sources
-from vfs.mount.objects import ObjectRef
+from vfs.manifest import Manifest, ManifestPath
+from vfs.manifest.v2 import ManifestFilePath, ManifestV2
+from vfs.mount.objects import CHUNK_SIZE, ObjectRef
 
 ROOT_INODE = 1
 
@@ -55,23 +56,30 @@ class InodeTree:
         self.file_count = 0
         self.total_size = 0
         self.sources: list[str] = []
+        self.symlinks: dict[int, bytes] = {}
+        self.chunks: dict[int, tuple[str, ...]] = {}
+        self.runnable: set[int] = set()
 
     # -- building ---------------------------------------------------------------------------
 
     @classmethod
     def from_manifests(
-        cls, manifests: Sequence[Manifest], sources: Sequence[str] | None = None
+        cls, manifests: Sequence[Manifest | ManifestV2], sources: Sequence[str] | None = None
     ) -> InodeTree:
         """Merge ``manifests`` (last wins per path) and build the tree.
 
+        Manifests of both formats may be mixed. Of format 2025-12-04-beta the tree also
+        takes chunked files, symbolic links, the execute bit, explicit (also empty)
+        directories, and delete markers, which remove what earlier manifests listed.
         ``sources`` names each manifest (file path or URI) for error messages and for
         provenance. Raises :class:`ManifestError` naming the manifest and entry when a path
-        is both a file and a directory, or a name cannot be a Linux file name.
+        is both a file and a directory, a name cannot be a Linux file name, or a size or
+        mtime is out of range.
         """
         names = list(sources) if sources is not None else [f"#{i}" for i in range(len(manifests))]
         tree = cls()
         tree.sources = names
-        merged = merge_with_sources(manifests)
+        merged, explicit_dirs = _merge_for_mount(manifests)
         dir_by_path: dict[str, int] = {"": ROOT_INODE}
         children = tree.children
         size, mtime, parent, source = tree.size, tree.mtime, tree.parent, tree.source
@@ -82,25 +90,36 @@ class InodeTree:
                 # The newest mtime below the root is at least that of any one file (which may
                 # be before 1970, so 0 is no neutral start); new directories start likewise.
                 path, (first, src) = next(iter(merged.items()))
-                mtime[ROOT_INODE] = first.mtime
+                mtime[ROOT_INODE] = first.mtime or 0
             for path, (entry, src) in merged.items():
                 dirpath, _, name = path.rpartition("/")
                 dir_ino = dir_by_path.get(dirpath)
                 if dir_ino is None:
-                    dir_ino = tree._make_dirs(dirpath, dir_by_path, names[src], path, entry.mtime)
+                    dir_ino = tree._make_dirs(
+                        dirpath, dir_by_path, names[src], path, entry.mtime or 0
+                    )
                 bname = _name_bytes(name, names[src], path)
                 siblings = children[dir_ino]
                 if bname in siblings:
                     raise tree._conflict(path, names[src])
                 ino = len(size)
                 siblings[bname] = ino
-                size.append(entry.size)
-                mtime.append(entry.mtime)
                 parent.append(dir_ino)
                 source.append(src)
-                hashes += bytes.fromhex(entry.hash)
-                if entry.mtime > mtime[dir_ino]:
-                    mtime[dir_ino] = entry.mtime
+                if type(entry) is ManifestPath:
+                    entry_mtime = entry.mtime
+                    size.append(entry.size)
+                    mtime.append(entry_mtime)
+                    hashes += bytes.fromhex(entry.hash)
+                    tree.total_size += entry.size
+                else:
+                    assert isinstance(entry, ManifestFilePath)
+                    entry_mtime = tree._add_v2_file(ino, entry)
+                if entry_mtime > mtime[dir_ino]:
+                    mtime[dir_ino] = entry_mtime
+            for path, src in explicit_dirs.items():
+                if path not in dir_by_path:
+                    tree._make_dirs(path, dir_by_path, names[src], path, mtime[ROOT_INODE])
         except OverflowError:
             raise ManifestError(
                 "the size or mtime is out of range (size 0 to 2**64-1, mtime a signed 64-bit "
@@ -109,7 +128,6 @@ class InodeTree:
                 entry=repr(path),
             ) from None
         tree.file_count = len(merged)
-        tree.total_size = sum(entry.size for entry, _ in merged.values())
         # Directories were created before their children: walk them backwards so that each
         # directory's mtime reaches its parent.
         for ino in sorted(children, reverse=True):
@@ -117,6 +135,29 @@ class InodeTree:
             if ino != ROOT_INODE and mtime[ino] > mtime[up]:
                 mtime[up] = mtime[ino]
         return tree
+
+    def _add_v2_file(self, ino: int, entry: ManifestFilePath) -> int:
+        """Fill inode ``ino``'s slots from a v2 entry; return its mtime (0 for links)."""
+        if entry.symlink_target is not None:
+            target = entry.symlink_target.encode("utf-8", "surrogateescape")
+            self.symlinks[ino] = target
+            self.size.append(len(target))
+            self.mtime.append(0)
+            self.hashes += bytes(16)
+            return 0
+        entry_size = entry.size or 0
+        entry_mtime = entry.mtime or 0
+        self.size.append(entry_size)
+        self.mtime.append(entry_mtime)
+        self.total_size += entry_size
+        if entry.chunkhashes is not None:
+            self.chunks[ino] = tuple(entry.chunkhashes)
+            self.hashes += bytes(16)
+        else:
+            self.hashes += bytes.fromhex(entry.hash or "")
+        if entry.runnable:
+            self.runnable.add(ino)
+        return entry_mtime
 
     def _make_dirs(
         self, dirpath: str, dir_by_path: dict[str, int], src: str, path: str, mtime: int
@@ -184,8 +225,21 @@ class InodeTree:
         return self.hashes[16 * ino : 16 * ino + 16].hex()
 
     def file_parts(self, ino: int) -> tuple[ObjectRef, ...]:
-        """The CAS objects holding file ``ino``'s content, in order (one for v1 files)."""
-        return (ObjectRef(self.hash_hex(ino), self.size[ino]),)
+        """The CAS objects holding file ``ino``'s content, in order: one object, or the
+        256 MiB chunks of a chunked v2 file."""
+        chunks = self.chunks.get(ino)
+        if chunks is None:
+            return (ObjectRef(self.hash_hex(ino), self.size[ino]),)
+        total = self.size[ino]
+        return tuple(
+            ObjectRef(h, min(CHUNK_SIZE, total - i * CHUNK_SIZE)) for i, h in enumerate(chunks)
+        )
+
+    def hash_text(self, ino: int) -> str:
+        """The content hash of a file as the manifest gives it: its xxh128, or the chunk
+        hashes joined by commas for a chunked file."""
+        chunks = self.chunks.get(ino)
+        return ",".join(chunks) if chunks is not None else self.hash_hex(ino)
 
     def nlink(self, ino: int) -> int:
         """Link count: 1 for a file, 2 + subdirectories for a directory."""
@@ -214,3 +268,37 @@ class InodeTree:
     def __len__(self) -> int:
         """Number of inodes, the root included."""
         return len(self.size) - 1
+
+
+def _merge_for_mount(
+    manifests: Sequence[Manifest | ManifestV2],
+) -> tuple[dict[str, tuple[ManifestPath | ManifestFilePath, int]], dict[str, int]]:
+    """Merge manifests oldest first: ``({path: (entry, manifest index)}, {dir: index})``.
+
+    Later entries replace earlier ones per path (deadline's ``merge_asset_manifests``,
+    reference §7.3). A v2 delete marker removes the file, or the directory and everything
+    under it; v2 ``dirs`` entries become explicit directories.
+    """
+    merged: dict[str, tuple[ManifestPath | ManifestFilePath, int]] = {}
+    dirs: dict[str, int] = {}
+    for index, manifest in enumerate(manifests):
+        if isinstance(manifest, Manifest):
+            for entry in manifest.paths:
+                merged[entry.path] = (entry, index)
+            continue
+        for d in manifest.dirs:
+            if d.deleted:
+                prefix = d.path + "/"
+                for p in [p for p in merged if p.startswith(prefix)]:
+                    del merged[p]
+                for p in [p for p in dirs if p == d.path or p.startswith(prefix)]:
+                    del dirs[p]
+        for f in manifest.files:
+            if f.deleted:
+                merged.pop(f.path, None)
+            else:
+                merged[f.path] = (f, index)
+        for d in manifest.dirs:
+            if not d.deleted:
+                dirs[d.path] = index
+    return merged, dirs
