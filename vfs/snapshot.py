@@ -324,16 +324,13 @@ def snapshot_directory(
     hash_cache: HashCache | None = None,
     workers: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
-    only: Iterable[str] | None = None,
 ) -> Manifest | None:
     """Hash the files of ``root`` selected by the globs into a manifest of format 2023-03-03.
 
     Returns ``None`` when no file is selected (an empty manifest cannot be written).
-    ``only`` restricts the result to these manifest paths (for diff snapshots).
     Raises :class:`SnapshotError` naming the root or a file that cannot be read.
     """
-    scan = scan_directory(root, include, exclude)
-    files = _only(scan.files, only)
+    files = scan_directory(root, include, exclude).files
     if not files:
         return None
     hashes = hash_scanned(files, hash_cache=hash_cache, workers=workers, on_bytes=on_bytes)
@@ -373,13 +370,6 @@ def snapshot_directory_v2(
     return ManifestV2(files=entries, dirs=[ManifestDirectoryPath(d) for d in scan.dirs])
 
 
-def _only(files: list[ScannedFile], only: Iterable[str] | None) -> list[ScannedFile]:
-    if only is None:
-        return files
-    wanted = set(only)
-    return [f for f in files if f.path in wanted]
-
-
 # -- diffs ----------------------------------------------------------------------------------
 
 
@@ -412,29 +402,70 @@ def diff_directory(
     Raises :class:`SnapshotError` naming the root or an unreadable file.
     """
     scan = scan_directory(root, include, exclude)
+    return _compare(base, scan.files, force_rehash, hash_cache, workers, None)[0]
+
+
+def snapshot_changes(
+    base: Manifest,
+    root: str,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    force_rehash: bool = False,
+    hash_cache: HashCache | None = None,
+    workers: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Manifest | None:
+    """A manifest (format 2023-03-03) of the files new or modified since ``base``, like
+    ``deadline manifest snapshot --diff`` (deleted files cannot be expressed and are left
+    out). ``None`` when nothing changed. Scans and hashes each file at most once.
+    """
+    scan = scan_directory(root, include, exclude)
+    changes, hashes = _compare(base, scan.files, force_rehash, hash_cache, workers, on_bytes)
+    changed = set(changes.new) | set(changes.modified)
+    files = [f for f in scan.files if f.path in changed]
+    if not files:
+        return None
+    missing = [f for f in files if f.path not in hashes]
+    for f, h in zip(
+        missing, hash_scanned(missing, hash_cache=hash_cache, workers=workers, on_bytes=on_bytes),
+        strict=True,
+    ):  # fmt: skip
+        hashes[f.path] = str(h)
+    return Manifest(
+        paths=[ManifestPath(f.path, hashes[f.path], f.size, f.mtime_ns // 1000) for f in files]
+    )
+
+
+def _compare(
+    base: Manifest,
+    files: list[ScannedFile],
+    force_rehash: bool,
+    hash_cache: HashCache | None,
+    workers: int | None,
+    on_bytes: Callable[[int], None] | None,
+) -> tuple[DirectoryDiff, dict[str, str]]:
+    """The diff of ``files`` against ``base``, and the hashes computed for it (by path)."""
     by_path = {Path(os.path.normpath(p.path)).as_posix(): p for p in base.paths}
     diff = DirectoryDiff()
-    current = {f.path for f in scan.files}
+    hashes: dict[str, str] = {}
     if force_rehash:
-        hashes = hash_scanned(scan.files, hash_cache=hash_cache, workers=workers)
-        for f, h in zip(scan.files, hashes, strict=True):
-            old = by_path.get(f.path)
-            if old is None:
-                diff.new.append(f.path)
-            elif old.hash != h:
+        computed = hash_scanned(files, hash_cache=hash_cache, workers=workers, on_bytes=on_bytes)
+        hashes = {f.path: str(h) for f, h in zip(files, computed, strict=True)}
+    for f in files:
+        old = by_path.get(f.path)
+        if old is None:
+            diff.new.append(f.path)
+        elif force_rehash:
+            if old.hash != hashes[f.path]:
                 diff.modified.append(f.path)
-    else:
-        for f in scan.files:
-            old = by_path.get(f.path)
-            if old is None:
-                diff.new.append(f.path)
-            elif f.size != old.size or abs(math.trunc(f.mtime_ns / 1000) - old.mtime) > 1:
-                diff.modified.append(f.path)
-    diff.deleted = [p.path for p in base.paths if p.path not in current]
+        elif f.size != old.size or abs(math.trunc(f.mtime_ns / 1000) - old.mtime) > 1:
+            diff.modified.append(f.path)
+    current = {f.path for f in files}
+    diff.deleted = sorted(p.path for p in base.paths if p.path not in current)
     diff.new.sort()
     diff.modified.sort()
-    diff.deleted.sort()
-    return diff
+    return diff, hashes
 
 
 # -- manifest files -------------------------------------------------------------------------
