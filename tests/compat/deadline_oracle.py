@@ -15,6 +15,17 @@ Subcommands:
   ``hash_assets_and_create_manifest`` → ``upload_assets``) against the S3 server at URL
   (``AWS_ENDPOINT_URL`` must be set to it by the caller; this is checked). Prints the
   attachments, the manifest's S3 key, its hash and the endpoint deadline's client used.
+* ``batch SPEC OUT``: run the operations listed in the JSON file SPEC (a list of objects,
+  each with ``"op"``: ``"diff"``, ``"snapshot"`` or ``"merge"``, and the keyword arguments
+  of deadline's ``api.manifest._manifest_diff`` / ``_manifest_snapshot`` /
+  ``_manifest_merge``) in one process, and write a JSON list to OUT with one result per
+  operation: ``{"new": [...], "modified": [...], "deleted": [...]}`` for a diff (deadline's
+  order), ``{"manifest": path or null}`` otherwise, or ``{"error": "Type: message"}`` when
+  deadline raised. Prints ``{"count": n}``.
+* ``outputs --bucket B --root-prefix P --farm-id F --queue-id Q --job-id J [--step-id S]
+  [--task-id T] --endpoint URL``: deadline's ``download.get_output_manifests_by_asset_root``
+  against the S3 server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints
+  ``{"endpoint": URL, "roots": {root: [encoded merged manifest, ...]}}``.
 """
 
 from __future__ import annotations
@@ -58,15 +69,16 @@ def cmd_reencode(args: argparse.Namespace) -> dict[str, object]:
     return {"output": args.output}
 
 
-def cmd_upload(args: argparse.Namespace) -> dict[str, object]:
-    if os.environ.get("AWS_ENDPOINT_URL") != args.endpoint:
+def _local_session(endpoint: str):  # type: ignore[no-untyped-def]
+    """A boto3 session whose S3 client, as deadline builds it, is aimed at ``endpoint``.
+
+    Returns ``(session, endpoint deadline's client uses)``; exits unless they agree.
+    """
+    if os.environ.get("AWS_ENDPOINT_URL") != endpoint:
         raise SystemExit("deadline_oracle: AWS_ENDPOINT_URL must be the --endpoint URL")
 
     import boto3
     from deadline.job_attachments._aws.aws_clients import get_s3_client
-    from deadline.job_attachments.asset_manifests import HashAlgorithm, hash_data
-    from deadline.job_attachments.models import JobAttachmentS3Settings
-    from deadline.job_attachments.upload import S3AssetManager
 
     session = boto3.Session(
         aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
@@ -75,8 +87,17 @@ def cmd_upload(args: argparse.Namespace) -> dict[str, object]:
     )
     # The client deadline builds for its transfers must be aimed at the local server.
     endpoint_used = get_s3_client(session).meta.endpoint_url
-    if endpoint_used != args.endpoint:
+    if endpoint_used != endpoint:
         raise SystemExit(f"deadline_oracle: deadline's S3 client would use {endpoint_used}")
+    return session, endpoint_used
+
+
+def cmd_upload(args: argparse.Namespace) -> dict[str, object]:
+    from deadline.job_attachments.asset_manifests import HashAlgorithm, hash_data
+    from deadline.job_attachments.models import JobAttachmentS3Settings
+    from deadline.job_attachments.upload import S3AssetManager
+
+    session, endpoint_used = _local_session(args.endpoint)
 
     settings = JobAttachmentS3Settings(s3BucketName=args.bucket, rootPrefix=args.root_prefix)
     manager = S3AssetManager(
@@ -109,6 +130,61 @@ def cmd_upload(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _batch_one(spec: dict[str, object]) -> dict[str, object]:
+    from deadline.job_attachments.api.manifest import (
+        _manifest_diff,
+        _manifest_merge,
+        _manifest_snapshot,
+    )
+
+    kwargs = {k: v for k, v in spec.items() if k != "op"}
+    if spec["op"] == "diff":
+        diff = _manifest_diff(**kwargs)
+        return {"new": diff.new, "modified": diff.modified, "deleted": diff.deleted}
+    if spec["op"] == "snapshot":
+        snap = _manifest_snapshot(**kwargs)
+        return {"manifest": None if snap is None else snap.manifest}
+    if spec["op"] == "merge":
+        merged = _manifest_merge(**kwargs)
+        return {"manifest": None if merged is None else merged.local_manifest_path}
+    raise SystemExit(f"deadline_oracle: unknown batch op {spec['op']!r}")
+
+
+def cmd_batch(args: argparse.Namespace) -> dict[str, object]:
+    with open(args.spec, encoding="utf-8") as f:
+        specs = json.load(f)
+    results = []
+    for spec in specs:
+        try:
+            results.append(_batch_one(spec))
+        except Exception as e:  # reported per operation; the caller decides
+            results.append({"error": f"{type(e).__name__}: {e}"})
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+    return {"count": len(results)}
+
+
+def cmd_outputs(args: argparse.Namespace) -> dict[str, object]:
+    from deadline.job_attachments.download import get_output_manifests_by_asset_root
+    from deadline.job_attachments.models import JobAttachmentS3Settings
+
+    session, endpoint_used = _local_session(args.endpoint)
+    settings = JobAttachmentS3Settings(s3BucketName=args.bucket, rootPrefix=args.root_prefix)
+    by_root = get_output_manifests_by_asset_root(
+        settings,
+        args.farm_id,
+        args.queue_id,
+        args.job_id,
+        step_id=args.step_id,
+        task_id=args.task_id,
+        session=session,
+    )
+    return {
+        "endpoint": endpoint_used,
+        "roots": {root: [m.encode() for m in ms] for root, ms in by_root.items()},
+    }
+
+
 def main(argv: list[str]) -> None:
     _require_isolated_env()
     parser = argparse.ArgumentParser(prog="deadline_oracle")
@@ -133,6 +209,22 @@ def main(argv: list[str]) -> None:
     p.add_argument("--endpoint", required=True)
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("batch")
+    p.add_argument("spec")
+    p.add_argument("output")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("outputs")
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--root-prefix", required=True)
+    p.add_argument("--farm-id", required=True)
+    p.add_argument("--queue-id", required=True)
+    p.add_argument("--job-id", required=True)
+    p.add_argument("--step-id", default=None)
+    p.add_argument("--task-id", default=None)
+    p.add_argument("--endpoint", required=True)
+    p.set_defaults(func=cmd_outputs)
 
     args = parser.parse_args(argv)
     result = args.func(args)
