@@ -33,7 +33,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import trio
 import xxhash
@@ -48,13 +48,16 @@ from vfs.errors import (
 from vfs.mount.blockcache import BLOCK_SIZE, BlockCache
 from vfs.mount.objects import CHUNK_SIZE, ObjectRef
 from vfs.mount.stats import MountStats
-from vfs.storage import ObjectStore, data_key
-from vfs.storage.ranges import get_range
+from vfs.storage import ObjectStore, Readable, data_key
+from vfs.storage.ranges import get_range, open_range
 
 log = logging.getLogger(__name__)
 
-READAHEAD_MAX_BLOCKS = 16
-"""Largest readahead window, in blocks."""
+READAHEAD_MAX_BLOCKS = 32
+"""Largest readahead window, in blocks (128 MiB)."""
+
+RUN_BLOCKS = 8
+"""Blocks fetched by one readahead GET (one ranged GET of up to 32 MiB, streamed)."""
 
 FDS_PER_HANDLE = 8
 """Cache entries a file handle keeps open."""
@@ -62,8 +65,6 @@ FDS_PER_HANDLE = 8
 STREAM_CHUNK = 4 * 1024 * 1024
 INLINE_VERIFY_LIMIT = 256 * 1024
 """Cached objects up to this size are verified on the event loop (cheaper than a thread hop)."""
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,62 @@ class Downloader:
             raise
         return length
 
+    def run(
+        self,
+        obj: ObjectRef,
+        first: int,
+        count: int,
+        on_block: Callable[[int], None],
+        pinned: Collection[str] = (),
+    ) -> int:
+        """Fetch blocks ``first`` … ``first + count - 1`` of a large object with one streamed
+        ranged GET, committing (and reporting with ``on_block(index)``) each block as soon
+        as it has arrived and its length is checked. Blocks already cached at the start of
+        the run are skipped. Returns the bytes fetched."""
+        while count and self.cache.has(
+            self.cache.block_name(obj.hash, first), block_length(obj, first)
+        ):
+            on_block(first)
+            first += 1
+            count -= 1
+        if not count:
+            return 0
+        key = data_key(obj.hash)
+        start = first * BLOCK_SIZE
+        total = min(obj.size, (first + count) * BLOCK_SIZE) - start
+        self.cache.reserve(total, pinned)
+        used = 0
+        try:
+            with open_range(self.store, key, start, total) as body:
+                for index in range(first, first + count):
+                    length = block_length(obj, index)
+                    data = _read_exactly(body, length)
+                    if len(data) != length:
+                        where = self.store.describe(key)
+                        raise CorruptObjectError(
+                            f"object {where} ended {length - len(data)} bytes early in "
+                            f"block {index}: it is shorter than the manifest says",
+                            key=where,
+                        )
+                    self._commit_block(obj, index, data)
+                    used += length
+                    on_block(index)
+        except BaseException:
+            self.cache.release(total - used)
+            raise
+        return used
+
+    def _commit_block(self, obj: ObjectRef, index: int, data: bytes) -> None:
+        fd, tmp = self.cache.new_temp()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            self.cache.commit(tmp, self.cache.block_name(obj.hash, index), len(data), len(data))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
 
 class _Inflight:
     __slots__ = ("done", "error")
@@ -227,6 +284,7 @@ class ContentFetcher:
         self._present: dict[str, int] = {}
         self._states: set[ReadState] = set()
         self._nursery: trio.Nursery | None = None
+        self._readahead_runs = 0
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Give the fetcher a nursery for readahead and background verification."""
@@ -403,27 +461,80 @@ class ContentFetcher:
         state.next_offset = end
         if not state.window or self._nursery is None:
             return
+        run: list[int] = []
         for index in range(last + 1, min(last + 1 + state.window, nblocks(obj))):
-            if self.limiter.available_tokens <= 1:  # keep a slot for readers
-                break
             name = self.cache.block_name(obj.hash, index)
             if name in self._inflight or self.cache.has(name, block_length(obj, index)):
+                self._start_run(obj, run)
+                run = []
                 continue
-            self.stats.add("readahead.blocks")
-            self._nursery.start_soon(self._prefetch, obj, index)
+            run.append(index)
+            if len(run) == RUN_BLOCKS:
+                self._start_run(obj, run)
+                run = []
+        self._start_run(obj, run)
 
-    async def _prefetch(self, obj: ObjectRef, index: int) -> None:
-        name = self.cache.block_name(obj.hash, index)
+    def _start_run(self, obj: ObjectRef, run: list[int]) -> None:
+        """Start fetching contiguous blocks ``run`` in the background, if a slot is spare
+        (one is always left for readers). The blocks count as in flight at once."""
+        if not run or self._nursery is None:
+            return
+        if self._readahead_runs >= self.limiter.total_tokens - 1:
+            return
+        entries = {}
+        for index in run:
+            entry = entries[index] = _Inflight()
+            self._inflight[self.cache.block_name(obj.hash, index)] = entry
+        self._readahead_runs += 1
+        self.stats.add("readahead.blocks", len(run))
+        self._nursery.start_soon(self._fetch_run, obj, run[0], len(run), entries)
+
+    async def _fetch_run(
+        self, obj: ObjectRef, first: int, count: int, entries: dict[int, _Inflight]
+    ) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def on_block(index: int) -> None:  # in the worker thread
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(
+                    self._run_block_done, obj, index, entries, trio_token=token
+                )
+
         try:
-            await self._coalesced(name, self.downloader.block, obj, index)
-        except Exception as e:  # a reader that needs the block will report it
+            fetched = await self._with_retries(
+                self.cache.block_name(obj.hash, first), self.downloader.run,
+                obj, first, count, on_block,
+            )  # fmt: skip
+            self.stats.add("fetch.runs")
+            self.stats.add("fetch.bytes", fetched)
+        except Exception as e:  # a reader that needs one of the blocks will report it
             self.stats.add("readahead.errors")
-            log.debug("readahead of %s failed: %s", name, e)
+            log.debug("readahead of %s blocks %d+%d failed: %s", obj.hash, first, count, e)
+            for entry in entries.values():
+                if not entry.done.is_set():
+                    entry.error = e
+        finally:
+            self._readahead_runs -= 1
+            for index, entry in entries.items():
+                self._finish(self.cache.block_name(obj.hash, index), entry)
+
+    def _run_block_done(self, obj: ObjectRef, index: int, entries: dict[int, _Inflight]) -> None:
+        entry = entries[index]
+        if entry.done.is_set():
+            return
+        self.stats.add("fetch.blocks")
+        self._finish(self.cache.block_name(obj.hash, index), entry)
+        self._block_arrived(obj)
+
+    def _finish(self, name: str, entry: _Inflight) -> None:
+        if self._inflight.get(name) is entry:
+            del self._inflight[name]
+        entry.done.set()
 
     # -- coalescing and retries -------------------------------------------------------------
 
     async def _coalesced(
-        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: int
+        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: Any
     ) -> None:
         """Run ``download`` for cache entry ``name`` unless it is running; wait for it."""
         inflight = self._inflight.get(name)
@@ -449,7 +560,7 @@ class ContentFetcher:
             inflight.done.set()
 
     async def _with_retries(
-        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: int
+        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: Any
     ) -> int:
         policy = self.policy
         deadline = trio.current_time() + policy.fetch_timeout
@@ -524,6 +635,22 @@ def hash_entries(cache: BlockCache, names: Sequence[str]) -> str | None:
         except FileNotFoundError:
             return None
     return hasher.hexdigest()
+
+
+def _read_exactly(body: Readable, length: int) -> bytes:
+    """Up to ``length`` bytes from a stream (fewer only at its end)."""
+    first = body.read(length)
+    if len(first) >= length or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < length:
+        chunk = body.read(length - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _hash_file(path: str) -> str:
