@@ -26,6 +26,9 @@ Subcommands:
   [--task-id T] --endpoint URL``: deadline's ``download.get_output_manifests_by_asset_root``
   against the S3 server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints
   ``{"endpoint": URL, "roots": {root: [encoded merged manifest, ...]}}``.
+* ``manifest-upload --bucket B --root-prefix P [--s3-key-prefix K] --endpoint URL FILE``:
+  deadline's ``api.manifest._manifest_upload`` (what ``deadline manifest upload`` runs) to
+  the S3 server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints ``{"endpoint": URL}``.
 """
 
 from __future__ import annotations
@@ -185,6 +188,20 @@ def cmd_outputs(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def cmd_manifest_upload(args: argparse.Namespace) -> dict[str, object]:
+    from deadline.job_attachments.api.manifest import _manifest_upload
+
+    session, endpoint_used = _local_session(args.endpoint)
+    _manifest_upload(
+        manifest_file=args.file,
+        s3_bucket_name=args.bucket,
+        s3_cas_prefix=args.root_prefix,
+        boto_session=session,
+        s3_key_prefix=args.s3_key_prefix,
+    )
+    return {"endpoint": endpoint_used}
+
+
 def main(argv: list[str]) -> None:
     _require_isolated_env()
     parser = argparse.ArgumentParser(prog="deadline_oracle")
@@ -225,6 +242,14 @@ def main(argv: list[str]) -> None:
     p.add_argument("--task-id", default=None)
     p.add_argument("--endpoint", required=True)
     p.set_defaults(func=cmd_outputs)
+
+    p = sub.add_parser("manifest-upload")
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--root-prefix", required=True)
+    p.add_argument("--s3-key-prefix", default=None)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("file")
+    p.set_defaults(func=cmd_manifest_upload)
 
     args = parser.parse_args(argv)
     result = args.func(args)

@@ -113,7 +113,26 @@ def globs(
             f"--include-exclude-config {config!r} is neither a JSON file nor JSON text",
             hint='write {"include": ["**/*.exr"], "exclude": ["tmp/**"]}',
         ) from None
-    return (list(inc) if inc else None), (list(exc) if exc else None)
+    return _config_globs(inc, "include", config), _config_globs(exc, "exclude", config)
+
+
+def _config_globs(value: object, key: str, config: str) -> list[str] | None:
+    """The ``include`` or ``exclude`` globs of a config as deadline reads them: missing or
+    null is the default, a list is used as it is (an empty include list selects nothing),
+    and a string, as in deadline, is iterated as one-character globs.
+
+    Raises :class:`VfsError` for anything else (deadline crashes with a ``TypeError``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        return list(value)
+    raise VfsError(
+        f"--include-exclude-config {config!r}: {key!r} must be a list of glob strings",
+        hint='write {"include": ["**/*.exr"], "exclude": ["tmp/**"]}',
+    )
 
 
 @contextlib.contextmanager
