@@ -79,7 +79,8 @@ def _glob(root: str, include: Sequence[str] | None, exclude: Sequence[str] | Non
                 found.add(os.path.normpath(p))
         return found
 
-    selected = match(include or DEFAULT_INCLUDE)
+    # None means the default; an empty list selects nothing (deadline's ``_glob_paths``).
+    selected = match(DEFAULT_INCLUDE if include is None else include)
     if exclude:
         selected -= match(exclude)
     return selected
