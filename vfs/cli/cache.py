@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import sys
-from collections.abc import Iterator
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from vfs.cli.common import (
     VfsGroup,
+    byte_progress,
     emit_json,
     make_s3_options,
     parse_size,
@@ -92,23 +83,6 @@ def prune(cache_dir: str | None, to_size: str | None, everything: bool, as_json:
         click.echo(f"freed {freed:,} bytes; {s.entries:,} entries, {s.used:,} bytes remain")
 
 
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Progress | None]:
-    if not enabled:
-        yield None
-        return
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
-        bar.add_task("warming", total=total)
-        yield bar
-
-
 @cache.command()
 @click.option(
     "--manifest",
@@ -167,12 +141,8 @@ def warm(
     total = sum(o.size for o in objects.values())
     store = open_store(store_uri, s3)
     c = BlockCache(cache_dir or default_cache_dir(), cache_size)
-    show = not as_json and sys.stderr.isatty()
-    with _progress(total, show) as bar:
-        summary = warm_cache(
-            c, store, objects.values(), workers=workers,
-            on_bytes=(lambda n: bar.advance(bar.task_ids[0], n)) if bar else None,
-        )  # fmt: skip
+    with byte_progress("warming", total, not as_json) as on_bytes:
+        summary = warm_cache(c, store, objects.values(), workers=workers, on_bytes=on_bytes)
     c.close()
     failures = summary.failures or []
     if as_json:

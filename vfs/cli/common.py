@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from vfs.errors import VfsError
 from vfs.storage import S3Options
@@ -89,3 +97,20 @@ def parse_size(text: str) -> int:
 def size_callback(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
     """Click callback turning a size option (``20G``) into bytes."""
     return value if isinstance(value, int) else parse_size(value)
+
+
+@contextlib.contextmanager
+def byte_progress(
+    description: str, total: int | None, enabled: bool
+) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar of bytes on stderr, shown only when ``enabled`` and stderr is a
+    terminal; yields the function to call with each number of bytes done, or ``None``."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    columns = [BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+    if total is not None:
+        columns.append(TimeRemainingColumn())
+    with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

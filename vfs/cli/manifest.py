@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from vfs.cli.common import VfsGroup, emit_json, make_s3_options, s3_options
+from vfs.cli.common import VfsGroup, byte_progress, emit_json, make_s3_options, s3_options
 from vfs.cli.mount import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hash_cache import HashCache
@@ -148,23 +146,6 @@ def open_hash_cache(directory: str | None, disabled: bool) -> Iterator[HashCache
         cache.close()
 
 
-@contextlib.contextmanager
-def hashing_progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar of bytes hashed on stderr, when it is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("hashing", total=None)
-        yield lambda n: bar.advance(task, n)
-
-
 def read_manifest(location: str, s3: Any = None) -> Manifest | ManifestV2:
     """Read and decode a manifest of either format from a path or ``s3://`` URI."""
     return decode_any_manifest(read_location(location, s3), source=location)
@@ -235,7 +216,7 @@ def snapshot(
     result: Manifest | ManifestV2 | None
     with (
         open_hash_cache(hash_cache_dir, no_hash_cache) as cache,
-        hashing_progress(not as_json) as on_bytes,
+        byte_progress("hashing", None, not as_json) as on_bytes,
     ):
         if manifest_version == MANIFEST_VERSION_V2:
             full = snapshot_directory_v2(root, inc, exc, hash_cache=cache, on_bytes=on_bytes)

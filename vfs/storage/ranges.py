@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vfs.errors import StoreError
 from vfs.storage.base import ObjectStore, Readable
 from vfs.storage.local import LocalStore
-from vfs.storage.s3 import S3Store
+from vfs.storage.s3 import GuardedBody, S3Store
 
 
 def get_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
@@ -21,38 +19,15 @@ def get_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
     Raises the store's errors (``ObjectNotFoundError``, ``AccessDeniedError``, ``StoreError``)
     naming the key. ``length`` must be positive.
     """
-    if isinstance(store, S3Store):
-        try:
-            resp = store.client.get_object(
-                Bucket=store.bucket,
-                Key=store.full_key(key),
-                Range=f"bytes={start}-{start + length - 1}",
-            )
-            body = resp["Body"]
-            try:
-                return body.read()
-            finally:
-                body.close()
-        except (ClientError, BotoCoreError) as e:
-            raise store._error(e, key, "GET") from None
-    if isinstance(store, LocalStore):
-        path = store.describe(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise store._error(e, key) from None
-        try:
-            return os.pread(fd, length, start)
-        finally:
-            os.close(fd)
-    with store.open_read(key) as stream:  # any other store: read through
-        skipped = 0
-        while skipped < start:
-            chunk = stream.read(min(8 << 20, start - skipped))
+    with open_range(store, key, start, length) as stream:
+        parts = []
+        while length > 0:
+            chunk = stream.read(length)
             if not chunk:
-                raise StoreError(f"{store.describe(key)} is shorter than {start} bytes")
-            skipped += len(chunk)
-        return stream.read(length)
+                break
+            parts.append(chunk)
+            length -= len(chunk)
+        return b"".join(parts)
 
 
 @contextlib.contextmanager
@@ -72,7 +47,7 @@ def open_range(store: ObjectStore, key: str, start: int, length: int) -> Iterato
             raise store._error(e, key, "GET") from None
         body = resp["Body"]
         try:
-            yield _S3Body(body, store, key)
+            yield GuardedBody(body, store, key)
         finally:
             body.close()
         return
@@ -108,20 +83,4 @@ class _Limited:
         n = self._left if size < 0 else min(size, self._left)
         data = self._stream.read(n)
         self._left -= len(data)
-        return data
-
-
-class _S3Body:
-    """A ranged GET body whose read errors become :class:`StoreError` naming the key."""
-
-    def __init__(self, body: Any, store: S3Store, key: str) -> None:
-        self._body = body
-        self._store = store
-        self._key = key
-
-    def read(self, size: int = -1, /) -> bytes:
-        try:
-            data: bytes = self._body.read(None if size < 0 else size)
-        except (ClientError, BotoCoreError) as e:
-            raise self._store._error(e, self._key, "GET") from None
         return data

@@ -125,7 +125,7 @@ class S3Store:
             raise self._error(e, key, "GET") from None
         body = resp["Body"]
         try:
-            yield _GuardedBody(body, self, key)
+            yield GuardedBody(body, self, key)
         finally:
             body.close()
 
@@ -140,7 +140,7 @@ class S3Store:
             raise self._error(e, key, "GET") from None
         body = resp["Body"]
         try:
-            data = _GuardedBody(body, self, key).read()
+            data = GuardedBody(body, self, key).read()
         finally:
             body.close()
         metadata = {k.lower(): v for k, v in resp.get("Metadata", {}).items()}
@@ -180,8 +180,9 @@ class S3Store:
             raise self._error(e, prefix, "LIST") from None
 
 
-class _GuardedBody:
-    """A GET body whose read errors become :class:`StoreError` naming the key."""
+class GuardedBody:
+    """A GET body (whole or ranged) whose read errors become :class:`StoreError` naming
+    the key."""
 
     def __init__(self, body: Any, store: S3Store, key: str) -> None:
         self._body = body
