@@ -1,7 +1,7 @@
 """The pyfuse3 ``Operations`` of a read-only mount: a thin translation layer.
 
 Requests are answered from the :class:`~vfs.mount.tree.InodeTree` (metadata) and the
-:class:`~vfs.mount.fetcher.ObjectFetcher` (content). The tree never changes while mounted,
+:class:`~vfs.mount.fetcher.ContentFetcher` (content). The tree never changes while mounted,
 so every reply carries long entry and attribute timeouts, absent names are answered with
 cached negative entries, and files are opened with ``keep_cache``: after the first pass the
 kernel answers on its own (fuse-anchors.md §3.3).
