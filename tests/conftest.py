@@ -41,6 +41,9 @@ os.environ.update(
         "AWS_CONFIG_FILE": os.path.join(_AWS_HOME, "config"),
         "AWS_SHARED_CREDENTIALS_FILE": os.path.join(_AWS_HOME, "credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
+        # Caches (block cache, hash cache, S3 check cache) of commands run without
+        # --cache-dir go here, never into the user's own.
+        "VFS_CACHE_DIR": os.path.join(_AWS_HOME, "vfs-cache"),
     }
 )
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):

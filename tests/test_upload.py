@@ -292,3 +292,31 @@ def test_cli_sends_expected_bucket_owner_on_every_request(
     proxy.seen.clear()
     run_vfs("attachment", "upload", *args, env={"VFS_EXPECTED_BUCKET_OWNER": ""})
     assert proxy.seen and all(r.owner is None for r in proxy.seen)
+
+
+def test_s3_check_cache_skips_heads_and_survives_a_deleted_object(
+    tmp_path: Path, s3_bucket: str, s3_client: Any, s3_relay: S3Relay
+) -> None:
+    root = tmp_path / "root"
+    files = {f"f{i}.bin": bytes([i]) * (100 + i) for i in range(40)}
+    m = make_root(root, files)
+    manifest_file = write_manifest_file(str(root), m, str(tmp_path / "manifests"))
+    args = ("-m", manifest_file, "-r", str(root), "--s3-root-uri", f"s3://{s3_bucket}/ja",
+            "--endpoint-url", s3_relay.url, "--s3-check-cache-dir", str(tmp_path / "cc"),
+            "--json")  # fmt: skip
+    first = json.loads(run_vfs("attachment", "upload", *args).stdout)[0]
+    assert first["uploaded"] == 40
+    s3_relay.seen.clear()
+    second = json.loads(run_vfs("attachment", "upload", *args).stdout)[0]
+    assert second["skipped"] == 40
+    heads = [r for r in s3_relay.seen if r.method == "HEAD"]
+    assert len(heads) <= 30  # only deadline's integrity sample, not one HEAD per object
+    assert not [r for r in s3_relay.seen if r.method == "PUT"]
+    # An object removed behind the cache's back is noticed by the sample and uploaded again.
+    gone = data_key(hash_bytes(files["f0.bin"]))
+    for key in [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]:
+        s3_client.delete_object(Bucket=s3_bucket, Key=key)
+    third = json.loads(run_vfs("attachment", "upload", *args).stdout)[0]
+    assert third["uploaded"] == 40
+    body = s3_client.get_object(Bucket=s3_bucket, Key=f"ja/{gone}")["Body"].read()
+    assert body == files["f0.bin"]

@@ -7,10 +7,12 @@ import os
 import click
 
 from vfs.cli.common import VfsGroup, emit_json, make_s3_options, s3_options
+from vfs.cli.mount import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hashing import hash_string
 from vfs.manifest import decode_manifest
 from vfs.storage import open_store, read_location
+from vfs.storage.check_cache import S3CheckCache
 from vfs.transfer import upload_manifest_files
 
 
@@ -64,6 +66,17 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
     help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
 )
 @click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
+@click.option(
+    "--s3-check-cache-dir",
+    default=None,
+    metavar="DIR",
+    help="Where the S3 check cache lives (default: the vfs cache directory).",
+)
+@click.option(
+    "--force-s3-check",
+    is_flag=True,
+    help="HEAD every object instead of trusting the S3 check cache.",
+)
 @s3_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def upload(
@@ -71,6 +84,8 @@ def upload(
     roots: tuple[str, ...],
     s3_root_uri: str,
     workers: int,
+    s3_check_cache_dir: str | None,
+    force_s3_check: bool,
     endpoint_url: str | None,
     expected_bucket_owner: str | None,
     as_json: bool,
@@ -82,10 +97,14 @@ def upload(
     """
     s3 = make_s3_options(endpoint_url, expected_bucket_owner)
     store = open_store(s3_root_uri, s3)
+    check_cache = S3CheckCache(s3_check_cache_dir or default_cache_dir())
     results = []
     for manifest_file, root in pair_roots(list(manifests), list(roots)):
         m = decode_manifest(read_location(manifest_file, s3), source=manifest_file)
-        s = upload_manifest_files(m, root, store, workers=workers)
+        s = upload_manifest_files(
+            m, root, store, workers=workers,
+            check_cache=None if force_s3_check else check_cache,
+        )  # fmt: skip
         results.append(
             {
                 "manifest": manifest_file,
@@ -102,5 +121,6 @@ def upload(
                 f"{manifest_file}: {s.uploaded} objects uploaded ({s.uploaded_bytes} bytes), "
                 f"{s.skipped} already in {store.uri}"
             )
+    check_cache.close()
     if as_json:
         emit_json(results)

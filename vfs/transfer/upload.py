@@ -20,6 +20,7 @@ from vfs.errors import UploadError, VfsError
 from vfs.hashing import hash_file
 from vfs.manifest import Manifest, ManifestPath
 from vfs.storage import ObjectStore, data_key
+from vfs.storage.check_cache import S3CheckCache, check_cache_key, reset_check_cache_if_stale
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def upload_manifest_files(
     *,
     workers: int = 8,
     on_object: Callable[[ManifestPath, bool], None] | None = None,
+    check_cache: S3CheckCache | None = None,
 ) -> UploadSummary:
     """Upload the content of every file of ``manifest``, read from under ``root``.
 
@@ -49,7 +51,10 @@ def upload_manifest_files(
     size, else a local file with that content is hashed, compared with the manifest, and
     uploaded (when several files share the content, the next is tried if one is missing or
     changed).
-    ``on_object(entry, uploaded)`` is called per distinct object. Raises
+    ``on_object(entry, uploaded)`` is called per distinct object. With ``check_cache``
+    (deadline's S3 check cache, reference §3.3), objects seen in the store within 30 days
+    are skipped without a HEAD, after a random sample of them was checked (a stale cache is
+    reset), and every object confirmed or uploaded is recorded. Raises
     :class:`UploadError` listing the files that failed (missing, changed since the manifest
     was made, unreadable, or refused by the store); the other objects are still uploaded.
     """
@@ -57,14 +62,21 @@ def upload_manifest_files(
     for entry in manifest.paths:
         by_hash.setdefault(entry.hash, []).append(entry)
     summary = UploadSummary(objects=len(by_hash))
+    keys = {h: data_key(h, manifest.hash_alg) for h in by_hash}
+    known: set[str] = set()
+    confirmed: list[str] = []
+    if check_cache is not None:
+        reset_check_cache_if_stale(check_cache, store, keys.values())
+        cache_keys = {check_cache_key(store, k): k for k in keys.values()}
+        known = {cache_keys[c] for c in check_cache.fresh_keys(cache_keys)}
     lock = threading.Lock()
     failures: list[str] = []
 
     def one(copies: list[ManifestPath]) -> None:
         entry = copies[0]
-        key = data_key(entry.hash, manifest.hash_alg)
+        key = keys[entry.hash]
         try:
-            if store.head(key) == entry.size:
+            if key in known or store.head(key) == entry.size:
                 uploaded = False
             else:
                 _upload_any(copies, root, store, key)
@@ -74,6 +86,7 @@ def upload_manifest_files(
                 failures.append(str(e))
             return
         with lock:
+            confirmed.append(key)
             if uploaded:
                 summary.uploaded += 1
                 summary.uploaded_bytes += entry.size
@@ -85,6 +98,8 @@ def upload_manifest_files(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, by_hash.values()))
+    if check_cache is not None:
+        check_cache.put_many(check_cache_key(store, k) for k in confirmed)
     if failures:
         shown = "\n  ".join(failures[:10])
         more = f"\n  … and {len(failures) - 10} more" if len(failures) > 10 else ""
