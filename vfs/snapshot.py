@@ -31,8 +31,9 @@ import logging
 import math
 import os
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -40,7 +41,7 @@ from pathlib import Path, PurePosixPath
 import xxhash
 
 from vfs.errors import SnapshotError
-from vfs.hash_cache import RACY_WINDOW_NS, HashCache, hash_file_cached
+from vfs.hash_cache import RACY_WINDOW_NS, HashCache, HashCacheEntry, hash_file_cached
 from vfs.hashing import FILE_BUFFER_SIZE, hash_string
 from vfs.manifest import Manifest, ManifestPath, encode_manifest
 from vfs.manifest.v2 import (
@@ -143,7 +144,11 @@ def scan_directory(
         log.warning("snapshot of %s: %s", base, message)
         scan.skipped.append(message)
 
+    prefix = base.rstrip("/") + "/"
+
     def rel(path: str) -> str:
+        if path.startswith(prefix):  # glob's paths are normalised: the rest is the answer
+            return path[len(prefix) :]
         return PurePosixPath(*Path(path).relative_to(base).parts).as_posix()
 
     def under_link(path: str) -> str | None:
@@ -176,23 +181,25 @@ def scan_directory(
             if os.path.isdir(path):
                 scan.dirs.append(rel(path))
                 continue
-        dirname = os.path.dirname(path)
-        real_dir = real_dirs.get(dirname)
-        if real_dir is None:
-            real_dir = real_dirs[dirname] = os.path.realpath(dirname)
-        real = (
-            os.path.realpath(path)
-            if os.path.islink(path)
-            else os.path.join(real_dir, os.path.basename(path))
-        )
+        # One lstat per file: it is the file's own stat unless the file is a link.
         try:
-            st = os.stat(real)
+            st = os.lstat(path)
         except OSError as e:
-            if os.path.islink(path):
-                skip(f"skipped {path}: the symbolic link is dangling")
-            else:
-                skip(f"skipped {path}: {e.strerror}")
+            skip(f"skipped {path}: {e.strerror}")
             continue
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(path)
+            try:
+                st = os.stat(real)
+            except OSError:
+                skip(f"skipped {path}: the symbolic link is dangling")
+                continue
+        else:
+            dirname, _, name = path.rpartition("/")
+            real_dir = real_dirs.get(dirname)
+            if real_dir is None:
+                real_dir = real_dirs[dirname] = os.path.realpath(dirname or "/")
+            real = os.path.join(real_dir, name)
         if not stat.S_ISREG(st.st_mode):
             continue
         if not _inside(real, real_root):
@@ -248,6 +255,69 @@ def _hash_chunks(path: str) -> list[str]:
     return hashes
 
 
+HASH_BATCH_BYTES = 4 * 1024 * 1024
+"""Small files go to the hashing threads in batches of about this many bytes (at most
+:data:`HASH_BATCH_FILES` files), so that each costs no thread-pool task of its own."""
+
+HASH_BATCH_FILES = 256
+"""Most files in one hashing batch."""
+
+_thread_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's reusable read buffer (:data:`FILE_BUFFER_SIZE` bytes)."""
+    view: memoryview | None = getattr(_thread_buffers, "view", None)
+    if view is None:
+        view = _thread_buffers.view = memoryview(bytearray(FILE_BUFFER_SIZE))
+    return view
+
+
+def _hash_as_scanned(f: ScannedFile) -> str | None:
+    """xxh128 of ``f.real`` if it is still the regular file the scan saw (same size and
+    mtime before and after the read, every byte read); ``None`` otherwise (nothing is read
+    from a file that is no longer regular). Raises ``OSError``."""
+    view = _read_buffer()
+    # O_NONBLOCK: a FIFO put in the file's place since the scan must not block the open
+    # (it makes no difference to reading a regular file).
+    fd = os.open(f.real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        before = os.fstat(fd)
+        if (
+            not stat.S_ISREG(before.st_mode)
+            or before.st_size != f.size
+            or before.st_mtime_ns != f.mtime_ns
+        ):
+            return None
+        hasher = xxhash.xxh3_128()
+        total = 0
+        while n := os.readv(fd, [view]):
+            hasher.update(view[:n])
+            total += n
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if total != f.size or after.st_size != f.size or after.st_mtime_ns != f.mtime_ns:
+        return None
+    return hasher.hexdigest()
+
+
+def _batches(todo: list[int], files: Sequence[ScannedFile]) -> Iterator[list[int]]:
+    """``todo`` cut into batches of at most :data:`HASH_BATCH_BYTES` (a larger file is
+    a batch of its own) and :data:`HASH_BATCH_FILES` files, in order."""
+    current: list[int] = []
+    size = 0
+    for i in todo:
+        n = files[i].size
+        if current and (size + n > HASH_BATCH_BYTES or len(current) >= HASH_BATCH_FILES):
+            yield current
+            current, size = [], 0
+        current.append(i)
+        size += n
+    if current:
+        yield current
+
+
 def hash_scanned(
     files: Sequence[ScannedFile],
     *,
@@ -279,6 +349,10 @@ def hash_scanned(
                     on_bytes(f.size)
             else:
                 todo.append(i)
+    # Hashes are stored for files whose mtime is older than the racy window at the start
+    # (so before any read): see hash_file_cached().
+    storable_before = time.time_ns() - RACY_WINDOW_NS
+    to_store: list[HashCacheEntry] = []
 
     def one(i: int) -> None:
         f = files[i]
@@ -286,7 +360,13 @@ def hash_scanned(
             if is_chunked[i]:
                 results[i] = _chunk_hashes_cached(hash_cache, f)
             else:
-                results[i] = hash_file_cached(hash_cache, f.real)[0]
+                digest = _hash_as_scanned(f)
+                if digest is None:  # changed since the scan, or not a regular file any more
+                    results[i] = hash_file_cached(hash_cache, f.real)[0]
+                else:
+                    results[i] = digest
+                    if hash_cache is not None and f.mtime_ns <= storable_before:
+                        to_store.append((f.real, f.size, f.mtime_ns, digest))
         except OSError as e:
             raise SnapshotError(
                 f"cannot read {f.real}: {e.strerror}", hint="check the file's permissions"
@@ -294,8 +374,16 @@ def hash_scanned(
         if on_bytes is not None:
             on_bytes(f.size)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, todo))
+    def batch(indices: list[int]) -> None:
+        for i in indices:
+            one(i)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(batch, _batches(todo, files)))
+    finally:
+        if hash_cache is not None and to_store:
+            hash_cache.put_many(to_store)  # one transaction
     return [r for r in results if r is not None]
 
 

@@ -20,10 +20,15 @@ must stay inside the asset root (:func:`vfs.manifest.paths.path_problem`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import re
+from collections.abc import Iterable, Iterator
+from itertools import starmap
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from operator import attrgetter, itemgetter
+from typing import Any, Protocol, TypeVar
 
 from vfs.errors import ManifestError
 from vfs.manifest.model import (
@@ -38,6 +43,36 @@ from vfs.manifest.paths import path_problem
 _HASH_RE = re.compile(r"[0-9a-f]{32}")
 _TOP_KEYS = ("hashAlg", "manifestVersion", "paths", "totalSize")
 KNOWN_VERSIONS = (MANIFEST_VERSION_V1,)
+_FIELD_GETTERS = tuple(itemgetter(key) for key in ("path", "hash", "size", "mtime"))
+_ROW_GETTERS = tuple(itemgetter(i) for i in range(4))
+_ROW_DECODER = json.JSONDecoder(object_hook=itemgetter("path", "hash", "size", "mtime"))
+_CANONICAL_HEAD = '{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":'
+_CANONICAL_HEAD_BYTES = _CANONICAL_HEAD.encode("ascii")
+_CANONICAL_TAIL = re.compile(r',"totalSize":(-?(?:0|[1-9][0-9]{0,30}))\}[ \t\n\r]*')
+_PATH_OF = attrgetter("path")
+_LOWER_HEX = b"0123456789abcdef"
+_SLASH_SLASH_OR_DOT = re.compile(r"/[/.]")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects.
+
+    Decoding a large manifest creates millions of container objects, none of them in a
+    cycle, and the collections they trigger walk all survivors again and again (measured
+    at 1M entries: building the entries 0.84 s instead of 0.27 s; the whole decode 3.7 s
+    instead of 2.9 s before the column checks). Reference counting still frees everything.
+    A no-op when the collector is already disabled (by the caller, or by another thread's
+    pause, which re-enables it when it ends).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def canonical_path_key(path: str) -> bytes:
@@ -61,11 +96,12 @@ def encode_manifest(manifest: Manifest) -> bytes:
             "a manifest needs at least one file; an empty one cannot be written",
             hint="skip writing the manifest when there are no files",
         )
-    ordered = sorted(manifest.paths, key=lambda p: canonical_path_key(p.path))
+    ordered = canonical_sorted(manifest.paths)
+    esc = encode_basestring_ascii
     body = ",".join(
         [
-            f'{{"hash":{_json_string(p.hash)},"mtime":{int(p.mtime)},'
-            f'"path":{_json_string(p.path)},"size":{int(p.size)}}}'
+            f'{{"hash":{esc(p.hash)},"mtime":{int(p.mtime)},'
+            f'"path":{esc(p.path)},"size":{int(p.size)}}}'
             for p in ordered
         ]
     )
@@ -75,6 +111,41 @@ def encode_manifest(manifest: Manifest) -> bytes:
         f'"paths":[{body}],"totalSize":{int(manifest.effective_total_size())}}}'
     )
     return text.encode("ascii")
+
+
+class _HasPath(Protocol):
+    @property
+    def path(self) -> str: ...
+
+
+_E = TypeVar("_E", bound=_HasPath)
+
+
+def canonical_sorted(entries: Iterable[_E]) -> list[_E]:
+    """``entries`` (objects with a ``path``) sorted in canonical order: by the UTF-16 code
+    units of the path (:func:`canonical_path_key`), stable.
+
+    Without astral characters (above U+FFFF) every character is one UTF-16 code unit equal
+    to its code point (lone surrogates included), so plain string order is canonical order
+    and the path itself is the key: sorting 1M shuffled paths takes 1.0 s instead of 1.7 s.
+    Whether a path is astral is checked after sorting, reading the strings in sorted order
+    (cheaper than in a shuffled order); if one is, the entries are sorted again by
+    :func:`canonical_path_key`.
+    """
+    entries = list(entries)
+    try:
+        ordered = sorted(entries, key=_PATH_OF)
+        joined = "".join(map(_PATH_OF, ordered))
+    except TypeError:  # a path that is not a string: let the canonical key report it
+        pass
+    else:
+        if joined.isascii() or len(joined.encode("utf-16-le", "surrogatepass")) == 2 * len(joined):
+            return ordered
+    return sorted(entries, key=_canonical_entry_key)
+
+
+def _canonical_entry_key(entry: _HasPath) -> bytes:
+    return canonical_path_key(entry.path)
 
 
 def _is_int(value: object) -> bool:
@@ -93,7 +164,51 @@ def decode_manifest(data: str | bytes, *, source: str | None = None) -> Manifest
     A manifest of format 2025-12-04-beta is refused with a hint: callers that can handle both
     formats use :func:`vfs.manifest.decode_any_manifest`.
     """
-    return decode_manifest_doc(load_manifest_json(data, source=source), source=source)
+    with gc_paused():
+        manifest = _decode_canonical(data)
+        if manifest is not None:
+            return manifest
+        return decode_manifest_doc(load_manifest_json(data, source=source), source=source)
+
+
+def _decode_canonical(data: str | bytes) -> Manifest | None:
+    """Decode a valid manifest laid out as vfs and deadline write it, or ``None`` for
+    anything else (:func:`decode_manifest_doc` then decodes it, or explains what is wrong).
+
+    When the text is the canonical top level ``{"hashAlg":"xxh128","manifestVersion":
+    "2023-03-03","paths":`` + a JSON value + ``,"totalSize":N}`` (+ JSON whitespace), it is
+    valid JSON with exactly these four keys, and the paths array is parsed by itself with an
+    ``object_hook`` that turns each entry object into its ``(path, hash, size, mtime)`` row
+    as soon as it is parsed (no dicts kept, none to free; missing key: ``KeyError``, so
+    ``None``). Accepts exactly what the general path accepts, with the same result.
+    """
+    if isinstance(data, bytes):  # json.loads detects UTF-8 for text starting like this
+        if not data.startswith(_CANONICAL_HEAD_BYTES):
+            return None
+        try:
+            text = data.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
+        except UnicodeDecodeError:
+            return None
+    else:
+        text = data
+        if not text.startswith(_CANONICAL_HEAD):
+            return None
+    try:
+        rows, end = _ROW_DECODER.raw_decode(text, len(_CANONICAL_HEAD))
+    except (ValueError, KeyError, RecursionError):
+        return None
+    tail = _CANONICAL_TAIL.fullmatch(text, end)
+    if tail is None or type(rows) is not list or not rows or set(map(type, rows)) != {tuple}:
+        return None  # a tuple can only come from the hook: every entry was an object
+    paths, hashes, sizes, mtimes = [list(map(get, rows)) for get in _ROW_GETTERS]
+    if not _valid_columns(paths, hashes, sizes, mtimes, strings_are_exact=True):
+        return None
+    return Manifest(
+        paths=list(starmap(ManifestPath, rows)),  # rows are in ManifestPath's field order
+        hash_alg=HASH_ALG_XXH128,
+        manifest_version=MANIFEST_VERSION_V1,
+        total_size=int(tail[1]),
+    )
 
 
 def load_manifest_json(data: str | bytes, *, source: str | None = None) -> dict[str, Any]:
@@ -103,7 +218,8 @@ def load_manifest_json(data: str | bytes, *, source: str | None = None) -> dict[
     object.
     """
     try:
-        doc = json.loads(data)
+        with gc_paused():
+            doc = json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
         raise ManifestError(f"not valid JSON: {e}", source=source) from None
     if not isinstance(doc, dict):
@@ -145,11 +261,76 @@ def decode_manifest_doc(doc: dict[str, Any], *, source: str | None = None) -> Ma
         raise ManifestError("paths is not a list", source=source)
     if not raw_paths:
         raise ManifestError("paths is empty; a manifest lists at least one file", source=source)
-    return Manifest(
-        paths=_decode_entries(raw_paths, source),
-        hash_alg=hash_alg,
-        manifest_version=version,
-        total_size=total_size,
+    with gc_paused():
+        paths = _decode_entries_fast(raw_paths)
+        if paths is None:
+            paths = _decode_entries(raw_paths, source)
+    return Manifest(paths=paths, hash_alg=hash_alg, manifest_version=version, total_size=total_size)
+
+
+def _decode_entries_fast(raw_paths: list[Any]) -> list[ManifestPath] | None:
+    """The entries, validated column by column with C-level passes, or ``None`` when any
+    entry might be invalid (:func:`_decode_entries` then finds and explains it).
+
+    Accepts exactly what :func:`_decode_entries` accepts, with the same result: the four
+    keys present, ``path`` and ``hash`` exact ``str``, ``size`` and ``mtime`` exact ``int``,
+    sizes non-negative, hashes 32 lowercase hex digits, and no path for which
+    :func:`~vfs.manifest.paths.path_problem` objects (see :func:`_valid_columns`).
+    """
+    try:
+        paths, hashes, sizes, mtimes = [list(map(get, raw_paths)) for get in _FIELD_GETTERS]
+    except (TypeError, KeyError, IndexError):
+        return None
+    if not _valid_columns(paths, hashes, sizes, mtimes):
+        return None
+    return list(map(ManifestPath, paths, hashes, sizes, mtimes))
+
+
+def _valid_columns(
+    paths: list[Any],
+    hashes: list[Any],
+    sizes: list[Any],
+    mtimes: list[Any],
+    *,
+    strings_are_exact: bool = False,
+) -> bool:
+    """Whether every entry passes :func:`_decode_entries`'s checks, given the entries'
+    fields column by column (C-level passes instead of Python code per entry).
+
+    ``strings_are_exact``: the values come straight from ``json`` (whose strings are
+    always exactly ``str``), so a failing string operation is enough to refuse a non-string
+    and the separate exact-type passes over ``paths`` and ``hashes`` are skipped.
+    """
+    if (
+        not paths
+        or set(map(type, sizes)) != {int}
+        or set(map(type, mtimes)) != {int}
+        or min(sizes) < 0
+    ):
+        return False
+    if not strings_are_exact and (
+        set(map(type, paths)) != {str} or set(map(type, hashes)) != {str}
+    ):
+        return False
+    try:
+        if set(map(len, hashes)) != {32}:  # TypeError for numbers, None, ...
+            return False
+        joined = "".join(hashes)  # TypeError unless all are strings
+        if not joined.isascii() or joined.encode("ascii").translate(None, _LOWER_HEX):
+            return False
+        del joined
+        # path_problem() for every path at once: each path is written as "/path/" between
+        # NUL separators. A path is empty, absolute, ends with "/" or has an empty component
+        # exactly when its wrapped form contains "//"; has a "." or ".." component exactly
+        # when it contains "/./" or "/../" (both start with "/."); contains NUL exactly when
+        # there are more NULs than the separators. No separator takes part in a match (NUL
+        # sits between its slashes).
+        wrapped = "/\x00/".join(["", *paths, ""])  # TypeError unless all are strings
+    except TypeError:
+        return False
+    return wrapped.count("\x00") == len(paths) + 1 and (
+        _SLASH_SLASH_OR_DOT.search(wrapped) is None  # one pass for the common case
+        or not ("//" in wrapped or "/./" in wrapped or "/../" in wrapped)
     )
 
 

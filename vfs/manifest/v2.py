@@ -72,7 +72,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfs.errors import ManifestError
-from vfs.manifest.codec import _HASH_RE, _json_string, canonical_path_key, load_manifest_json
+from vfs.manifest.codec import (
+    _HASH_RE,
+    _json_string,
+    canonical_sorted,
+    gc_paused,
+    load_manifest_json,
+)
 from vfs.manifest.model import HASH_ALG_XXH128, MANIFEST_VERSION_V2
 from vfs.manifest.paths import path_problem
 
@@ -495,7 +501,7 @@ def encode_manifest_v2(manifest: ManifestV2) -> bytes:
     unique: dict[str, ManifestFilePath] = {}
     for f in manifest.files:
         unique.setdefault(f.path, f)
-    ordered = sorted(unique.values(), key=lambda f: canonical_path_key(f.path))
+    ordered = canonical_sorted(unique.values())
     file_parts = [_encode_file(f, index) for f in ordered]
     parent = manifest.parent_manifest_hash
     text = (
@@ -550,7 +556,8 @@ def decode_manifest_v2(data: str | bytes, *, source: str | None = None) -> Manif
     / ``dir 'a'`` for rule violations) and the problem, for anything that breaks the rules in
     the module docstring (including a ``totalSize`` that differs from the sum of sizes).
     """
-    return decode_manifest_v2_doc(load_manifest_json(data, source=source), source=source)
+    with gc_paused():
+        return decode_manifest_v2_doc(load_manifest_json(data, source=source), source=source)
 
 
 def _expand(name: str, expanded: list[str], limit: int) -> str | None:
@@ -571,6 +578,11 @@ def decode_manifest_v2_doc(doc: dict[str, Any], *, source: str | None = None) ->
 
     Same rules and errors as :func:`decode_manifest_v2`.
     """
+    with gc_paused():
+        return _decode_manifest_v2_doc(doc, source)
+
+
+def _decode_manifest_v2_doc(doc: dict[str, Any], source: str | None) -> ManifestV2:
     version = doc.get("manifestVersion")
     if version != MANIFEST_VERSION_V2:
         raise ManifestError(
