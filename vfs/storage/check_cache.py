@@ -16,7 +16,7 @@ deadline's ``s3_check_cache.db`` (table ``s3checkV1``); the age is computed on e
 seconds, not on naive local ``datetime`` values (which shift by an hour across DST
 changes); and a reset deletes the rows instead of the file, which is equivalent and safe
 while other processes have the database open. Concurrency, WAL and corruption handling are
-those of :class:`vfs.hash_cache.SqliteCache`.
+those of :class:`vfs.sqlitedb.SqliteCache`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from vfs.errors import StoreError
-from vfs.hash_cache import BATCH_SIZE, BUSY_TIMEOUT_S, SqliteCache
+from vfs.sqlitedb import BATCH_SIZE, BUSY_TIMEOUT_S, SqliteCache
 from vfs.storage.base import ObjectStore
 from vfs.storage.s3 import S3Store
 
@@ -60,7 +60,7 @@ class S3CheckCache(SqliteCache):
     Keys are strings from :func:`check_cache_key`. ``clock`` returns the current time in
     seconds since the epoch (injectable for tests); ``expiry_days`` the lifetime of an entry.
 
-    Thread-safe; safe across processes. Raises :class:`vfs.hash_cache.CacheError` when the
+    Thread-safe; safe across processes. Raises :class:`vfs.sqlitedb.CacheError` when the
     database cannot be opened at all; later SQLite failures degrade to misses.
     """
 
