@@ -68,6 +68,12 @@ class CorruptObjectError(StoreError):
     """An object's content does not match its content hash or its expected size."""
 
 
+class RangeNotHonoredError(StoreError):
+    """A ranged GET was answered with something other than the requested range (status 200
+    with the whole object, or a ``Content-Range`` for other bytes): typically a proxy that
+    drops the ``Range`` header. Never retried: the answer would be the same."""
+
+
 class CacheFullError(VfsError):
     """The block cache cannot make room: every entry is in use, or the disk is full."""
 

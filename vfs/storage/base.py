@@ -22,6 +22,15 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+class RangeStream(Readable, Protocol):
+    """A stream of one byte range of an object, being read from a store."""
+
+    def abort(self) -> None:
+        """Make a ``read`` blocked in another thread fail promptly (a stalled connection is
+        given up); safe to call at any time, also after the stream was closed."""
+        ...
+
+
 class ObjectStore(Protocol):
     """Get, put and probe objects by key relative to the store root.
 
@@ -43,6 +52,21 @@ class ObjectStore(Protocol):
 
     def open_read(self, key: str) -> AbstractContextManager[Readable]:
         """Open the object for streaming reads from its start."""
+        ...
+
+    def open_range(
+        self, key: str, start: int, length: int, *, size: int | None = None
+    ) -> AbstractContextManager[RangeStream]:
+        """Open bytes ``[start, start + length)`` of the object for streaming reads (one
+        ranged GET on S3). ``length`` must be positive.
+
+        The answer is checked before the stream is returned: it must be exactly the
+        requested range (S3: status 206 and a matching ``Content-Range``), and when ``size``
+        (bytes) is given the object must have that size. Raises
+        ``RangeNotHonoredError`` when the server sent other bytes than asked (a proxy that
+        drops ``Range``), ``CorruptObjectError`` when the object is shorter than the range
+        or not ``size`` bytes long, and the errors of :meth:`open_read`.
+        """
         ...
 
     def get_bytes(self, key: str) -> bytes:

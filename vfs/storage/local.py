@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import BinaryIO
 
-from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError
-from vfs.storage.base import Readable, normalize_metadata
+from vfs.errors import AccessDeniedError, CorruptObjectError, ObjectNotFoundError, StoreError
+from vfs.storage.base import RangeStream, Readable, normalize_metadata
 
 BinaryIOWriter = Callable[[BinaryIO], object]
 
@@ -93,6 +93,38 @@ class LocalStore:
             raise self._error(e, key) from None
         with f:
             yield f
+
+    def open_range(
+        self, key: str, start: int, length: int, *, size: int | None = None
+    ) -> AbstractContextManager[RangeStream]:
+        return self._open_range(key, start, length, size)
+
+    @contextmanager
+    def _open_range(
+        self, key: str, start: int, length: int, size: int | None
+    ) -> Iterator[RangeStream]:
+        try:
+            f: BinaryIO = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise self._error(e, key) from None
+        with f:
+            actual = os.fstat(f.fileno()).st_size
+            where = self._path(key)
+            if size is not None and actual != size:
+                raise CorruptObjectError(
+                    f"object {where} has {actual} bytes, the manifest says {size}",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+            if start + length > actual:
+                raise CorruptObjectError(
+                    f"object {where} has {actual} bytes, shorter than the range "
+                    f"{start}-{start + length - 1} asked for",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+            f.seek(start)
+            yield _FileRange(f, length)
 
     def get_bytes(self, key: str) -> bytes:
         with self._open(key) as f:
@@ -184,3 +216,22 @@ class LocalStore:
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")
                 if key.startswith(prefix):
                     yield key, os.stat(full).st_size
+
+
+class _FileRange:
+    """At most ``left`` bytes of an open file, from its current offset."""
+
+    def __init__(self, f: BinaryIO, left: int) -> None:
+        self._f = f
+        self._left = left
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if size < 0 else min(size, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def abort(self) -> None:
+        """Local reads do not stall on a network: nothing to give up."""

@@ -1,25 +1,59 @@
-"""Ranged reads of store objects (``GET`` with a ``Range`` header, or ``pread``)."""
+"""Ranged reads: checking what a server sent against what was asked, and reading a range whole.
+
+A ranged GET must be answered with status 206 and ``Content-Range: bytes FIRST-LAST/TOTAL``
+for exactly the requested bytes (RFC 9110 §14.4). A server or proxy that ignores ``Range``
+answers 200 with the whole object; one that clips the range at the object's end sends fewer
+bytes. Either way, bytes taken at face value would be served at the wrong offsets, so every
+ranged answer is checked before a byte of it is used.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import re
 
-from botocore.exceptions import BotoCoreError, ClientError
+from vfs.storage.base import ObjectStore
 
-from vfs.errors import StoreError
-from vfs.storage.base import ObjectStore, Readable
-from vfs.storage.local import LocalStore
-from vfs.storage.s3 import GuardedBody, S3Store
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def content_range_problem(
+    status: int, header: str | None, start: int, length: int, size: int | None
+) -> tuple[str, bool] | None:
+    """What is wrong with the answer to ``Range: bytes=start-(start+length-1)``, or ``None``.
+
+    ``status`` is the HTTP status, ``header`` the ``Content-Range`` header (``None`` when
+    absent), ``size`` the object size the manifest gives (bytes; ``None``: not checked).
+    Returns ``(problem, is_size_problem)``: the second item is true when the object itself
+    has the wrong size (corrupt data in the store) rather than the range being ignored.
+    """
+    if status != 206 or header is None:
+        return (
+            f"the server answered a ranged GET with status {status} and "
+            f"{'no Content-Range' if header is None else f'Content-Range {header!r}'}: "
+            "it ignored the Range header",
+            False,
+        )
+    match = _CONTENT_RANGE.fullmatch(header.strip())
+    if match is None:
+        return f"malformed Content-Range {header!r}", False
+    first, last, total = int(match[1]), int(match[2]), match[3]
+    if total != "*" and size is not None and int(total) != size:
+        return f"the object has {total} bytes, the manifest says {size}", True
+    if first != start:
+        return f"asked for bytes from {start}, got Content-Range {header!r}", False
+    if last != start + length - 1:
+        if total != "*" and last == int(total) - 1 and last < start + length - 1:
+            return f"the object ends at byte {total}, before the range asked for", True
+        return f"asked for {length} bytes from {start}, got Content-Range {header!r}", False
+    return None
 
 
 def get_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
-    """Bytes ``[start, start + length)`` of object ``key`` (fewer at the object's end).
+    """Bytes ``[start, start + length)`` of object ``key``, read whole (one ranged GET).
 
-    Raises the store's errors (``ObjectNotFoundError``, ``AccessDeniedError``, ``StoreError``)
-    naming the key. ``length`` must be positive.
+    Raises what :meth:`ObjectStore.open_range` raises; ``length`` must be positive.
     """
-    with open_range(store, key, start, length) as stream:
+    with store.open_range(key, start, length) as stream:
         parts = []
         while length > 0:
             chunk = stream.read(length)
@@ -28,59 +62,3 @@ def get_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
             parts.append(chunk)
             length -= len(chunk)
         return b"".join(parts)
-
-
-@contextlib.contextmanager
-def open_range(store: ObjectStore, key: str, start: int, length: int) -> Iterator[Readable]:
-    """A stream of bytes ``[start, start + length)`` of object ``key`` (one ranged GET).
-
-    Raises the store's errors naming the key.
-    """
-    if isinstance(store, S3Store):
-        try:
-            resp = store.client.get_object(
-                Bucket=store.bucket,
-                Key=store.full_key(key),
-                Range=f"bytes={start}-{start + length - 1}",
-            )
-        except (ClientError, BotoCoreError) as e:
-            raise store._error(e, key, "GET") from None
-        body = resp["Body"]
-        try:
-            yield GuardedBody(body, store, key)
-        finally:
-            body.close()
-        return
-    if isinstance(store, LocalStore):
-        try:
-            f = open(store.describe(key), "rb")  # noqa: SIM115 (closed below)
-        except OSError as e:
-            raise store._error(e, key) from None
-        with f:
-            f.seek(start)
-            yield _Limited(f, length)
-        return
-    with store.open_read(key) as stream:
-        skipped = 0
-        while skipped < start:
-            chunk = stream.read(min(8 << 20, start - skipped))
-            if not chunk:
-                raise StoreError(f"{store.describe(key)} is shorter than {start} bytes")
-            skipped += len(chunk)
-        yield _Limited(stream, length)
-
-
-class _Limited:
-    """At most ``left`` bytes of a stream."""
-
-    def __init__(self, stream: Readable, left: int) -> None:
-        self._stream = stream
-        self._left = left
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if size < 0 else min(size, self._left)
-        data = self._stream.read(n)
-        self._left -= len(data)
-        return data

@@ -8,6 +8,7 @@ own ``AWS_ENDPOINT_URL``. When ``expected_bucket_owner`` is set it is sent as
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -18,9 +19,16 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError
-from vfs.storage.base import Readable, normalize_metadata
+from vfs.errors import (
+    AccessDeniedError,
+    CorruptObjectError,
+    ObjectNotFoundError,
+    RangeNotHonoredError,
+    StoreError,
+)
+from vfs.storage.base import RangeStream, Readable, normalize_metadata
 from vfs.storage.layout import join_key
+from vfs.storage.ranges import content_range_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -29,20 +37,27 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class S3Options:
     """How to reach S3: ``endpoint_url`` (``None``: boto3's default or ``AWS_ENDPOINT_URL``),
-    ``expected_bucket_owner`` (AWS account id sent on every call), ``max_pool_connections``."""
+    ``expected_bucket_owner`` (AWS account id sent on every call), ``max_pool_connections``;
+    ``max_attempts`` per call (botocore's own retries: 1 turns them off, for callers that
+    retry themselves, like the mount's fetcher), and the ``connect_timeout`` and
+    ``read_timeout`` of one socket operation (seconds)."""
 
     endpoint_url: str | None = None
     expected_bucket_owner: str | None = None
     max_pool_connections: int = 32
+    max_attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
 
 
 def make_s3_client(options: S3Options) -> S3Client:
     """A thread-safe S3 client configured like deadline's (s3v4, standard retries)."""
     config = Config(
         signature_version="s3v4",
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=10,
-        read_timeout=60,
+        # total_max_attempts counts the first request; botocore's max_attempts does not.
+        retries={"mode": "standard", "total_max_attempts": options.max_attempts},
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
         max_pool_connections=options.max_pool_connections,
         user_agent_extra="vfs",
     )
@@ -129,6 +144,57 @@ class S3Store:
         finally:
             body.close()
 
+    def open_range(
+        self, key: str, start: int, length: int, *, size: int | None = None
+    ) -> AbstractContextManager[RangeStream]:
+        return self._open_range(key, start, length, size)
+
+    @contextmanager
+    def _open_range(
+        self, key: str, start: int, length: int, size: int | None
+    ) -> Iterator[RangeStream]:
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self.full_key(key),
+                Range=f"bytes={start}-{start + length - 1}",
+            )
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                where = self.describe(key)
+                raise CorruptObjectError(
+                    f"GET {where} bytes {start}-{start + length - 1}: the object is shorter "
+                    f"than {start + length} bytes"
+                    + (f" (the manifest says {size})" if size else ""),
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                ) from None
+            raise self._error(e, key, "GET") from None
+        except BotoCoreError as e:
+            raise self._error(e, key, "GET") from None
+        body = resp["Body"]
+        try:
+            status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            problem = content_range_problem(status, resp.get("ContentRange"), start, length, size)
+            if problem is not None:
+                where = self.describe(key)
+                text, wrong_size = problem
+                if wrong_size:
+                    raise CorruptObjectError(
+                        f"GET {where}: {text}",
+                        key=where,
+                        hint="the store holds wrong data for this hash; re-upload the file",
+                    )
+                raise RangeNotHonoredError(
+                    f"GET {where} bytes {start}-{start + length - 1}: {text}",
+                    key=where,
+                    hint="a proxy between vfs and the store may drop the Range header; "
+                    "check --endpoint-url and HTTP(S)_PROXY",
+                )
+            yield GuardedBody(body, self, key)
+        finally:
+            body.close()
+
     def get_bytes(self, key: str) -> bytes:
         with self._open(key) as body:
             return body.read()
@@ -182,7 +248,7 @@ class S3Store:
 
 class GuardedBody:
     """A GET body (whole or ranged) whose read errors become :class:`StoreError` naming
-    the key."""
+    the key; :meth:`abort` gives up a stalled download from another thread."""
 
     def __init__(self, body: Any, store: S3Store, key: str) -> None:
         self._body = body
@@ -194,4 +260,14 @@ class GuardedBody:
             data: bytes = self._body.read(None if size < 0 else size)
         except (ClientError, BotoCoreError) as e:
             raise self._store._error(e, self._key, "GET") from None
+        except (OSError, ValueError, AttributeError) as e:  # the socket, after abort()
+            where = self._store.describe(self._key)
+            raise StoreError(f"GET {where}: the download was given up ({e})", key=where) from None
         return data
+
+    def abort(self) -> None:
+        """Shut the connection's socket down for reading, so that a ``read`` blocked in
+        another thread returns at once (urllib3's ``HTTPResponse.shutdown``)."""
+        raw = getattr(self._body, "_raw_stream", None)
+        with contextlib.suppress(Exception):
+            raw.shutdown()  # type: ignore[union-attr]
