@@ -1,91 +1,137 @@
 """The node's persistent block cache, shared by every mount (and ``vfs cache``) on the node.
 
-Layout under the cache directory::
+Layout under the cache directory (mode 0700)::
 
-    objects/{h[:2]}/{h}            a whole object (objects up to BLOCK_SIZE), verified by xxh128
-    blocks/{h[:2]}/{h}-4m/{i}      block i (BLOCK_SIZE bytes, the last one shorter) of a
-                                   larger object, fetched by a ranged GET, length-checked
-    tmp/                           downloads in progress
-    index.sqlite                   LRU index: (name, size, last_used), and the total size
-    lock                           flock taken while evicting and reconciling
+    objects/{h[:2]}/{h}        a whole object (at most BLOCK_SIZE bytes): exactly its bytes,
+                               checked against its size and xxh128 on every load
+    b/{h[:2]}/{h}/{i}          block i of a larger object: a header naming the block and
+                               carrying the checksum taken on arrival, then the data
+                               (vfs.mount.blockfile), all checked on every load
+    tmp/                       entries being written, named after their writer process
+    index.sqlite               LRU order, reservations and verified objects
+                               (vfs.mount.cacheindex), shared by every process
+    lock                       flock held while reserving, committing, evicting, reconciling
 
-Entries enter ``objects/`` and ``blocks/`` only by an atomic rename, so readers in any
-process see whole entries or nothing. The index is SQLite in WAL mode, shared by the
-processes using the cache; the space an entry will take is *reserved* in the index before
-its download starts, so the cache stays within ``max_size`` even while several downloads
-are under way. After a crash (``kill -9``) the index is reconciled with the files at the
-next start. An entry that a reader of this process has open is never evicted; readers in
-other processes keep reading an evicted entry through their open file descriptors (Linux
-frees its space when they close it).
+Rules (CernVM-FS's shared cache and mountpoint-s3's disk cache are the models):
+
+* Entries enter ``objects/`` and ``b/`` only by an atomic rename, so readers in any process
+  see whole entries or nothing; every load checks the entry, and an entry that fails is
+  removed and reported as :class:`~vfs.mount.blockfile.CorruptEntryError`, never served.
+* The space an entry takes is reserved in the index before it is written, evicting least
+  recently used entries (of every process) to make room, so ``used + reserved`` stays within
+  ``max_size`` while downloads are under way. Nothing is pinned: a reader holds the bytes it
+  loaded, so evicting a file under it costs a refetch at worst, never an error.
+* A cache that cannot be written (its lock held too long, the index busy or damaged, the
+  disk full) never fails a read: :meth:`BlockCache.store` returns ``False`` and the caller
+  serves from memory. After such a failure the cache is skipped for
+  :data:`RETRY_AFTER_S` seconds, so a locked index costs one wait, not one per block.
+* Reads of the cache (:meth:`stats`) change nothing; :meth:`reconcile` (after a crash) only
+  drops index rows older than its scan and temporary files of processes that are gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
-import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from vfs.errors import CacheFullError, VfsError
+from vfs.errors import VfsError
+from vfs.mount.blockfile import (
+    HEADER_SIZE,
+    CorruptEntryError,
+    block_checksum,
+    encode_header,
+    read_block_file,
+    read_object_file,
+    write_temp,
+)
+from vfs.mount.blocks import BLOCK_SIZE, block_length
+from vfs.mount.cacheindex import CacheIndex, process_start
+from vfs.mount.objects import ObjectRef
 
 log = logging.getLogger(__name__)
 
-BLOCK_SIZE = 4 * 1024 * 1024
-"""Bytes per block of an object larger than one block; the unit of ranged fetches."""
+LOCK_TIMEOUT_S = 5.0
+"""How long reserving or committing waits for another process's cache lock (seconds)."""
 
-TMP_MAX_AGE = 3600.0
-"""Seconds after which a temporary file is taken for a crashed download and removed."""
+RETRY_AFTER_S = 10.0
+"""After the cache could not be written, skip writing it for this many seconds."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries(name TEXT PRIMARY KEY, size INTEGER, last_used REAL);
-CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER);
-"""
+TMP_MAX_AGE_S = 3600.0
+"""A temporary file older than this (seconds) is taken for a crashed writer and removed."""
+
+_LEGACY_DIRS = ("blocks",)  # blocks without headers, written by earlier versions
+
+
+class CacheBusy(VfsError):
+    """The cache lock was held by another process for longer than the timeout."""
+
+
+class _NoRoom(Exception):
+    """Live reservations of other writers leave no room for this entry right now."""
 
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
-    """Size of the cache: ``entries`` files holding ``used`` bytes, plus ``reserved`` bytes
-    promised to downloads under way; ``max_size`` and ``free_bytes`` of its file system."""
+    """What the index says: ``entries`` files of ``used`` bytes, ``reserved`` bytes promised
+    to writes under way in live processes, ``verified`` large objects; ``max_size`` and the
+    ``free_bytes`` of the cache's file system."""
 
     entries: int
     used: int
     reserved: int
+    verified: int
     max_size: int
     free_bytes: int
 
 
 class BlockCache:
-    """Bounded, persistent, shared on-disk cache of objects and blocks.
+    """Bounded, persistent, shared on-disk cache of objects and blocks (module docstring).
 
-    ``max_size`` bounds the bytes of cached entries (bytes); ``min_free_ratio`` is the share
-    of the cache's file system that eviction keeps free. Methods that touch the index run
-    in worker threads (never on the event loop); ``has``/paths are plain ``stat`` calls.
-    Raises :class:`VfsError` when the directory cannot be created.
+    ``max_size`` bounds the bytes of entries (headers included); ``min_free_ratio`` is the
+    share of the file system that eviction keeps free. Every method blocks (file and SQLite
+    I/O): call them from worker threads. Raises :class:`VfsError` when the directory cannot
+    be created.
     """
 
-    def __init__(self, root: str, max_size: int, min_free_ratio: float = 0.05) -> None:
+    def __init__(
+        self,
+        root: str,
+        max_size: int,
+        min_free_ratio: float = 0.05,
+        *,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+    ) -> None:
         self.root = os.path.abspath(root)
         self.max_size = max_size
         self.min_free_ratio = min_free_ratio
+        self.lock_timeout = lock_timeout
         self.tmp_dir = os.path.join(self.root, "tmp")
-        self.db_path = os.path.join(self.root, "index.sqlite")
         self._lock_path = os.path.join(self.root, "lock")
-        self._local = threading.local()
         self._touched: dict[str, float] = {}
         self._touched_lock = threading.Lock()
+        self._skip_until = 0.0
+        self._warned = False
         try:
-            for sub in ("objects", "blocks", "tmp"):
-                os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+            for sub in ("", "objects", "b", "tmp"):
+                os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            os.close(os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as e:
-            raise VfsError(f"cannot create the cache directory {self.root}: {e.strerror}") from None
-        self.reconcile()
+            raise VfsError(
+                f"cannot create the cache directory {self.root}: {e.strerror}",
+                hint="pass --cache-dir with a writable directory",
+            ) from None
+        self.index = CacheIndex(self.root)
+        self._tmp_prefix = f"{self.index.owner}."
 
     # -- names ------------------------------------------------------------------------------
 
@@ -95,275 +141,360 @@ class BlockCache:
         return f"objects/{hash_[:2]}/{hash_}"
 
     @staticmethod
-    def block_name(hash_: str, index: int) -> str:
-        """Index name (and relative path) of block ``index`` of an object."""
-        return f"blocks/{hash_[:2]}/{hash_}-{BLOCK_SIZE >> 20}m/{index}"
+    def block_dir(hash_: str) -> str:
+        """Relative path of the directory of a large object's blocks."""
+        return f"b/{hash_[:2]}/{hash_}"
+
+    @classmethod
+    def block_name(cls, hash_: str, index: int) -> str:
+        """Index name (and relative path) of block ``index`` of a large object."""
+        return f"{cls.block_dir(hash_)}/{index}"
 
     def path(self, name: str) -> str:
         """Absolute path of an entry."""
         return os.path.join(self.root, name)
 
-    def has(self, name: str, size: int) -> bool:
-        """True when entry ``name`` is present with ``size`` bytes."""
+    # -- loading ----------------------------------------------------------------------------
+
+    def load_object(self, obj: ObjectRef) -> bytes:
+        """The bytes of a whole object, checked against its size and hash.
+
+        Raises ``FileNotFoundError`` on a miss and :class:`CorruptEntryError` (after
+        removing the entry) when the file is not the object.
+        """
+        name = self.object_name(obj.hash)
         try:
-            return os.stat(os.path.join(self.root, name)).st_size == size
+            data = read_object_file(self.path(name), obj.hash, obj.size)
+        except CorruptEntryError:
+            self.remove([name])
+            raise
+        self.touch(name)
+        return data
+
+    def load_block(
+        self, obj: ObjectRef, index: int, expect_sum: int | None = None
+    ) -> tuple[memoryview, int]:
+        """Block ``index`` of a large object and its checksum, checked against its header
+        (and against ``expect_sum``, the checksum recorded when the object was verified).
+
+        Raises ``FileNotFoundError`` on a miss and :class:`CorruptEntryError` (after
+        removing the entry) when the block fails a check.
+        """
+        name = self.block_name(obj.hash, index)
+        try:
+            loaded = read_block_file(
+                self.path(name), obj.hash, obj.size, index, BLOCK_SIZE,
+                block_length(obj, index), expect_sum,
+            )  # fmt: skip
+        except CorruptEntryError:
+            self.remove([name])
+            raise
+        self.touch(name)
+        return loaded
+
+    def present_blocks(self, hash_: str) -> set[int]:
+        """Indices of the blocks of ``hash_`` that have a file (not checked)."""
+        try:
+            names = os.listdir(self.path(self.block_dir(hash_)))
+        except OSError:
+            return set()
+        return {int(n) for n in names if n.isdigit()}
+
+    def has_object(self, obj: ObjectRef) -> bool:
+        """True when a whole object's file exists with the right size (not checked)."""
+        try:
+            return os.stat(self.path(self.object_name(obj.hash))).st_size == obj.size
         except OSError:
             return False
 
-    # -- the index --------------------------------------------------------------------------
+    # -- storing ----------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
-        return db
+    def store_object(self, obj: ObjectRef, data: bytes | memoryview) -> bool:
+        """Cache a whole object the caller has verified. ``False`` when it was not cached
+        (see :meth:`store`)."""
+        return self.store(self.object_name(obj.hash), [data], len(data))
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        return db
+    def store_block(
+        self, obj: ObjectRef, index: int, data: bytes | memoryview, checksum: int | None = None
+    ) -> bool:
+        """Cache block ``index`` of a large object with the checksum taken on arrival
+        (computed when not given). ``False`` when it was not cached (see :meth:`store`)."""
+        if checksum is None:
+            checksum = block_checksum(data)
+        header = encode_header(obj.hash, obj.size, index, BLOCK_SIZE, len(data), checksum)
+        return self.store(self.block_name(obj.hash, index), [header, data], HEADER_SIZE + len(data))
+
+    def store(self, name: str, parts: Sequence[bytes | memoryview], size: int) -> bool:
+        """Write entry ``name`` (``parts`` joined, ``size`` bytes): reserve the space
+        (evicting), write a temporary file, rename it into place and index it.
+
+        Returns ``False``, without raising, when the entry was not cached: larger than the
+        cache, the lock or index busy past their timeouts, the index damaged, the disk full.
+        Such failures are logged once per run and make the cache skip writes for
+        :data:`RETRY_AFTER_S` seconds.
+        """
+        if size > self.max_size or time.monotonic() < self._skip_until:
+            return False
+        reserved = 0
+        tmp: str | None = None
+        try:
+            self._reserve(size)
+            reserved = size
+            tmp = write_temp(self.tmp_dir, self._tmp_prefix, parts)
+            dest = self.path(name)
+            with self._locked():
+                self._make_dirs(os.path.dirname(name))
+                os.replace(tmp, dest)
+                tmp = None
+                self.index.commit(name, size, reserved)
+                reserved = 0
+        except _NoRoom:
+            log.debug("cache %s: no room for %s beside the writes under way", self.root, name)
+            return False
+        except (OSError, sqlite3.Error, VfsError) as e:
+            self._write_failed(name, e)
+            return False
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if reserved:
+                with contextlib.suppress(sqlite3.Error):
+                    self.index.release(reserved)
+        if self._warned:
+            self._warned = False
+            log.info("cache %s: writing entries again", self.root)
+        return True
+
+    def _write_failed(self, name: str, error: BaseException) -> None:
+        self._skip_until = time.monotonic() + RETRY_AFTER_S
+        if self._warned:
+            return
+        self._warned = True
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        hint = (
+            "free disk space or lower --cache-size"
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC
+            else "reads are served from memory meanwhile"
+        )
+        log.warning(
+            "cache %s: cannot store %s (%s); not caching for %.0f s, %s",
+            self.root, name, why, RETRY_AFTER_S, hint,
+        )  # fmt: skip
+
+    def _make_dirs(self, rel: str) -> None:
+        """Create ``rel`` (under the root) and its parents, each owner-only (``makedirs``
+        gives only the last one its mode)."""
+        path = self.root
+        for part in rel.split("/"):
+            path = os.path.join(path, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _total(self, db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT value FROM meta WHERE key='total'").fetchone()
-        return int(row[0]) if row else 0
-
-    def _add_total(self, db: sqlite3.Connection, delta: int) -> None:
-        db.execute(
-            "INSERT INTO meta(key, value) VALUES('total', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-            (delta,),
-        )
-
-    def reconcile(self) -> None:
-        """Make the index agree with the files (after a crash or a damaged index).
-
-        Rows without a file are dropped, files without a row are added, the total is
-        recomputed, and stale temporary files are removed. A corrupt index file is moved
-        aside (with a warning) and rebuilt from the files.
-        """
-        with self._locked():
-            try:
-                self._reconcile()
-            except sqlite3.DatabaseError as e:
-                aside = f"{self.db_path}.corrupt-{int(time.time())}"
-                log.warning("cache index %s is damaged (%s); moved to %s and rebuilt",
-                            self.db_path, e, aside)  # fmt: skip
-                self._local.db = None
-                for suffix in ("", "-wal", "-shm"):
-                    with contextlib.suppress(OSError):
-                        os.replace(self.db_path + suffix, aside + suffix)
-                self._reconcile()
-
-    def _reconcile(self) -> None:
-        db = self._db()
-        on_disk = dict(self._scan())
-        db.execute("BEGIN IMMEDIATE")
+        """Hold the cache lock; raise :class:`CacheBusy` after ``lock_timeout`` seconds."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            known = dict(db.execute("SELECT name, size FROM entries").fetchall())
-            gone = [(n,) for n in known if n not in on_disk]
-            db.executemany("DELETE FROM entries WHERE name=?", gone)
-            now = time.time()
-            fresh = [(n, s, now) for n, s in on_disk.items() if known.get(n) != s]
-            db.executemany(
-                "INSERT INTO entries(name, size, last_used) VALUES(?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET size=excluded.size",
-                fresh,
+            deadline = time.monotonic() + self.lock_timeout
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise CacheBusy(
+                            f"cache lock {self._lock_path} held by another process for more "
+                            f"than {self.lock_timeout:.0f} s"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(0.05, delay * 2)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _reserve(self, nbytes: int) -> None:
+        """Reserve ``nbytes`` for an entry being written, evicting least recently used
+        entries so that entries plus live reservations stay within ``max_size`` and the file
+        system keeps ``min_free_ratio`` free. Raises :class:`CacheBusy`, ``sqlite3.Error``,
+        ``OSError``, or :class:`_NoRoom` when that much cannot be freed."""
+        with self._locked():
+            live, dead = self.index.live_reservations()
+            over = max(
+                self.index.used() + live + nbytes - self.max_size, self._free_deficit(nbytes)
             )
-            db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES('total', ?)",
-                (sum(on_disk.values()),),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        if gone or fresh:
+            victims = self._pick_victims(over) if over > 0 else []
+            freed = sum(size for _, size in victims)
+            if freed < over:
+                raise _NoRoom()
+            self.index.reserve(nbytes, [n for n, _ in victims], dead)
+            for name, _ in victims:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(name))
+
+    def _pick_victims(self, need: int) -> list[tuple[str, int]]:
+        victims: list[tuple[str, int]] = []
+        freed, offset = 0, 0
+        while freed < need:
+            rows = self.index.lru(256, offset)
+            if not rows:
+                break
+            offset += len(rows)
+            for name, size in rows:
+                victims.append((name, size))
+                freed += size
+                if freed >= need:
+                    break
+        return victims
+
+    def _free_deficit(self, nbytes: int) -> int:
+        """Bytes to free so that writing ``nbytes`` leaves ``min_free_ratio`` free."""
+        st = os.statvfs(self.root)
+        want_free = self.min_free_ratio * st.f_blocks * st.f_frsize
+        return max(0, int(want_free + nbytes - st.f_bavail * st.f_frsize))
+
+    # -- removing ---------------------------------------------------------------------------
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Delete entries (found corrupt, or of an object that failed verification) and
+        their index rows. Never raises: an index failure is logged and left to
+        :meth:`reconcile`."""
+        names = list(names)
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path(name))
+        try:
+            self.index.remove(names)
+        except sqlite3.Error as e:
+            log.warning("cache %s: cannot drop %d index rows (%s)", self.root, len(names), e)
+
+    def evict(self, max_size: int | None = None) -> int:
+        """Evict least recently used entries until entries plus live reservations fit in
+        ``max_size`` bytes (default: the cache's limit). Returns the bytes freed. Raises
+        :class:`CacheBusy` or ``sqlite3.Error``."""
+        target = self.max_size if max_size is None else max_size
+        with self._locked():
+            live, dead = self.index.live_reservations()
+            over = self.index.used() + live - target
+            victims = self._pick_victims(over) if over > 0 else []
+            self.index.reserve(0, [n for n, _ in victims], dead)
+            for name, _ in victims:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(name))
+        return sum(size for _, size in victims)
+
+    # -- after a crash ----------------------------------------------------------------------
+
+    def reconcile(self) -> tuple[int, int]:
+        """Make the index agree with the files after a crash or a damaged index.
+
+        Scans the entry files without the lock, then, under it, drops rows without a file
+        that are older than the scan, indexes files without a row (still there), and removes
+        temporary files of processes that are gone (or older than :data:`TMP_MAX_AGE_S`),
+        and the blocks of earlier versions. Live processes' rows, files and reservations are
+        never touched. Returns ``(rows dropped, files added)``. Raises :class:`CacheBusy`,
+        ``sqlite3.Error`` or ``OSError``.
+        """
+        started = time.time()
+        on_disk = dict(self._scan())
+        with self._locked():
+            known = self.index.all_entries()
+            drop = [n for n, (_, used) in known.items() if n not in on_disk and used < started - 1]
+            add = []
+            for name, size in on_disk.items():
+                if known.get(name, (None,))[0] != size:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(self.path(name))
+                        add.append((name, st.st_size, st.st_mtime))
+            self.index.apply_scan(drop, add)
+        self._remove_stale_temps()
+        for legacy in _LEGACY_DIRS:
+            shutil.rmtree(self.path(legacy), ignore_errors=True)
+        if drop or add:
             log.info("cache %s: index reconciled (%d rows dropped, %d files added)",
-                     self.root, len(gone), len(fresh))  # fmt: skip
-        cutoff = time.time() - TMP_MAX_AGE
-        with os.scandir(self.tmp_dir) as it:
-            for entry in it:
-                with contextlib.suppress(OSError):
-                    if entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
+                     self.root, len(drop), len(add))  # fmt: skip
+        return len(drop), len(add)
 
     def _scan(self) -> Iterator[tuple[str, int]]:
         """``(name, size)`` of every entry file."""
-        for top in ("objects", "blocks"):
-            base = os.path.join(self.root, top)
-            for dirpath, _dirs, files in os.walk(base):
+        for top in ("objects", "b"):
+            for dirpath, _dirs, files in os.walk(self.path(top)):
                 rel = os.path.relpath(dirpath, self.root)
                 for f in files:
                     with contextlib.suppress(OSError):
                         yield f"{rel}/{f}", os.stat(os.path.join(dirpath, f)).st_size
 
-    # -- adding and evicting ----------------------------------------------------------------
-
-    def reserve(self, nbytes: int, pinned: Collection[str] = ()) -> None:
-        """Promise ``nbytes`` to a download, evicting least recently used entries first.
-
-        Call :meth:`commit` with the finished entry or :meth:`release` on failure.
-        Raises :class:`VfsError` when the space cannot be freed (all pinned, or disk full).
-        """
-        with self._locked():
-            db = self._db()
-            self._add_total(db, nbytes)
-            try:
-                self._evict_locked(db, pinned, need=0)
-            except BaseException:
-                self._add_total(db, -nbytes)
-                raise
-
-    def release(self, nbytes: int) -> None:
-        """Give back a reservation whose download failed."""
-        self._add_total(self._db(), -nbytes)
-
-    def new_temp(self) -> tuple[int, str]:
-        """A new temporary file in the cache's ``tmp/``: ``(fd, path)``."""
-        return tempfile.mkstemp(dir=self.tmp_dir)
-
-    def commit(self, tmp_path: str, name: str, size: int, reserved: int) -> str:
-        """Move a finished download into place as entry ``name`` and index it.
-
-        ``reserved`` is what :meth:`reserve` promised for it. Returns the entry's path.
-        """
-        dest = os.path.join(self.root, name)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(tmp_path, dest)
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            old = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
-            db.execute(
-                "INSERT OR REPLACE INTO entries(name, size, last_used) VALUES(?, ?, ?)",
-                (name, size, time.time()),
-            )
-            # The reservation becomes the entry; an entry replaced in place frees its size.
-            self._add_total(db, size - reserved - (old[0] if old else 0))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return dest
-
-    def remove(self, names: Iterable[str]) -> None:
-        """Delete entries (corrupt ones) and their index rows."""
-        with self._locked():
-            self._remove_locked(self._db(), list(names))
-
-    def _remove_locked(self, db: sqlite3.Connection, names: list[str]) -> int:
-        freed = 0
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.root, name))
-            row = db.execute("DELETE FROM entries WHERE name=? RETURNING size", (name,)).fetchone()
-            if row:
-                freed += int(row[0])
-        if freed:
-            self._add_total(db, -freed)
-        return freed
-
-    def _free_deficit(self) -> int:
-        """Bytes to free so that the file system keeps ``min_free_ratio`` free."""
-        st = os.statvfs(self.root)
-        want_free = self.min_free_ratio * st.f_blocks * st.f_frsize
-        return max(0, int(want_free - st.f_bavail * st.f_frsize))
-
-    def _evict_locked(self, db: sqlite3.Connection, pinned: Collection[str], need: int) -> None:
-        over = max(self._total(db) - self.max_size, self._free_deficit(), need)
-        if over <= 0:
-            return
-        freed = 0
-        skipped = 0  # pinned rows at the head of the LRU order
-        while freed < over:
-            rows = db.execute(
-                "SELECT name, size FROM entries ORDER BY last_used LIMIT 256 OFFSET ?", (skipped,)
-            ).fetchall()
-            if not rows:
-                break
-            batch: list[str] = []
-            for name, size in rows:
-                if name in pinned:
-                    skipped += 1
-                    continue
-                batch.append(name)
-                freed += int(size)
-                if freed >= over:
-                    break
-            self._remove_locked(db, batch)
-        if freed < over:
-            raise CacheFullError(
-                f"cache {self.root} is full: {over - freed} more bytes are needed but every "
-                "entry is in use",
-                hint="raise --cache-size, free disk space, or read fewer files at once",
-            )
-
-    def evict(self, max_size: int | None = None, pinned: Collection[str] = ()) -> int:
-        """Evict least recently used entries down to ``max_size`` (default: the limit).
-
-        Returns the bytes freed.
-        """
-        with self._locked():
-            db = self._db()
-            target = self.max_size if max_size is None else max_size
-            over = self._total(db) - target
-            if over <= 0:
-                return 0
-            before = self._total(db)
-            saved, self.max_size = self.max_size, target
-            try:
-                self._evict_locked(db, pinned, need=0)
-            finally:
-                self.max_size = saved
-            return before - self._total(db)
+    def _remove_stale_temps(self) -> None:
+        cutoff = time.time() - TMP_MAX_AGE_S
+        with os.scandir(self.tmp_dir) as it:
+            for entry in it:
+                owner = entry.name.split(".", 1)[0]
+                pid, _, started = owner.partition("-")
+                alive = pid.isdigit() and str(process_start(int(pid))) == started
+                with contextlib.suppress(OSError):
+                    if not alive or entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
 
     # -- recency ----------------------------------------------------------------------------
 
     def touch(self, name: str) -> None:
-        """Note that ``name`` was used (cheap; written to the index by :meth:`flush_touched`)."""
-        self._touched[name] = time.time()
+        """Note that ``name`` was used (cheap; written by :meth:`flush_touched`)."""
+        with self._touched_lock:
+            self._touched[name] = time.time()
 
     def flush_touched(self) -> None:
-        """Write the recorded uses to the index (worker thread)."""
+        """Write the recorded uses to the index; on failure they are dropped (logged once
+        by the index): recency is a hint."""
         with self._touched_lock:
             touched, self._touched = self._touched, {}
         if touched:
-            self._db().executemany(
-                "UPDATE entries SET last_used=? WHERE name=?",
-                [(t, n) for n, t in touched.items()],
-            )
+            self.index.touch_many(touched.items())
+
+    # -- verified objects -------------------------------------------------------------------
+
+    def verified_sums(self, obj: ObjectRef) -> tuple[int, ...] | None:
+        """Block checksums of ``obj`` recorded when some process verified it, or ``None``
+        (also when the index cannot be read)."""
+        try:
+            return self.index.verified_sums(obj.hash, obj.size, BLOCK_SIZE)
+        except sqlite3.Error as e:
+            log.debug("cache %s: verified record of %s unreadable: %s", self.root, obj.hash, e)
+            return None
+
+    def record_verified(self, obj: ObjectRef, sums: Sequence[int]) -> None:
+        """Record that ``obj`` hashed right with these block checksums (best effort)."""
+        try:
+            self.index.record_verified(obj.hash, obj.size, BLOCK_SIZE, sums)
+        except sqlite3.Error as e:
+            log.debug("cache %s: cannot record %s as verified: %s", self.root, obj.hash, e)
+
+    def forget_object(self, obj: ObjectRef) -> None:
+        """Remove every block and the verified record of a large object (it failed
+        verification). Never raises."""
+        names = [self.block_name(obj.hash, i) for i in self.present_blocks(obj.hash)]
+        self.remove(names)
+        with contextlib.suppress(sqlite3.Error):
+            self.index.forget_verified(obj.hash)
+
+    # -- observing --------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
-        """Entries and bytes in the index, and the file system's free space."""
-        db = self._db()
-        entries, used = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries"
-        ).fetchone()
+        """What the index says (read-only; raises ``sqlite3.Error``)."""
+        entries, used, verified = self.index.counts()
+        live, _dead = self.index.live_reservations()
         st = os.statvfs(self.root)
         return CacheStats(
-            entries=int(entries),
-            used=int(used),
-            reserved=self._total(db) - int(used),
+            entries=entries,
+            used=used,
+            reserved=live,
+            verified=verified,
             max_size=self.max_size,
             free_bytes=st.f_bavail * st.f_frsize,
         )
 
     def close(self) -> None:
-        """Flush recorded uses and close this thread's connection."""
-        self.flush_touched()
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Flush recorded uses and close the index."""
+        with contextlib.suppress(sqlite3.Error):
+            self.flush_touched()
+        self.index.close()
