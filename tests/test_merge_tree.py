@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from vfs.errors import ManifestError
 from vfs.manifest import Manifest, ManifestPath, encode_manifest, merge_manifests
 from vfs.manifest.merge import merge_with_sources
-from vfs.mount.tree import ROOT_INODE, InodeTree
+from vfs.mount.tree import MAX_MTIME_US, ROOT_INODE, InodeTree
 
 
 def h(n: int) -> str:
@@ -261,11 +261,27 @@ def test_out_of_range_size_or_mtime_is_refused(size: int, mtime: int) -> None:
 
 
 def test_extreme_but_valid_size_and_mtime() -> None:
-    m = Manifest(paths=[mp("a/x", 1, 2**64 - 1, 2**63 - 1), mp("a/y", 2, 0, -(2**63))])
+    """The limits are what the kernel represents: st_size is a signed 64-bit count of bytes
+    and st_mtime_ns a signed 64-bit count of nanoseconds."""
+    m = Manifest(paths=[mp("a/x", 1, 2**63 - 1, MAX_MTIME_US), mp("a/y", 2, 0, -MAX_MTIME_US)])
     tree = InodeTree.from_manifests([m])
-    assert tree.size[node(tree, "a/x")] == 2**64 - 1
-    assert tree.mtime[node(tree, "a/y")] == -(2**63)
-    assert tree.mtime[node(tree, "a")] == 2**63 - 1
+    assert tree.size[node(tree, "a/x")] == 2**63 - 1
+    assert tree.mtime[node(tree, "a/y")] == -MAX_MTIME_US
+    assert tree.mtime[node(tree, "a")] == MAX_MTIME_US
+
+
+@pytest.mark.parametrize(
+    ("size", "mtime", "what"),
+    [(2**63, 0, "size"), (2**64 - 1, 0, "size"), (0, MAX_MTIME_US + 1, "mtime"),
+     (0, -(2**63), "mtime")],
+)  # fmt: skip
+def test_sizes_and_mtimes_the_kernel_cannot_represent_are_refused(
+    size: int, mtime: int, what: str
+) -> None:
+    m = Manifest(paths=[mp("ok", 1, 5, 5), mp("d/huge", 2, size, mtime)])
+    with pytest.raises(ManifestError, match=f"the {what} .* is out of range") as e:
+        InodeTree.from_manifests([m], ["m.json"])
+    assert "d/huge" in str(e.value) and "m.json" in str(e.value)
 
 
 def test_out_of_range_first_entry_is_refused() -> None:

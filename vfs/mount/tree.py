@@ -20,6 +20,16 @@ from vfs.mount.objects import CHUNK_SIZE, ObjectRef
 
 ROOT_INODE = 1
 
+MAX_SIZE = 2**63 - 1
+"""Largest file size the kernel represents (``st_size`` is a signed 64-bit byte count)."""
+
+MAX_MTIME_US = (2**63 - 1) // 1000
+"""Largest mtime magnitude in microseconds whose nanoseconds fit ``st_mtime_ns`` (int64)."""
+
+MAX_SYMLINK_HOPS = 40
+"""Links followed while resolving one path, as the kernel does (``MAXSYMLINKS``); more is
+``ELOOP``, which cannot lead anywhere."""
+
 
 def _name_bytes(name: str, src: str, path: str) -> bytes:
     """The Linux name of a path component (surrogateescape turns back into the raw bytes).
@@ -59,6 +69,7 @@ class InodeTree:
         self.symlinks: dict[int, bytes] = {}
         self.chunks: dict[int, tuple[str, ...]] = {}
         self.runnable: set[int] = set()
+        self.warnings: list[str] = []
 
     # -- building ---------------------------------------------------------------------------
 
@@ -128,6 +139,8 @@ class InodeTree:
                 entry=repr(path),
             ) from None
         tree.file_count = len(merged)
+        tree._check_ranges()
+        tree._drop_escaping_symlinks()
         # Directories were created before their children: walk them backwards so that each
         # directory's mtime reaches its parent.
         for ino in sorted(children, reverse=True):
@@ -135,6 +148,85 @@ class InodeTree:
             if ino != ROOT_INODE and mtime[ino] > mtime[up]:
                 mtime[up] = mtime[ino]
         return tree
+
+    def _check_ranges(self) -> None:
+        """Refuse sizes and mtimes the kernel cannot represent (:data:`MAX_SIZE`,
+        :data:`MAX_MTIME_US`), naming the manifest and entry."""
+        bad = None
+        if self.size and max(self.size) > MAX_SIZE:
+            bad = next(i for i, v in enumerate(self.size) if v > MAX_SIZE), "size"
+        elif self.mtime and max(max(self.mtime), -min(self.mtime)) > MAX_MTIME_US:
+            out = [i for i, v in enumerate(self.mtime) if abs(v) > MAX_MTIME_US]
+            bad = next((i for i in out if i not in self.children), out[0]), "mtime"
+        if bad is None:
+            return
+        ino, what = bad
+        value = self.size[ino] if what == "size" else self.mtime[ino]
+        raise ManifestError(
+            f"the {what} {value} is out of range (a size is at most 2**63-1 bytes, an mtime "
+            f"at most {MAX_MTIME_US} microseconds from the epoch)",
+            source=self.source_of(ino),
+            entry=repr(self.path_of(ino)),
+            hint="fix the manifest: the kernel cannot represent this file",
+        )
+
+    def _drop_escaping_symlinks(self) -> None:
+        """Drop, with a warning, every symlink the kernel would resolve to a place outside
+        the mount: links are followed through other links in the tree, as the kernel
+        resolves them (a check of the link text alone misses ``a -> L/../..`` with
+        ``L -> ../..``)."""
+        escaping = [ino for ino in self.symlinks if self._escapes(ino)]
+        for ino in escaping:
+            name = next(n for n, i in self.children[self.parent[ino]].items() if i == ino)
+            path = self.path_of(ino)
+            self.warnings.append(
+                f"dropped symlink {path!r} -> "
+                f"{self.symlinks[ino].decode('utf-8', 'backslashreplace')!r} "
+                f"(from {self.source_of(ino)}): it leads outside the mount"
+            )
+            del self.children[self.parent[ino]][name]
+            del self.symlinks[ino]
+            self.file_count -= 1
+
+    def _escapes(self, link: int) -> bool:
+        """True when following symlink ``link`` climbs above the root (or is absolute)."""
+        hops = [0]
+
+        def walk(start: int, target: bytes) -> int | None:
+            """Resolve ``target`` from directory ``start``; the inode reached, ``None``
+            when resolution stops inside the tree (missing, not a directory, ELOOP);
+            raises ``_Escape`` when it leaves the root."""
+            if target.startswith(b"/"):
+                raise _Escape
+            current = start
+            parts = [p for p in target.split(b"/") if p and p != b"."]
+            for part in parts:
+                if current not in self.children:
+                    return None  # ENOTDIR
+                if part == b"..":
+                    if current == ROOT_INODE:
+                        raise _Escape
+                    current = self.parent[current]
+                    continue
+                child = self.children[current].get(part)
+                if child is None:
+                    return None  # ENOENT: nothing after this resolves
+                if child in self.symlinks:
+                    hops[0] += 1
+                    if hops[0] > MAX_SYMLINK_HOPS:
+                        return None  # ELOOP
+                    resolved = walk(current, self.symlinks[child])
+                    if resolved is None:
+                        return None
+                    child = resolved
+                current = child
+            return current
+
+        try:
+            walk(self.parent[link], self.symlinks[link])
+        except _Escape:
+            return True
+        return False
 
     def _add_v2_file(self, ino: int, entry: ManifestFilePath) -> int:
         """Fill inode ``ino``'s slots from a v2 entry; return its mtime (0 for links)."""
@@ -261,6 +353,19 @@ class InodeTree:
         """Name of the manifest a file came from."""
         return self.sources[self.source[ino]] if self.sources else ""
 
+    def inodes_with_hash(self, hash_: str) -> list[int]:
+        """Files whose content is object ``hash_`` (or that have it as a chunk); a scan of
+        the tree, for the rare invalidation after an object failed verification."""
+        raw = bytes.fromhex(hash_)
+        found = []
+        start = self.hashes.find(raw)
+        while start >= 0:
+            if start % 16 == 0:
+                found.append(start // 16)
+            start = self.hashes.find(raw, start + 1)
+        found += [ino for ino, chunks in self.chunks.items() if hash_ in chunks]
+        return found
+
     def entries(self, dir_ino: int) -> Iterator[tuple[bytes, int]]:
         """``(name, inode)`` of a directory's entries, in a stable order."""
         return iter(self.children[dir_ino].items())
@@ -268,6 +373,10 @@ class InodeTree:
     def __len__(self) -> int:
         """Number of inodes, the root included."""
         return len(self.size) - 1
+
+
+class _Escape(Exception):
+    """A symlink resolution left the root."""
 
 
 def _merge_for_mount(
