@@ -114,6 +114,9 @@ class S3Relay:
         self.down = False
         self.fail_ratio = 0.0
         self.stall = 0.0
+        self.drop_range = False
+        self.rewrite: Callable[[str, bytes], bytes] | None = None
+        self.expected_owner: str | None = None
         relay = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -142,14 +145,19 @@ class S3Relay:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
+                headers_out = dict(self.headers)
+                if relay.drop_range and self.command == "GET":
+                    headers_out = {k: v for k, v in headers_out.items() if k.lower() != "range"}
                 conn = http.client.HTTPConnection(host, port, timeout=60)
                 try:
-                    conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                    conn.request(self.command, self.path, body=body, headers=headers_out)
                     resp = conn.getresponse()
                     data = resp.read()
                     headers = resp.getheaders()
                 finally:
                     conn.close()
+                if relay.rewrite and self.command == "GET" and resp.status in (200, 206):
+                    data = relay.rewrite(self.path, data)
                 self.send_response(resp.status, resp.reason)
                 for k, v in headers:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -44,12 +44,14 @@ def cache() -> None:
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def cache_stats(cache_dir: str | None, as_json: bool) -> None:
-    """Entries and bytes in the cache, and free space on its disk."""
+    """Entries and bytes in the cache, and free space on its disk (read-only: changes
+    nothing, also while mounts use the cache)."""
     c = _open(cache_dir)
     s = c.stats()
     c.close()
     data = {"cache_dir": c.root, "entries": s.entries, "bytes": s.used,
-            "reserved_bytes": s.reserved, "free_bytes": s.free_bytes}  # fmt: skip
+            "reserved_bytes": s.reserved, "verified_objects": s.verified,
+            "free_bytes": s.free_bytes}  # fmt: skip
     if as_json:
         emit_json(data)
         return
@@ -69,7 +71,8 @@ def cache_stats(cache_dir: str | None, as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Evict everything not in use.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def prune(cache_dir: str | None, to_size: str | None, everything: bool, as_json: bool) -> None:
-    """Evict least recently used entries (entries open in a mount are kept)."""
+    """Evict least recently used entries, also while mounts use the cache (a mount whose
+    block was evicted fetches it again on its next read; nothing fails)."""
     if (to_size is None) == (not everything):
         raise VfsError("give exactly one of --to SIZE and --all")
     target = 0 if everything else parse_size(to_size or "0")

@@ -20,6 +20,7 @@ from vfs.mount.service import (
 from vfs.mount.service import (
     unmount as unmount_path,
 )
+from vfs.mount.verify import VERIFY_MODES
 
 
 def default_cache_dir() -> str:
@@ -71,7 +72,8 @@ def default_cache_dir() -> str:
     metavar="SIZE",
     default="256M",
     show_default=True,
-    help="Memory for downloads in flight, readahead included (e.g. 512M).",
+    help="Memory for blocks in memory: downloads in flight, readahead and recently read "
+    "blocks (e.g. 512M).",
 )
 @click.option(
     "--max-fetches",
@@ -85,6 +87,15 @@ def default_cache_dir() -> str:
     default=DEFAULT_POLICY.fetch_timeout,
     show_default=True,
     help="Seconds before a read of uncached data fails with EIO.",
+)
+@click.option(
+    "--verify",
+    type=click.Choice(VERIFY_MODES),
+    default=DEFAULT_POLICY.verify,
+    show_default=True,
+    help="block: serve blocks of a large object before its whole hash is checked (each "
+    "block checked against its checksum); strict: no byte of an object before its hash "
+    "is checked (README, Integrity).",
 )
 @click.option(
     "-o",
@@ -115,6 +126,7 @@ def mount(
     max_memory: int,
     max_fetches: int,
     fetch_timeout: float,
+    verify: str,
     fuse_options: tuple[str, ...],
     foreground: bool,
     log_file: str | None,
@@ -131,6 +143,8 @@ def mount(
     locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
     verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
     if foreground:
+        # What the daemon writes (cache entries, index, logs) is nobody else's business.
+        os.umask(0o077)
         if log_file:
             setup_logging(max(verbose, 1), log_file)
         elif verbose == 0:
@@ -149,6 +163,7 @@ def mount(
                 max_memory=max_memory,
                 fetch_timeout=fetch_timeout,
                 attempt_timeout=min(DEFAULT_POLICY.attempt_timeout, fetch_timeout),
+                verify=verify,
             ),
         )
         run_mount(config, ready_fd)
@@ -157,7 +172,8 @@ def mount(
             os.path.abspath(mountpoint), "--store", store_uri, "--cache-dir", cache,
             "--cache-size", str(cache_size), "--min-free-ratio", str(min_free_ratio),
             "--max-memory", str(max_memory), "--max-fetches", str(max_fetches),
-            "--fetch-timeout", str(fetch_timeout), "--foreground"]  # fmt: skip
+            "--fetch-timeout", str(fetch_timeout), "--verify", verify,
+            "--foreground"]  # fmt: skip
     for m in locations:
         argv += ["--manifest", m]
     for o in fuse_options:

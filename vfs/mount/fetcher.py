@@ -1,268 +1,129 @@
-"""Getting object content into the block cache and serving reads from it.
+"""Serving reads of CAS objects: memory, then the block cache, then the store.
 
-What is fetched how (design: mountpoint-s3's prefetcher, CernVM-FS's verified cache):
+How a read of bytes ``[off, end)`` of an object is served (mountpoint-s3's prefetcher and
+CernVM-FS's verified cache are the models):
 
-* An object of at most ``BLOCK_SIZE`` bytes is fetched whole, checked against its xxh128
-  and size, and only then renamed into the cache.
-* A larger object (a big v1 file, or a 256 MiB chunk of a v2 file) is fetched in blocks by
-  ranged GETs. A block cannot be checked on its own (the hash covers the whole object), so
-  its length is checked; as soon as every block of the object is cached the whole object
-  is hashed, and on a mismatch its blocks are evicted, an error naming the key is logged,
-  and the next read fetches them again.
-* Cache hits are verified once per process before first use: a whole object is hashed; a
-  large object whose blocks are all present is hashed as a whole. A corrupt or truncated
-  entry is evicted and fetched again.
-* One fetch per cache entry is in flight at a time; every reader of that entry waits for it
-  (request coalescing). Downloads run in worker threads: their number is bounded by
-  ``max_fetches`` and by the memory budget (``max_memory`` / ``BLOCK_SIZE``).
-* Sequential reads through one file handle grow a readahead window (1, 2, 4 … blocks up to
-  ``READAHEAD_MAX_BLOCKS``); readahead only uses spare download slots, so it never delays a
-  reader, and a non-sequential read resets it.
-* Every attempt has a timeout; failed attempts are retried with exponential backoff and
-  jitter until ``attempts`` or ``fetch_timeout`` runs out, then the read fails (EIO). A 404
-  or 403 is not retried. Cached data is served without touching the store, so it keeps
-  working while the store is unreachable.
+* An object of at most ``BLOCK_SIZE`` bytes is one block: fetched whole and checked against
+  its size and xxh128 before any byte is served; loaded from the block cache, it is checked
+  again on every load.
+* A larger object (a big v1 file, a 256 MiB chunk of a v2 file) is served block by block:
+  ranged GETs whose answers are checked to be the range asked for, blocks checked against
+  the checksum taken on arrival on every load from disk. Once every block has been seen its
+  whole hash is checked in the background (:mod:`vfs.mount.verify`); once verified, every
+  block must match the verified checksums. An object whose hash fails is marked bad: its
+  blocks are dropped from memory and disk, ``on_bad`` is told (the FUSE layer invalidates
+  the kernel's pages of every file using it), and each read fails until a full refetch
+  verifies. With ``verify="strict"`` no byte of an object is served before its hash is
+  checked.
+* Verified blocks are kept in a bounded memory LRU (``max_memory`` bytes, cachetools).
+* One fetch per block is in flight at a time; readers of that block wait for it (request
+  coalescing). Sequential reads through one handle grow a readahead window
+  (:mod:`vfs.mount.readahead`), fetched by runs of blocks on spare download slots only.
+* Each read has one budget, ``fetch_timeout`` seconds, for everything it waits for; each
+  attempt at most ``attempt_timeout``. Failed attempts are retried here (the store client
+  does not retry) with exponential backoff and jitter; 404, 403, wrong data and an ignored
+  ``Range`` are not retried. An attempt given up shuts its connection, so the worker thread
+  ends and its download slot is free at once. A read that failed is failed again without
+  waiting for ``failure_ttl`` seconds (the kernel retries a failed read at once).
+* Cache writes happen in the background after the data is served and never fail a read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
-import random
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
+import cachetools
 import trio
-import xxhash
 
 from vfs.errors import (
     AccessDeniedError,
-    CacheFullError,
     CorruptObjectError,
     ObjectNotFoundError,
+    RangeNotHonoredError,
     StoreError,
 )
-from vfs.mount.blockcache import BLOCK_SIZE, BlockCache
+from vfs.mount.blockcache import BlockCache
+from vfs.mount.blockfile import CorruptEntryError
+from vfs.mount.blocks import (
+    BLOCK_SIZE,
+    backoff_delay,
+    block_length,
+    block_span,
+    contiguous_runs,
+    is_whole,
+    nblocks,
+)
+from vfs.mount.download import Abort, fetch_blocks, fetch_object
 from vfs.mount.objects import CHUNK_SIZE, ObjectRef
+from vfs.mount.readahead import RUN_BLOCKS, ReadaheadState, plan_readahead
 from vfs.mount.stats import MountStats
-from vfs.storage import ObjectStore, Readable, data_key
-from vfs.storage.ranges import get_range, open_range
+from vfs.mount.verify import VERIFY_MODES, ObjectHasher, VerifyState
+from vfs.storage import ObjectStore, data_key
 
 log = logging.getLogger(__name__)
 
-READAHEAD_MAX_BLOCKS = 32
-"""Largest readahead window, in blocks (128 MiB)."""
+T = TypeVar("T")
 
-RUN_BLOCKS = 8
-"""Blocks fetched by one readahead GET (one ranged GET of up to 32 MiB, streamed)."""
+PERMANENT_ERRORS = (
+    ObjectNotFoundError,
+    AccessDeniedError,
+    CorruptObjectError,
+    RangeNotHonoredError,
+)
+"""Store errors that another attempt would not change."""
 
-FDS_PER_HANDLE = 8
-"""Cache entries a file handle keeps open."""
-
-STREAM_CHUNK = 4 * 1024 * 1024
-INLINE_VERIFY_LIMIT = 256 * 1024
-"""Cached objects up to this size are verified on the event loop (cheaper than a thread hop)."""
+_Key = tuple[str, int]  # (object hash, block index); index 0 for a whole object
 
 
 @dataclass(frozen=True, slots=True)
 class FetchPolicy:
-    """Limits of the fetcher. Times in seconds, sizes in bytes."""
+    """Limits of the fetcher. Times in seconds, sizes in bytes.
+
+    ``max_fetches`` downloads at once (fewer if ``max_memory`` cannot hold that many
+    blocks); ``max_memory`` bytes of blocks kept in memory; ``fetch_timeout`` the whole
+    budget of one read; ``attempt_timeout`` of one GET; ``attempts`` per fetch;
+    ``verify`` one of :data:`VERIFY_MODES`; ``failure_ttl`` how long a failed read fails
+    again at once.
+    """
 
     max_fetches: int = 16
     max_memory: int = 256 * 1024 * 1024
     fetch_timeout: float = 60.0
     attempt_timeout: float = 30.0
     attempts: int = 5
+    verify: str = "block"
+    failure_ttl: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, not {self.verify!r}")
 
 
 DEFAULT_POLICY = FetchPolicy()
 
 
-class ReadState:
-    """What one open file handle keeps: open cache entries and its readahead window."""
+class _Job:
+    """One block being produced; readers of the block wait on ``done``."""
 
-    __slots__ = ("fds", "next_offset", "window")
+    __slots__ = ("data", "demand", "done", "error")
 
-    def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
-        self.next_offset = 0
-        self.window = 0
-
-    def fd(self, cache: BlockCache, name: str) -> int:
-        """An open descriptor of cache entry ``name``. Raises ``FileNotFoundError`` if gone."""
-        fd = self.fds.get(name)
-        if fd is not None:
-            return fd
-        fd = os.open(cache.path(name), os.O_RDONLY | os.O_CLOEXEC)
-        if len(self.fds) >= FDS_PER_HANDLE:
-            oldest = next(iter(self.fds))
-            os.close(self.fds.pop(oldest))
-        self.fds[name] = fd
-        return fd
-
-    def drop(self, name: str) -> None:
-        """Close the descriptor of ``name`` (after the entry turned out to be corrupt)."""
-        fd = self.fds.pop(name, None)
-        if fd is not None:
-            os.close(fd)
-
-    def close(self) -> None:
-        """Close every descriptor."""
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
-class Downloader:
-    """Blocking downloads from ``store`` into ``cache`` (run in worker threads).
-
-    Both methods reserve the space first, write a temporary file, check it, and commit it
-    as a cache entry; on any failure nothing is cached and the reservation is released.
-    ``pinned`` names entries that must not be evicted to make room. They return the bytes
-    fetched and raise the store's errors, ``CorruptObjectError`` or ``CacheFullError``.
-    """
-
-    def __init__(self, cache: BlockCache, store: ObjectStore) -> None:
-        self.cache = cache
-        self.store = store
-
-    def whole(self, obj: ObjectRef, pinned: Collection[str] = ()) -> int:
-        """Fetch a whole object, verify its size and xxh128, cache it."""
-        key = data_key(obj.hash)
-        name = self.cache.object_name(obj.hash)
-        self.cache.reserve(obj.size, pinned)
-        fd, tmp = self.cache.new_temp()
-        try:
-            hasher = xxhash.xxh3_128()
-            written = 0
-            with os.fdopen(fd, "wb") as out, self.store.open_read(key) as body:
-                while written <= obj.size:
-                    chunk = body.read(STREAM_CHUNK)
-                    if not chunk:
-                        break
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    written += len(chunk)
-            where = self.store.describe(key)
-            if written != obj.size:
-                raise CorruptObjectError(
-                    f"object {where} has {written}{'+' if written > obj.size else ''} bytes, "
-                    f"the manifest says {obj.size}",
-                    key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
-                )
-            if hasher.hexdigest() != obj.hash:
-                raise CorruptObjectError(
-                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}",
-                    key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
-                )
-            self.cache.commit(tmp, name, obj.size, reserved=obj.size)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            self.cache.release(obj.size)
-            raise
-        return written
-
-    def block(self, obj: ObjectRef, index: int, pinned: Collection[str] = ()) -> int:
-        """Fetch block ``index`` of a large object by a ranged GET, check its length, cache it."""
-        key = data_key(obj.hash)
-        length = block_length(obj, index)
-        self.cache.reserve(length, pinned)
-        try:
-            data = get_range(self.store, key, index * BLOCK_SIZE, length)
-            if len(data) != length:
-                where = self.store.describe(key)
-                raise CorruptObjectError(
-                    f"object {where} returned {len(data)} bytes for block {index}, "
-                    f"expected {length}: it is shorter than the manifest says",
-                    key=where,
-                )
-            fd, tmp = self.cache.new_temp()
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                self.cache.commit(tmp, self.cache.block_name(obj.hash, index), length, length)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except BaseException:
-            self.cache.release(length)
-            raise
-        return length
-
-    def run(
-        self,
-        obj: ObjectRef,
-        first: int,
-        count: int,
-        on_block: Callable[[int], None],
-        pinned: Collection[str] = (),
-    ) -> int:
-        """Fetch blocks ``first`` … ``first + count - 1`` of a large object with one streamed
-        ranged GET, committing (and reporting with ``on_block(index)``) each block as soon
-        as it has arrived and its length is checked. Blocks already cached at the start of
-        the run are skipped. Returns the bytes fetched."""
-        while count and self.cache.has(
-            self.cache.block_name(obj.hash, first), block_length(obj, first)
-        ):
-            on_block(first)
-            first += 1
-            count -= 1
-        if not count:
-            return 0
-        key = data_key(obj.hash)
-        start = first * BLOCK_SIZE
-        total = min(obj.size, (first + count) * BLOCK_SIZE) - start
-        self.cache.reserve(total, pinned)
-        used = 0
-        try:
-            with open_range(self.store, key, start, total) as body:
-                for index in range(first, first + count):
-                    length = block_length(obj, index)
-                    data = _read_exactly(body, length)
-                    if len(data) != length:
-                        where = self.store.describe(key)
-                        raise CorruptObjectError(
-                            f"object {where} ended {length - len(data)} bytes early in "
-                            f"block {index}: it is shorter than the manifest says",
-                            key=where,
-                        )
-                    self._commit_block(obj, index, data)
-                    used += length
-                    on_block(index)
-        except BaseException:
-            self.cache.release(total - used)
-            raise
-        return used
-
-    def _commit_block(self, obj: ObjectRef, index: int, data: bytes) -> None:
-        fd, tmp = self.cache.new_temp()
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            self.cache.commit(tmp, self.cache.block_name(obj.hash, index), len(data), len(data))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-class _Inflight:
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
+    def __init__(self, demand: bool) -> None:
         self.done = trio.Event()
-        self.error: BaseException | None = None
+        self.data: bytes | memoryview | None = None
+        self.error: Exception | None = None
+        self.demand = demand
 
 
 class ContentFetcher:
-    """Serves reads of objects from ``cache``, fetching what is missing from ``store``."""
+    """Serves reads of objects (module docstring) from memory, ``cache`` and ``store``.
+
+    ``on_bad(hash)`` is awaited (in the background) when an object fails its whole hash.
+    Call :meth:`attach` with a nursery before the first read.
+    """
 
     def __init__(
         self,
@@ -270,345 +131,507 @@ class ContentFetcher:
         store: ObjectStore,
         stats: MountStats,
         policy: FetchPolicy | None = None,
+        on_bad: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
         self.stats = stats
-        self.policy = policy or FetchPolicy()
-        self.downloader = Downloader(cache, store)
-        slots = max(1, min(self.policy.max_fetches, self.policy.max_memory // BLOCK_SIZE))
-        self.limiter = trio.CapacityLimiter(slots)
-        self._inflight: dict[str, _Inflight] = {}
-        self._verified: set[str] = set()
+        self.policy = policy = policy or DEFAULT_POLICY
+        self.on_bad = on_bad
+        slots = max(1, min(policy.max_fetches, policy.max_memory // BLOCK_SIZE))
+        self.slots = trio.CapacityLimiter(slots)
+        # Worker threads: downloads (also abandoned ones, until their socket is shut),
+        # cache loads, cache writes. Download *slots* are the limit that matters.
+        self._threads = trio.CapacityLimiter(4 * slots + 16)
+        self._writers = trio.CapacityLimiter(2)
+        self.memory: cachetools.LRUCache[_Key, bytes | memoryview] = cachetools.LRUCache(
+            maxsize=max(policy.max_memory, 1), getsizeof=len
+        )
+        self._failed: cachetools.TTLCache[_Key, Exception] = cachetools.TTLCache(
+            maxsize=4096, ttl=policy.failure_ttl
+        )
+        self.verify = VerifyState()
+        self._inflight: dict[_Key, _Job] = {}
+        self._seen: dict[str, set[int]] = {}
         self._contact: dict[str, trio.Event] = {}
-        self._present: dict[str, int] = {}
-        self._states: set[ReadState] = set()
+        self._verifying: set[str] = set()
+        self._object_locks: dict[str, trio.Lock] = {}
+        self._runs = 0
+        self._pending = 0
         self._nursery: trio.Nursery | None = None
-        self._readahead_runs = 0
+        self._token: trio.lowlevel.TrioToken | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
-        """Give the fetcher a nursery for readahead and background verification."""
+        """Give the fetcher a nursery for readahead, verification and cache writes (call it
+        in the Trio run that serves the reads)."""
         self._nursery = nursery
+        self._token = trio.lowlevel.current_trio_token()
 
-    def open_state(self) -> ReadState:
-        """A new per-handle state; its open entries are never evicted by this process."""
-        state = ReadState()
-        self._states.add(state)
-        return state
+    def open_state(self) -> ReadaheadState:
+        """A new per-handle readahead state."""
+        return ReadaheadState()
 
-    def close_state(self, state: ReadState) -> None:
-        """Close a per-handle state."""
-        state.close()
-        self._states.discard(state)
-
-    def _pinned(self) -> frozenset[str]:
-        return frozenset(name for s in self._states for name in s.fds)
+    def is_trusted(self, parts: Sequence[ObjectRef]) -> bool:
+        """True when every byte of a file made of ``parts`` is known right, so the kernel
+        may keep its pages across opens."""
+        return all(is_whole(p) or self.verify.trusted(p) for p in parts)
 
     # -- reading ----------------------------------------------------------------------------
 
     async def read(
-        self, parts: Sequence[ObjectRef], off: int, size: int, state: ReadState
-    ) -> bytes:
-        """Bytes ``[off, off + size)`` of a file made of ``parts`` (one object, or v2 chunks).
+        self, parts: Sequence[ObjectRef], off: int, size: int, state: ReadaheadState
+    ) -> bytes | memoryview:
+        """Bytes ``[off, off + size)`` of a file made of ``parts`` (one object, or v2 chunks
+        of ``CHUNK_SIZE``), fewer only at the end of the file.
 
-        Raises ``StoreError`` subclasses, ``VfsError`` or ``OSError`` when content cannot
-        be had (the FUSE layer answers EIO).
+        Raises ``StoreError`` subclasses (also when ``fetch_timeout`` passes) or ``OSError``
+        when content cannot be had; the FUSE layer answers EIO.
         """
-        if len(parts) == 1:
-            return await self._read_object(parts[0], off, size, state)
-        pieces: list[bytes] = []
-        end = off + size
-        for index, part in enumerate(parts):
-            start = index * CHUNK_SIZE
-            if start >= end:
-                break
-            if start + part.size <= off:
-                continue
-            lo = max(off, start) - start
-            hi = min(end, start + part.size) - start
-            pieces.append(await self._read_object(part, lo, hi - lo, state))
-        return b"".join(pieces)
-
-    async def _read_object(self, obj: ObjectRef, off: int, size: int, state: ReadState) -> bytes:
-        end = min(off + size, obj.size)
+        file_size = sum(p.size for p in parts)
+        end = min(off + size, file_size)
         if off >= end:
             return b""
-        if obj.size <= BLOCK_SIZE:
-            name = self.cache.object_name(obj.hash)
-            if name in state.fds:  # open and verified: no stat on the hot path
-                self.stats.add("cache.hits")
-            else:
-                name = await self._ensure_whole(obj)
-            return await self._pread(state, name, end - off, off, lambda: self._ensure_whole(obj))
-        await self._first_contact(obj)
-        first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        self._readahead(obj, off, end, last, state)
-        pieces: list[bytes] = []
-        for index in range(first, last + 1):
-            start = index * BLOCK_SIZE
-            lo = max(off, start) - start
-            hi = min(end, start + BLOCK_SIZE) - start
-            name = self.cache.block_name(obj.hash, index)
-            if name in state.fds:  # open already: no stat on the hot path
-                self.stats.add("cache.hits")
-            else:
-                name = await self._ensure_block(obj, index)
-            refetch = functools.partial(self._ensure_block, obj, index)
-            pieces.append(await self._pread(state, name, hi - lo, lo, refetch))
+        self._readahead(parts, state, off, end, file_size)
+        timeout = self.policy.fetch_timeout
+        pieces: list[memoryview] = []
+        with trio.move_on_after(timeout) as scope:
+            for index, part in enumerate(parts):
+                start = index * CHUNK_SIZE
+                if start >= end:
+                    break
+                if start + part.size <= off:
+                    continue
+                lo, hi = max(off, start) - start, min(end, start + part.size) - start
+                pieces += await self._read_object(part, lo, hi)
+        if scope.cancelled_caught:
+            where = self.store.describe(data_key(parts[0].hash))
+            raise StoreError(f"{where}: no data within --fetch-timeout {timeout:g} s", key=where)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def _pread(
-        self,
-        state: ReadState,
-        name: str,
-        size: int,
-        off: int,
-        refetch: Callable[[], Awaitable[str]],
-    ) -> bytes:
-        try:
-            fd = state.fd(self.cache, name)
-        except FileNotFoundError:  # evicted by another process since we checked
-            state.drop(name)
-            name = await refetch()
-            fd = state.fd(self.cache, name)
-        self.cache.touch(name)
-        return os.pread(fd, size, off)
+    async def _read_object(self, obj: ObjectRef, off: int, end: int) -> list[memoryview]:
+        if is_whole(obj):
+            return [memoryview(await self._whole(obj))[off:end]]
+        await self._first_contact(obj)
+        if obj.hash in self.verify.bad or (
+            self.policy.verify == "strict" and obj.hash not in self.verify.sums
+        ):
+            await self._verify_fully(obj)
+        pieces = []
+        for index in block_span(off, end):
+            data = memoryview(await self._block(obj, index))
+            start = index * BLOCK_SIZE
+            pieces.append(data[max(off, start) - start : min(end, start + BLOCK_SIZE) - start])
+        return pieces
 
     # -- whole objects ----------------------------------------------------------------------
 
-    async def _ensure_whole(self, obj: ObjectRef) -> str:
-        name = self.cache.object_name(obj.hash)
-        if self.cache.has(name, obj.size):
-            if obj.hash in self._verified:
-                self.stats.add("cache.hits")
-                return name
-            if await self._verify_cached_whole(name, obj):
-                self._verified.add(obj.hash)
-                self.stats.add("cache.hits")
-                return name
-        self.stats.add("cache.misses")
-        await self._coalesced(name, self.downloader.whole, obj)
-        self._verified.add(obj.hash)
-        return name
+    async def _whole(self, obj: ObjectRef) -> bytes | memoryview:
+        key = (obj.hash, 0)
+        return await self._coalesced(key, functools.partial(self._produce_whole, obj))
 
-    async def _verify_cached_whole(self, name: str, obj: ObjectRef) -> bool:
-        path = self.cache.path(name)
-        if obj.size <= INLINE_VERIFY_LIMIT:
-            actual = _hash_file(path)
-        else:
-            actual = await trio.to_thread.run_sync(_hash_file, path)
-        if actual == obj.hash:
-            return True
-        log.error(
-            "cache entry %s is corrupt (hashes to %s); fetching %s again",
-            path, actual, self.store.describe(data_key(obj.hash)),
-        )  # fmt: skip
-        self.stats.add("cache.corrupt")
-        self._drop_everywhere([name])
-        await trio.to_thread.run_sync(self.cache.remove, [name])
-        return False
+    async def _produce_whole(self, obj: ObjectRef) -> bytes | memoryview:
+        data: bytes | memoryview
+        try:
+            data = await self._thread(self.cache.load_object, obj)
+            self.stats.add("cache.hits")
+            self._remember((obj.hash, 0), data)
+            return data
+        except FileNotFoundError:
+            pass
+        except CorruptEntryError as e:
+            self._corrupt_entry(e, obj)
+        self.stats.add("cache.misses")
+        data = await self._attempts(obj, fetch_object, self.store, obj)
+        self.stats.add("fetch.objects")
+        self.stats.add("fetch.bytes", len(data))
+        self._remember((obj.hash, 0), data)
+        self._background(self.cache.store_object, obj, data)
+        return data
+
+    def _remember(self, key: _Key, data: bytes | memoryview) -> None:
+        if len(data) <= self.memory.maxsize:
+            self.memory[key] = data
 
     # -- blocks of large objects ------------------------------------------------------------
 
-    async def _ensure_block(self, obj: ObjectRef, index: int) -> str:
-        name = self.cache.block_name(obj.hash, index)
-        if self.cache.has(name, block_length(obj, index)):
+    async def _block(self, obj: ObjectRef, index: int) -> bytes | memoryview:
+        key = (obj.hash, index)
+        return await self._coalesced(key, functools.partial(self._produce_block, obj, index))
+
+    async def _produce_block(self, obj: ObjectRef, index: int) -> bytes | memoryview:
+        try:
+            expect = self.verify.expected_sum(obj, index)
+            data, checksum = await self._thread(self.cache.load_block, obj, index, expect)
             self.stats.add("cache.hits")
-            return name
+            self._arrived(obj, index, data, checksum, from_cache=True)
+            return data
+        except FileNotFoundError:
+            pass
+        except CorruptEntryError as e:
+            self._corrupt_entry(e, obj)
         self.stats.add("cache.misses")
-        await self._coalesced(name, self.downloader.block, obj, index)
-        return name
+        job = self._inflight[(obj.hash, index)]
+        await self._attempts(obj, self._fetch_run_sync, obj, index, 1, {index: job})
+        if job.data is None:  # pragma: no cover - the run delivers or raises
+            raise StoreError(f"block {index} of {obj.hash} was not delivered")
+        return job.data
+
+    def _fetch_run_sync(
+        self, obj: ObjectRef, first: int, count: int, jobs: dict[int, _Job], abort: Abort
+    ) -> None:
+        """In a worker thread: fetch a run of blocks, delivering each on the event loop."""
+        token = self._token
+
+        def deliver(index: int, data: bytes, checksum: int) -> None:
+            trio.from_thread.run_sync(
+                self._delivered, obj, index, data, checksum, jobs, trio_token=token
+            )
+
+        fetch_blocks(self.store, obj, first, count, abort, deliver)
+
+    def _delivered(
+        self, obj: ObjectRef, index: int, data: bytes, checksum: int, jobs: dict[int, _Job]
+    ) -> None:
+        """On the event loop: a fetched block arrived (raises into the worker thread, which
+        stops the run, when it contradicts the verified content)."""
+        self.stats.add("fetch.blocks")
+        self.stats.add("fetch.bytes", len(data))
+        expect = self.verify.expected_sum(obj, index)
+        if expect is not None and checksum != expect:
+            where = self.store.describe(data_key(obj.hash))
+            self._condemn(obj, f"block {index} fetched again differs from the verified content")
+            raise CorruptObjectError(
+                f"object {where} changed in the store since it was verified (block {index})",
+                key=where,
+            )
+        self._arrived(obj, index, data, checksum, from_cache=False)
+        self._background(self.cache.store_block, obj, index, data, checksum)
+        job = jobs.get(index)
+        if job is not None:
+            job.data = data
+
+    def _arrived(
+        self,
+        obj: ObjectRef,
+        index: int,
+        data: bytes | memoryview,
+        checksum: int,
+        *,
+        from_cache: bool,
+    ) -> None:
+        """Note a block at hand; start the whole-object check when every block was seen."""
+        self._remember((obj.hash, index), data)
+        seen = self._seen.setdefault(obj.hash, set())
+        seen.add(index)
+        if (
+            len(seen) == nblocks(obj)
+            and obj.hash not in self.verify.sums
+            and obj.hash not in self._verifying
+            and self._nursery is not None
+        ):
+            self._verifying.add(obj.hash)
+            self._nursery.start_soon(self._verify_in_background, obj)
+
+    # -- verification -----------------------------------------------------------------------
 
     async def _first_contact(self, obj: ObjectRef) -> None:
-        """Once per process: count the object's cached blocks; hash it if all are there."""
+        """Once per process and object: learn from the index whether some process verified
+        it already (then it is not hashed again)."""
         event = self._contact.get(obj.hash)
         if event is not None:
             await event.wait()
             return
         event = self._contact[obj.hash] = trio.Event()
         try:
-            present = await trio.to_thread.run_sync(self._count_blocks, obj)
-            self._present[obj.hash] = present
-            if present == nblocks(obj):
-                await self._verify_blocks(obj)
+            sums = await self._thread(self.cache.verified_sums, obj)
+            if sums is not None and len(sums) == nblocks(obj) and obj.hash not in self.verify.bad:
+                self.verify.mark_verified(obj, sums)
+                self.stats.add("verify.shared")
         finally:
             event.set()
 
-    def _count_blocks(self, obj: ObjectRef) -> int:
-        return sum(
-            self.cache.has(self.cache.block_name(obj.hash, i), block_length(obj, i))
-            for i in range(nblocks(obj))
+    async def _hash_object(self, obj: ObjectRef, *, fetch: bool) -> ObjectHasher | None:
+        """Hash ``obj`` block by block from memory and disk, and from the store when
+        ``fetch`` (else ``None`` when a block is not at hand)."""
+        hasher = ObjectHasher()
+        for index in range(nblocks(obj)):
+            data: bytes | memoryview | None
+            if fetch:
+                data = await self._block(obj, index)
+            else:
+                data = self.memory.get((obj.hash, index))
+                if data is None:
+                    try:
+                        data, _ = await self._thread(self.cache.load_block, obj, index)
+                    except (FileNotFoundError, CorruptEntryError):
+                        return None
+            assert data is not None
+            hasher.add(data)
+            await trio.lowlevel.checkpoint()
+        return hasher
+
+    async def _verify_in_background(self, obj: ObjectRef) -> None:
+        """Hash an object whose blocks were all seen (from memory or disk, nothing fetched);
+        condemn it on a mismatch. Never raises: a failure leaves the object unverified."""
+        try:
+            hasher = await self._hash_object(obj, fetch=False)
+            if hasher is None:  # a block was evicted meanwhile: wait until all are seen again
+                self._seen[obj.hash] = set()
+                return
+            self._judge(obj, hasher)
+        except Exception as e:
+            log.warning("verification of %s was not possible: %s", obj.hash, e)
+        finally:
+            self._verifying.discard(obj.hash)
+
+    async def _verify_fully(self, obj: ObjectRef) -> None:
+        """Get every block of ``obj`` (memory, disk, store) and check its hash before
+        anything is served: for ``--verify strict`` and for objects found bad. Raises
+        :class:`CorruptObjectError` when it still hashes wrong."""
+        lock = self._object_locks.setdefault(obj.hash, trio.Lock())
+        async with lock:
+            if self.verify.trusted(obj):
+                return
+            failed = self._failed.get((obj.hash, -1))
+            if failed is not None:
+                raise failed
+            self._verifying.add(obj.hash)  # no background check of the same blocks
+            try:
+                hasher = await self._hash_object(obj, fetch=True)
+            finally:
+                self._verifying.discard(obj.hash)
+            assert hasher is not None
+            if not self._judge(obj, hasher):
+                where = self.store.describe(data_key(obj.hash))
+                error = CorruptObjectError(
+                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}",
+                    key=where,
+                    hint="the store holds wrong data for this hash; re-upload the file",
+                )
+                self._failed[(obj.hash, -1)] = error
+                raise error
+
+    def _judge(self, obj: ObjectRef, hasher: ObjectHasher) -> bool:
+        """Record the outcome of hashing ``obj``: verified (shared through the index), or
+        condemned. Returns whether it hashed right."""
+        self.stats.add("verify.objects")
+        actual = hasher.hexdigest()
+        if actual == obj.hash:
+            self.verify.mark_verified(obj, tuple(hasher.sums))
+            self._background(self.cache.record_verified, obj, hasher.sums)
+            return True
+        self._condemn(obj, f"its blocks hash to {actual}, not {obj.hash}")
+        return False
+
+    def _condemn(self, obj: ObjectRef, why: str) -> None:
+        """``obj`` is wrong: drop its blocks everywhere and have the kernel's pages of every
+        file using it invalidated; reads fail until a full refetch verifies."""
+        self.stats.add("verify.failed")
+        first = obj.hash not in self.verify.bad
+        self.verify.mark_bad(obj)
+        self._seen.pop(obj.hash, None)
+        for key in [k for k in self.memory if k[0] == obj.hash]:
+            self.memory.pop(key, None)
+        self._background(self.cache.forget_object, obj)
+        if first:
+            log.error(
+                "object %s is wrong: %s; dropped its cached blocks and the kernel's pages of "
+                "the files using it; their reads fail (EIO) until a refetch verifies",
+                self.store.describe(data_key(obj.hash)), why,
+            )  # fmt: skip
+        if first and self.on_bad is not None and self._nursery is not None:
+            self._nursery.start_soon(self._failsafe, self.on_bad, obj.hash)
+
+    def _corrupt_entry(self, error: CorruptEntryError, obj: ObjectRef) -> None:
+        self.stats.add("cache.corrupt")
+        log.warning(
+            "%s; removed it, fetching %s again", error, self.store.describe(data_key(obj.hash))
         )
 
-    async def _verify_blocks(self, obj: ObjectRef) -> None:
-        """Hash a large object from its cached blocks; evict them all on a mismatch."""
-        names = [self.cache.block_name(obj.hash, i) for i in range(nblocks(obj))]
-        actual = await trio.to_thread.run_sync(hash_entries, self.cache, names)
-        if actual is None:  # a block was evicted meanwhile
-            return
-        if actual == obj.hash:
-            self._verified.add(obj.hash)
-            return
-        log.error(
-            "object %s: its cached blocks hash to %s, not %s; evicted them, the next read "
-            "fetches them again",
-            self.store.describe(data_key(obj.hash)), actual, obj.hash,
-        )  # fmt: skip
-        self.stats.add("verify.failed")
-        self._present[obj.hash] = 0
-        self._drop_everywhere(names)
-        await trio.to_thread.run_sync(self.cache.remove, names)
+    # -- readahead --------------------------------------------------------------------------
 
-    def _drop_everywhere(self, names: Sequence[str]) -> None:
-        """Close every handle's descriptor of entries found corrupt, so that the next read
-        opens the refetched entry instead of the evicted one."""
-        for state in self._states:
-            for name in names:
-                state.drop(name)
-
-    def _block_arrived(self, obj: ObjectRef) -> None:
-        count = self._present.get(obj.hash, 0) + 1
-        self._present[obj.hash] = count
-        if count >= nblocks(obj) and obj.hash not in self._verified and self._nursery:
-            self._nursery.start_soon(self._verify_blocks, obj)
-
-    def _readahead(self, obj: ObjectRef, off: int, end: int, last: int, state: ReadState) -> None:
-        sequential = off == state.next_offset and off > 0
-        state.window = min(max(1, state.window * 2), READAHEAD_MAX_BLOCKS) if sequential else 0
-        state.next_offset = end
-        if not state.window or self._nursery is None:
-            return
-        run: list[int] = []
-        for index in range(last + 1, min(last + 1 + state.window, nblocks(obj))):
-            name = self.cache.block_name(obj.hash, index)
-            if name in self._inflight or self.cache.has(name, block_length(obj, index)):
-                self._start_run(obj, run)
-                run = []
-                continue
-            run.append(index)
-            if len(run) == RUN_BLOCKS:
-                self._start_run(obj, run)
-                run = []
-        self._start_run(obj, run)
-
-    def _start_run(self, obj: ObjectRef, run: list[int]) -> None:
-        """Start fetching contiguous blocks ``run`` in the background, if a slot is spare
-        (one is always left for readers). The blocks count as in flight at once."""
-        if not run or self._nursery is None:
-            return
-        if self._readahead_runs >= self.limiter.total_tokens - 1:
-            return
-        entries = {}
-        for index in run:
-            entry = entries[index] = _Inflight()
-            self._inflight[self.cache.block_name(obj.hash, index)] = entry
-        self._readahead_runs += 1
-        self.stats.add("readahead.blocks", len(run))
-        self._nursery.start_soon(self._fetch_run, obj, run[0], len(run), entries)
-
-    async def _fetch_run(
-        self, obj: ObjectRef, first: int, count: int, entries: dict[int, _Inflight]
+    def _readahead(
+        self, parts: Sequence[ObjectRef], state: ReadaheadState, off: int, end: int, size: int
     ) -> None:
-        token = trio.lowlevel.current_trio_token()
+        ahead = plan_readahead(state, off, end, size)
+        if not ahead or self._nursery is None:
+            return
+        for number, part in enumerate(parts):
+            start = number * CHUNK_SIZE
+            lo, hi = max(ahead.start, start), min(ahead.stop, start + part.size)
+            if lo >= hi or is_whole(part) or not self._may_prefetch(part):
+                continue
+            # blocks after the ones this read needs (those are fetched on demand)
+            after = (end - 1 - start) // BLOCK_SIZE + 1 if end > start else 0
+            wanted = [
+                i
+                for i in block_span(lo - start, hi - start)
+                if i >= after
+                and (part.hash, i) not in self.memory and (part.hash, i) not in self._inflight
+                and i not in self._seen.get(part.hash, ())
+            ]  # fmt: skip
+            for run in contiguous_runs(wanted, RUN_BLOCKS):
+                if self._runs >= self.slots.total_tokens - 1:
+                    return  # one slot is always left for readers
+                jobs = {i: _Job(demand=False) for i in run}
+                for i, job in jobs.items():
+                    self._inflight[(part.hash, i)] = job
+                self._runs += 1
+                self.stats.add("readahead.blocks", len(run))
+                self._nursery.start_soon(self._readahead_run, part, run[0], len(run), jobs)
 
-        def on_block(index: int) -> None:  # in the worker thread
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(
-                    self._run_block_done, obj, index, entries, trio_token=token
-                )
+    def _may_prefetch(self, obj: ObjectRef) -> bool:
+        return obj.hash not in self.verify.bad and (
+            self.policy.verify != "strict" or obj.hash in self.verify.sums
+        )
 
+    async def _readahead_run(
+        self, obj: ObjectRef, first: int, count: int, jobs: dict[int, _Job]
+    ) -> None:
         try:
-            fetched = await self._with_retries(
-                self.cache.block_name(obj.hash, first), self.downloader.run,
-                obj, first, count, on_block,
-            )  # fmt: skip
-            self.stats.add("fetch.runs")
-            self.stats.add("fetch.bytes", fetched)
-        except Exception as e:  # a reader that needs one of the blocks will report it
+            present = await self._thread(self.cache.present_blocks, obj.hash)
+            todo = [i for i in jobs if i not in present]
+            for run in contiguous_runs(todo, RUN_BLOCKS):
+                sub = {i: jobs[i] for i in run}
+                with trio.fail_after(self.policy.fetch_timeout):
+                    await self._attempts(obj, self._fetch_run_sync, obj, run[0], len(run), sub)
+                self.stats.add("fetch.runs")
+        except Exception as e:  # a reader that needs one of the blocks fetches it itself
             self.stats.add("readahead.errors")
             log.debug("readahead of %s blocks %d+%d failed: %s", obj.hash, first, count, e)
-            for entry in entries.values():
-                if not entry.done.is_set():
-                    entry.error = e
         finally:
-            self._readahead_runs -= 1
-            for index, entry in entries.items():
-                self._finish(self.cache.block_name(obj.hash, index), entry)
+            self._runs -= 1
+            for index, job in jobs.items():
+                key = (obj.hash, index)
+                if self._inflight.get(key) is job:
+                    del self._inflight[key]
+                job.done.set()
 
-    def _run_block_done(self, obj: ObjectRef, index: int, entries: dict[int, _Inflight]) -> None:
-        entry = entries[index]
-        if entry.done.is_set():
-            return
-        self.stats.add("fetch.blocks")
-        self._finish(self.cache.block_name(obj.hash, index), entry)
-        self._block_arrived(obj)
-
-    def _finish(self, name: str, entry: _Inflight) -> None:
-        if self._inflight.get(name) is entry:
-            del self._inflight[name]
-        entry.done.set()
-
-    # -- coalescing and retries -------------------------------------------------------------
+    # -- coalescing, retries, threads -------------------------------------------------------
 
     async def _coalesced(
-        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: Any
-    ) -> None:
-        """Run ``download`` for cache entry ``name`` unless it is running; wait for it."""
-        inflight = self._inflight.get(name)
-        if inflight is not None:
-            with trio.fail_after(self.policy.fetch_timeout + self.policy.attempt_timeout):
-                await inflight.done.wait()
-            if inflight.error is not None:
-                raise inflight.error
-            return
-        inflight = self._inflight[name] = _Inflight()
+        self, key: _Key, produce: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
+        """The block ``key`` from memory, from a fetch under way, or by ``produce``. A reader
+        whose deadline passes leaves a failure that fails the next reads of the block at once
+        for ``failure_ttl`` seconds (the kernel retries a failed read straight away)."""
         try:
-            fetched = await self._with_retries(name, download, obj, *args)
-            self.stats.add("fetch.objects" if download == self.downloader.whole else "fetch.blocks")
-            self.stats.add("fetch.bytes", fetched)
-            if download != self.downloader.whole:
-                self._block_arrived(obj)
-        except BaseException as e:
-            inflight.error = e if isinstance(e, Exception) else StoreError(f"{name}: cancelled")
+            return await self._coalesced_inner(key, produce)
+        except Exception as e:
+            self._failed[key] = e
+            raise
+        except BaseException:  # cancelled: the reader's deadline passed
+            where = self.store.describe(data_key(key[0]))
+            self._failed[key] = StoreError(
+                f"{where}: no data within --fetch-timeout {self.policy.fetch_timeout:g} s",
+                key=where,
+            )
+            raise
+
+    async def _coalesced_inner(
+        self, key: _Key, produce: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
+        while True:
+            data = self.memory.get(key)
+            if data is not None:
+                self.stats.add("cache.hits")
+                return data
+            job = self._inflight.get(key)
+            if job is None:
+                break
+            await job.done.wait()
+            if job.data is not None:
+                return job.data
+            if job.demand and job.error is not None:
+                raise job.error
+            # a readahead run that failed or skipped the block: produce it ourselves
+        failed = self._failed.get(key)
+        if failed is not None:
+            raise failed
+        job = self._inflight[key] = _Job(demand=True)
+        try:
+            job.data = await produce()
+            return job.data
+        except Exception as e:
+            job.error = e
             self.stats.add("fetch.errors")
             raise
+        except BaseException:
+            job.demand = False  # waiters with time left go on alone
+            raise
         finally:
-            del self._inflight[name]
-            inflight.done.set()
+            if self._inflight.get(key) is job:
+                del self._inflight[key]
+            job.done.set()
 
-    async def _with_retries(
-        self, name: str, download: Callable[..., int], obj: ObjectRef, *args: Any
-    ) -> int:
+    async def _attempts(self, obj: ObjectRef, download: Callable[..., T], *args: object) -> T:
+        """``download(*args, abort)`` in a worker thread on a download slot, retried with
+        backoff until ``attempts`` run out; the caller's deadline bounds it all."""
         policy = self.policy
-        deadline = trio.current_time() + policy.fetch_timeout
+        where = self.store.describe(data_key(obj.hash))
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - trio.current_time()
+            abort = Abort()
             try:
-                with trio.fail_after(max(0.01, min(policy.attempt_timeout, remaining))):
-                    job = functools.partial(download, obj, *args, self._pinned())
-                    return await trio.to_thread.run_sync(
-                        job, limiter=self.limiter, abandon_on_cancel=True
-                    )
-            except (ObjectNotFoundError, AccessDeniedError, CorruptObjectError, CacheFullError):
+                with trio.fail_after(policy.attempt_timeout):
+                    async with self.slots:
+                        return await self._thread(download, *args, abort)
+            except PERMANENT_ERRORS:
                 raise
             except trio.TooSlowError:
                 error: Exception = StoreError(
-                    f"{self.store.describe(data_key(obj.hash))}: no answer within "
-                    f"{min(policy.attempt_timeout, remaining):.0f} s",
-                    key=self.store.describe(data_key(obj.hash)),
+                    f"GET {where}: no answer within {policy.attempt_timeout:g} s", key=where
                 )
             except (StoreError, OSError) as e:
                 error = e
-            left = deadline - trio.current_time()
-            if attempt >= policy.attempts or left <= 0:
+            finally:
+                abort.fire()  # no-op after a finished download; frees a stalled thread
+            if attempt >= policy.attempts:
                 raise error
             self.stats.add("fetch.retries")
-            delay = min(5.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-            log.warning("fetch of %s failed (attempt %d): %s; retrying in %.1f s",
-                        name, attempt, error, delay)  # fmt: skip
-            await trio.sleep(min(delay, left))
+            delay = backoff_delay(attempt)
+            log.info(
+                "GET %s failed (attempt %d): %s; retrying in %.1f s", where, attempt, error, delay
+            )
+            await trio.sleep(delay)
+
+    async def _thread(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread; abandoned (not waited for) when cancelled."""
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args), abandon_on_cancel=True, limiter=self._threads
+        )
+
+    def _background(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` in a writer thread after the read was served (failsafe)."""
+        if self._nursery is None:
+            return
+
+        async def run() -> None:
+            try:
+                await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._writers)
+            finally:
+                self._pending -= 1
+
+        self._pending += 1
+        self._nursery.start_soon(self._failsafe, run)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for background cache writes to finish (before
+        unmounting, so that what was read is cached for the next mount)."""
+        with trio.move_on_after(timeout):
+            while self._pending:
+                await trio.sleep(0.02)
+
+    async def _failsafe(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Await ``fn(*args)``; log, never raise, an error (background work never kills the
+        mount)."""
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception(
+                "background task %s failed; the mount goes on", getattr(fn, "__name__", fn)
+            )
 
     # -- observability ----------------------------------------------------------------------
 
@@ -619,60 +642,9 @@ class ContentFetcher:
             return 1.0
         have = 0
         for obj in parts:
-            if obj.size <= BLOCK_SIZE:
-                have += (
-                    obj.size if self.cache.has(self.cache.object_name(obj.hash), obj.size) else 0
-                )
+            if is_whole(obj):
+                have += obj.size if self.cache.has_object(obj) else 0
             else:
-                for i in range(nblocks(obj)):
-                    length = block_length(obj, i)
-                    if self.cache.has(self.cache.block_name(obj.hash, i), length):
-                        have += length
+                present = self.cache.present_blocks(obj.hash)
+                have += sum(block_length(obj, i) for i in present if i < nblocks(obj))
         return have / total
-
-
-def nblocks(obj: ObjectRef) -> int:
-    """Number of blocks of a large object."""
-    return -(-obj.size // BLOCK_SIZE)
-
-
-def block_length(obj: ObjectRef, index: int) -> int:
-    """Bytes in block ``index`` of ``obj`` (the last block is shorter)."""
-    return min(BLOCK_SIZE, obj.size - index * BLOCK_SIZE)
-
-
-def hash_entries(cache: BlockCache, names: Sequence[str]) -> str | None:
-    """xxh128 of the concatenated cache entries ``names``; ``None`` if one is missing."""
-    hasher = xxhash.xxh3_128()
-    for name in names:
-        try:
-            with open(cache.path(name), "rb") as f:
-                while chunk := f.read(STREAM_CHUNK):
-                    hasher.update(chunk)
-        except FileNotFoundError:
-            return None
-    return hasher.hexdigest()
-
-
-def _read_exactly(body: Readable, length: int) -> bytes:
-    """Up to ``length`` bytes from a stream (fewer only at its end)."""
-    first = body.read(length)
-    if len(first) >= length or not first:
-        return first
-    parts = [first]
-    got = len(first)
-    while got < length:
-        chunk = body.read(length - got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def _hash_file(path: str) -> str:
-    hasher = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(STREAM_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()

@@ -3,11 +3,14 @@
 Requests are answered from the :class:`~vfs.mount.tree.InodeTree` (metadata) and the
 :class:`~vfs.mount.fetcher.ContentFetcher` (content). The tree never changes while mounted,
 so every reply carries long entry and attribute timeouts, absent names are answered with
-cached negative entries, and files are opened with ``keep_cache``: after the first pass the
-kernel answers on its own (fuse-anchors.md §3.3).
+cached negative entries, and files whose every byte is known right (small objects, large ones
+whose whole hash was checked) are opened with ``keep_cache``: after the first pass the kernel
+answers on its own (fuse-anchors.md §3.3). When an object turns out wrong, the kernel's pages of
+every file using it are invalidated (:meth:`ReadOnlyOperations.invalidate_object`).
 
-Reads of cached objects are served inline with ``os.pread`` (a thread hop costs more than it
-saves at 128 KiB–1 MiB requests, reference/test-environment.md); fetches run in threads.
+A read returns exactly ``min(size, file size - offset)`` bytes or fails with EIO: a short
+read would make the kernel take the file for shorter than ``st_size`` (FUSE trims its size on
+a short read), so it is never passed off as the end of a file.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from vfs.errors import VfsError
-from vfs.mount.fetcher import ContentFetcher, ReadState
+from vfs.mount.fetcher import ContentFetcher
 from vfs.mount.objects import ObjectRef
+from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 
@@ -76,7 +81,7 @@ class _Handle:
     inode: int
     parts: tuple[ObjectRef, ...]
     size: int
-    state: ReadState
+    state: ReadaheadState
 
 
 def describe_error(error: BaseException) -> str:
@@ -231,7 +236,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self._next_fh += 1
         size = self.tree.size[inode]
         self._handles[fh] = _Handle(inode, parts, size, self.fetcher.open_state())
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.fetcher.is_trusted(parts))
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -239,20 +244,40 @@ class ReadOnlyOperations(pyfuse3.Operations):
         handle = self._handles[fh]
         if off >= handle.size:
             return b""
+        want = min(size, handle.size - off)
         try:
             data = await self.fetcher.read(handle.parts, off, size, handle.state)
         except Exception as e:
-            self.stats.add("eio")
-            log.error("read of %s failed: %s", self.tree.path_of(handle.inode), describe_error(e))
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        self.stats.add("read.bytes", len(data))
-        return data
+            self._failed_read(handle, describe_error(e))
+        if len(data) != want:
+            self._failed_read(handle, f"{len(data)} bytes at offset {off} instead of {want}")
+        self.stats.add("read.bytes", want)
+        return data  # type: ignore[return-value]  # any buffer will do for pyfuse3
+
+    def _failed_read(self, handle: _Handle, why: str) -> NoReturn:
+        self.stats.add("eio")
+        log.error("read of %s failed: %s", self.tree.path_of(handle.inode), why)
+        raise pyfuse3.FUSEError(errno.EIO) from None
 
     @_guarded
     async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is not None:
-            self.fetcher.close_state(handle.state)
+        self._handles.pop(fh, None)
+
+    async def invalidate_object(self, hash_: str) -> None:
+        """Drop the kernel's cached pages (and attributes) of every file whose content
+        includes object ``hash_`` (it failed verification). Runs the invalidations in a
+        worker thread: pyfuse3 advises against calling them from the main loop."""
+        inodes = self.tree.inodes_with_hash(hash_)
+
+        def invalidate() -> None:
+            for ino in inodes:
+                try:
+                    pyfuse3.invalidate_inode(ino, attr_only=False)
+                except OSError as e:  # ENOENT: the kernel does not know the inode
+                    log.debug("invalidate_inode(%d): %s", ino, e)
+
+        await trio.to_thread.run_sync(invalidate, abandon_on_cancel=True)
+        log.info("invalidated the kernel's pages of %d file(s) using %s", len(inodes), hash_)
 
     # -- extended attributes ----------------------------------------------------------------
 

@@ -18,8 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import pyfuse3
 import trio
@@ -42,6 +42,10 @@ READY_TIMEOUT = 300.0
 """Seconds ``start_mount`` waits for the daemon to answer before giving up."""
 
 READY_PREFIX = b"ready "
+WARNING_PREFIX = b"warning: "
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds an unmount waits for cache writes under way to finish."""
 
 DEFAULT_CACHE_SIZE = 20 * 1024**3
 """Default bound of the block cache, in bytes."""
@@ -158,12 +162,20 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             del manifests
         finally:
             gc.enable()
-        store = open_store(config.store_uri, config.s3)
+        for warning in tree.warnings:
+            log.warning("%s", warning)
+            if ready_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.write(
+                        ready_fd, WARNING_PREFIX + warning.encode(errors="backslashreplace") + b"\n"
+                    )
+        store = open_store(config.store_uri, mount_s3_options(config.s3, config.policy))
         cache = BlockCache(config.cache_dir, config.cache_size, config.min_free_ratio)
         options = fuse_options(config.fuse_options)
         stats = MountStats()
         fetcher = ContentFetcher(cache, store, stats, config.policy)
         ops = ReadOnlyOperations(tree, fetcher, stats)
+        fetcher.on_bad = ops.invalidate_object
         try:
             pyfuse3.init(ops, mountpoint, options)
         except RuntimeError as e:
@@ -216,14 +228,16 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             async def flush_cache_index() -> None:
                 while True:
                     await trio.sleep(5)
-                    await trio.to_thread.run_sync(cache.flush_touched)
+                    await failsafe("flushing the cache index", cache.flush_touched)
 
             fetcher.attach(nursery)
             nursery.start_soon(announce_ready)
             nursery.start_soon(watch_signals)
             nursery.start_soon(flush_cache_index)
+            nursery.start_soon(failsafe, "reconciling the cache index", cache.reconcile)
             # pyfuse3.main returns when the file system is unmounted or terminated.
             await pyfuse3.main()
+            await fetcher.drain(DRAIN_TIMEOUT)
             nursery.cancel_scope.cancel()
 
     try:
@@ -233,6 +247,24 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         pyfuse3.close(unmount=terminated)
         cache.close()
         log.info("unmounted %s", mountpoint)
+
+
+async def failsafe(what: str, fn: Callable[[], object]) -> None:
+    """Run blocking ``fn`` in a worker thread; log an error (once per call, with its cause)
+    and carry on: background work never takes the mount down (S3QL's failsafe idea)."""
+    try:
+        await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    except Exception as e:
+        log.warning("%s failed (%s: %s); the mount goes on", what, type(e).__name__, e)
+
+
+def mount_s3_options(options: S3Options, policy: FetchPolicy) -> S3Options:
+    """The S3 client options of a mount: no botocore retries (the fetcher retries, one
+    retry layer) and socket timeouts within one attempt's budget."""
+    timeout = max(1.0, policy.attempt_timeout)
+    return replace(
+        options, max_attempts=1, connect_timeout=min(10.0, timeout), read_timeout=timeout
+    )
 
 
 def tune_kernel(st_dev: int) -> None:
@@ -276,9 +308,10 @@ def start_mount(argv: Sequence[str], log_file: str, timeout: float = READY_TIMEO
     Returns the daemon's pid once the mount answers. Raises :class:`MountError` with the
     daemon's own message when it exits or fails to answer within ``timeout`` seconds.
     """
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
     read_end, write_end = os.pipe()
-    with open(log_file, "ab") as log_out:
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(log_fd, "ab") as log_out:
         proc = subprocess.Popen(
             [*argv, "--ready-fd", str(write_end), "--log-file", log_file],
             stdin=subprocess.DEVNULL,
@@ -289,9 +322,13 @@ def start_mount(argv: Sequence[str], log_file: str, timeout: float = READY_TIMEO
         )
     os.close(write_end)
     try:
-        message = _read_ready(read_end, proc, timeout)
+        lines = _read_ready(read_end, proc, timeout)
     finally:
         os.close(read_end)
+    for line in lines:
+        if line.startswith(WARNING_PREFIX):
+            sys.stderr.write(line.decode(errors="replace") + "\n")
+    message = lines[-1] + b"\n" if lines and not lines[-1].startswith(WARNING_PREFIX) else b""
     if message.startswith(READY_PREFIX):
         return int(message[len(READY_PREFIX) :].strip() or proc.pid)
     if proc.poll() is None:
@@ -302,10 +339,16 @@ def start_mount(argv: Sequence[str], log_file: str, timeout: float = READY_TIMEO
     raise MountError(text)
 
 
-def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> list[bytes]:
+    """Lines from the daemon's ready pipe up to the first that is not a warning (the ready
+    line or an error), or all of them at EOF; within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    chunks: list[bytes] = []
+    buffer = b""
     while True:
+        lines = buffer.split(b"\n")
+        for n, line in enumerate(lines[:-1]):
+            if not line.startswith(WARNING_PREFIX):  # ready, or an error (maybe of more lines)
+                return [*lines[:n], b"\n".join(lines[n:]).rstrip(b"\n")]
         left = deadline - time.monotonic()
         if left <= 0:
             raise MountError(f"the mount did not answer within {timeout:.0f} s")
@@ -313,12 +356,10 @@ def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes
         if ready:
             data = os.read(fd, 65536)
             if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-            if b"\n" in data:
-                return b"".join(chunks)
-        elif proc.poll() is not None and not chunks:
-            return b""
+                return [line for line in lines if line]
+            buffer += data
+        elif proc.poll() is not None and not buffer:
+            return []
 
 
 def unmount(mountpoint: str, timeout: float = 60.0) -> None:

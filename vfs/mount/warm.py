@@ -9,9 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vfs.errors import CorruptObjectError, VfsError
-from vfs.mount.blockcache import BLOCK_SIZE, BlockCache
-from vfs.mount.fetcher import Downloader, block_length, hash_entries, nblocks
+from vfs.mount.blockcache import BlockCache
+from vfs.mount.blockfile import CorruptEntryError
+from vfs.mount.blocks import BLOCK_SIZE, block_length, is_whole, nblocks
+from vfs.mount.download import Abort, fetch_blocks, fetch_object
 from vfs.mount.objects import ObjectRef
+from vfs.mount.readahead import RUN_BLOCKS
+from vfs.mount.verify import ObjectHasher
 from vfs.storage import ObjectStore, data_key
 
 log = logging.getLogger(__name__)
@@ -38,11 +42,12 @@ def warm_cache(
 ) -> WarmSummary:
     """Fetch every object not yet cached, verified like the mount verifies reads.
 
-    Large objects are fetched block by block and then hashed as a whole; on a mismatch
-    their blocks are evicted and the failure is reported. ``on_bytes(n)`` is called as
-    bytes arrive or are found cached (for a progress bar).
+    A whole object is checked against its hash before it is cached. A large object is
+    hashed as a whole from its cached and fetched blocks (each checked on load); when it
+    hashes right it is recorded as verified in the cache index (mounts then trust it
+    without hashing again), otherwise its blocks are removed and the failure is reported.
+    ``on_bytes(n)`` is called as bytes arrive or are found cached (for a progress bar).
     """
-    downloader = Downloader(cache, store)
     distinct = {o.hash: o for o in objects}
     summary = WarmSummary(objects=len(distinct), failures=[])
     lock = threading.Lock()
@@ -54,7 +59,7 @@ def warm_cache(
 
     def one(obj: ObjectRef) -> None:
         try:
-            fetched = _warm_one(cache, downloader, obj, progress)
+            fetched = _warm_one(cache, store, obj, progress)
         except (VfsError, OSError) as e:
             with lock:
                 assert summary.failures is not None
@@ -70,35 +75,67 @@ def warm_cache(
 
 
 def _warm_one(
-    cache: BlockCache, downloader: Downloader, obj: ObjectRef, progress: Callable[[int], None]
+    cache: BlockCache, store: ObjectStore, obj: ObjectRef, progress: Callable[[int], None]
 ) -> int:
-    if obj.size <= BLOCK_SIZE:
-        if cache.has(cache.object_name(obj.hash), obj.size):
+    """Warm one object; the bytes fetched (0: it was cached)."""
+    if is_whole(obj):
+        try:
+            cache.load_object(obj)
             progress(obj.size)
             return 0
-        fetched = downloader.whole(obj)
+        except (FileNotFoundError, CorruptEntryError):
+            pass
+        data = fetch_object(store, obj, Abort())
+        _store(cache.store_object(obj, data), obj)
         progress(obj.size)
-        return fetched
+        return len(data)
+    known = cache.verified_sums(obj)
+    hasher = ObjectHasher()
     fetched = 0
-    names = []
-    for index in range(nblocks(obj)):
-        name = cache.block_name(obj.hash, index)
-        names.append(name)
-        length = block_length(obj, index)
-        if not cache.has(name, length):
-            fetched += downloader.block(obj, index, pinned=names)
-        progress(length)
-    actual = hash_entries(cache, names)
-    if actual != obj.hash:
-        cache.remove(names)
-        where = store_key(downloader, obj)
+    present = cache.present_blocks(obj.hash)
+    index = 0
+    count = nblocks(obj)
+    while index < count:
+        if index in present:
+            try:
+                expect = known[index] if known else None
+                block, _ = cache.load_block(obj, index, expect)
+                hasher.add(block)
+                progress(len(block))
+                index += 1
+                continue
+            except (FileNotFoundError, CorruptEntryError):
+                pass
+        run = 1
+        while run < RUN_BLOCKS and index + run < count and index + run not in present:
+            run += 1
+
+        def deliver(i: int, data: bytes, checksum: int) -> None:
+            nonlocal fetched
+            hasher.add(data)
+            cache.store_block(obj, i, data, checksum)
+            fetched += len(data)
+            progress(len(data))
+
+        fetch_blocks(store, obj, index, run, Abort(), deliver)
+        index += run
+    if hasher.hexdigest() != obj.hash:
+        cache.forget_object(obj)
+        where = store.describe(data_key(obj.hash))
         raise CorruptObjectError(
-            f"object {where} hashes to {actual}, not {obj.hash}; its blocks were evicted",
+            f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}; "
+            "its blocks were removed from the cache",
             key=where,
+            hint="the store holds wrong data for this hash; re-upload the file",
         )
+    if known is None:
+        cache.record_verified(obj, hasher.sums)
     return fetched
 
 
-def store_key(downloader: Downloader, obj: ObjectRef) -> str:
-    """Full location of an object for messages."""
-    return downloader.store.describe(data_key(obj.hash))
+def _store(stored: bool, obj: ObjectRef) -> None:
+    if not stored:
+        log.info("object %s was fetched but not cached (cache full or busy)", obj.hash)
+
+
+__all__ = ["BLOCK_SIZE", "WarmSummary", "block_length", "warm_cache"]

@@ -1,0 +1,197 @@
+"""The fetcher alone, without the kernel (S3QL's t3_fs_api.py style): reads served through
+``ContentFetcher.read`` in a Trio run, against a ``file://`` store or moto behind the relay."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import S3Relay
+
+from vfs.errors import CorruptObjectError, StoreError
+from vfs.hashing import hash_bytes
+from vfs.mount.blockcache import BlockCache
+from vfs.mount.blocks import BLOCK_SIZE
+from vfs.mount.fetcher import ContentFetcher, FetchPolicy
+from vfs.mount.objects import ObjectRef
+from vfs.mount.readahead import ReadaheadState
+from vfs.mount.service import mount_s3_options
+from vfs.mount.stats import MountStats
+from vfs.storage import LocalStore, ObjectStore, S3Options, data_key
+from vfs.storage.s3 import S3Store
+
+MiB = 1024 * 1024
+
+
+def run_with_fetcher(
+    cache_dir: Path,
+    store: ObjectStore,
+    body: Callable[[ContentFetcher], Awaitable[None]],
+    policy: FetchPolicy | None = None,
+    on_bad: Callable[[str], Awaitable[None]] | None = None,
+) -> MountStats:
+    stats = MountStats()
+
+    async def main() -> None:
+        fetcher = ContentFetcher(BlockCache(str(cache_dir), 1 << 30), store, stats, policy, on_bad)
+        async with trio.open_nursery() as nursery:
+            fetcher.attach(nursery)
+            await body(fetcher)
+            await fetcher.drain(10)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return stats
+
+
+def s3_store(relay: S3Relay, bucket: str, policy: FetchPolicy) -> S3Store:
+    return S3Store(bucket, "p", mount_s3_options(S3Options(endpoint_url=relay.url), policy))
+
+
+def put(s3_client, bucket: str, data: bytes) -> ObjectRef:  # type: ignore[no-untyped-def]
+    s3_client.put_object(Bucket=bucket, Key=f"p/{data_key(hash_bytes(data))}", Body=data)
+    return ObjectRef(hash_bytes(data), len(data))
+
+
+def test_random_ranges_of_small_and_large_objects(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"))
+    rng = random.Random(3)
+    datas = [rng.randbytes(n) for n in (0, 1, 5000, BLOCK_SIZE, 3 * BLOCK_SIZE + 17)]
+    objs = []
+    for d in datas:
+        store.put_bytes(data_key(hash_bytes(d)), d)
+        objs.append(ObjectRef(hash_bytes(d), len(d)))
+
+    async def body(f: ContentFetcher) -> None:
+        for obj, data in zip(objs, datas, strict=True):
+            state = ReadaheadState()
+            for _ in range(40):
+                off = rng.randrange(len(data) + 10)
+                size = rng.randrange(1, 2 * BLOCK_SIZE)
+                got = await f.read([obj], off, size, state)
+                assert bytes(got) == data[off : off + size]
+
+    stats = run_with_fetcher(tmp_path / "c", store, body)
+    assert stats.counters["fetch.blocks"] == 4  # each block of the large object once
+
+
+def test_one_retry_layer_recovers_from_503s(
+    tmp_path: Path,
+    s3_client,
+    s3_bucket: str,
+    s3_relay: S3Relay,  # type: ignore[no-untyped-def]
+) -> None:
+    """The store client does not retry (max_attempts=1): the fetcher's loop is the only
+    retry layer; with one attempt, the same faults fail reads."""
+    rng = random.Random(8)
+    datas = [rng.randbytes(rng.randrange(1, 2 * BLOCK_SIZE)) for _ in range(12)]
+    objs = [put(s3_client, s3_bucket, d) for d in datas]
+    s3_relay.fail_ratio = 0.3
+    failures: list[str] = []
+
+    def attempt(policy: FetchPolicy, cache: str) -> MountStats:
+        async def body(f: ContentFetcher) -> None:
+            for obj, data in zip(objs, datas, strict=True):
+                try:
+                    got = await f.read([obj], 0, len(data), ReadaheadState())
+                    assert bytes(got) == data
+                except StoreError as e:
+                    failures.append(str(e))
+
+        return run_with_fetcher(
+            tmp_path / cache, s3_store(s3_relay, s3_bucket, policy), body, policy
+        )
+
+    policy = FetchPolicy(attempts=8, fetch_timeout=60)
+    stats = attempt(policy, "c1")
+    assert failures == [] and stats.counters["fetch.retries"] > 0
+    gets = len(s3_relay.gets())
+    assert gets == 18 + stats.counters["fetch.retries"]  # one GET per attempt: no hidden layer
+    attempt(FetchPolicy(attempts=1), "c2")
+    assert failures  # without the retry loop, 503s become failed reads
+
+
+def test_concurrent_readers_of_a_block_share_one_get(
+    tmp_path: Path,
+    s3_client,
+    s3_bucket: str,
+    s3_relay: S3Relay,  # type: ignore[no-untyped-def]
+) -> None:
+    data = os.urandom(3 * BLOCK_SIZE)
+    obj = put(s3_client, s3_bucket, data)
+    s3_relay.stall = 0.5  # every reader arrives while the first GET is under way
+
+    async def body(f: ContentFetcher) -> None:
+        async def reader() -> None:
+            got = await f.read([obj], BLOCK_SIZE + 100, 1000, ReadaheadState())
+            assert bytes(got) == data[BLOCK_SIZE + 100 : BLOCK_SIZE + 1100]
+
+        async with trio.open_nursery() as n:
+            for _ in range(20):
+                n.start_soon(reader)
+
+    policy = FetchPolicy()
+    run_with_fetcher(tmp_path / "c", s3_store(s3_relay, s3_bucket, policy), body, policy)
+    assert len(s3_relay.gets(obj.hash)) == 1
+
+
+def test_an_abandoned_download_holds_no_slot(
+    tmp_path: Path,
+    s3_client,
+    s3_bucket: str,
+    s3_relay: S3Relay,  # type: ignore[no-untyped-def]
+) -> None:
+    """With one download slot: a read given up on a stalled store frees the slot at once,
+    so the next read is served while the abandoned thread still waits."""
+    stuck = put(s3_client, s3_bucket, os.urandom(2 * BLOCK_SIZE))
+    fine_data = os.urandom(2 * BLOCK_SIZE)
+    fine = put(s3_client, s3_bucket, fine_data)
+    policy = FetchPolicy(max_fetches=1, fetch_timeout=1.5, attempt_timeout=1.5, attempts=1)
+    took: list[float] = []
+
+    async def body(f: ContentFetcher) -> None:
+        s3_relay.stall = 20
+        with pytest.raises(StoreError, match="fetch-timeout"):
+            await f.read([stuck], 0, 1000, ReadaheadState())
+        s3_relay.stall = 0
+        start = time.monotonic()
+        got = await f.read([fine], 0, 1000, ReadaheadState())
+        took.append(time.monotonic() - start)
+        assert bytes(got) == fine_data[:1000]
+
+    run_with_fetcher(tmp_path / "c", s3_store(s3_relay, s3_bucket, policy), body, policy)
+    assert took[0] < 1.0, took
+
+
+def test_object_failing_its_hash_is_condemned_then_recovered(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"))
+    data = os.urandom(2 * BLOCK_SIZE + 3)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    store.put_bytes(data_key(obj.hash), os.urandom(len(data)))  # wrong bytes, right size
+    bad: list[str] = []
+
+    async def on_bad(h: str) -> None:
+        bad.append(h)
+
+    async def body(f: ContentFetcher) -> None:
+        await f.read([obj], 0, len(data), ReadaheadState())  # served: the block window
+        with trio.fail_after(10):
+            while not bad:
+                await trio.sleep(0.01)
+        assert not f.is_trusted([obj])
+        with pytest.raises(CorruptObjectError, match="hashes to"):
+            await f.read([obj], 0, 10, ReadaheadState())
+        store.put_bytes(data_key(obj.hash), data)
+        await trio.sleep(f.policy.failure_ttl + 0.1)
+        got = await f.read([obj], 0, len(data), ReadaheadState())
+        assert bytes(got) == data
+        assert f.is_trusted([obj])
+
+    stats = run_with_fetcher(tmp_path / "c", store, body, on_bad=on_bad)
+    assert bad == [obj.hash]
+    assert stats.counters["verify.failed"] == 2  # the background check, the strict refetch
