@@ -6,7 +6,7 @@ import click
 
 from vfs.cli.attachment import attachment
 from vfs.cli.cache import cache
-from vfs.cli.common import VfsGroup, setup_logging
+from vfs.cli.common import VfsGroup, escape_unencodable_output, setup_logging
 from vfs.cli.manifest import manifest
 from vfs.cli.mount import mount, unmount
 from vfs.cli.stats import stats
@@ -31,5 +31,6 @@ cli.add_command(cache)
 
 
 def main() -> None:
-    """Run the ``vfs`` command line."""
+    """Run the ``vfs`` command line (unencodable characters in output are escaped)."""
+    escape_unencodable_output()
     cli(prog_name="vfs")
