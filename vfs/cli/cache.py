@@ -24,8 +24,8 @@ from vfs.storage import open_store, read_location
 if TYPE_CHECKING:
     from vfs.mount.blockcache import BlockCache
 
-# The mount layer is imported inside the commands: it is being reshaped around the FUSE
-# stack (trio), which no cache command needs at import time (tests/test_cli_imports.py).
+# The mount layer is imported inside the commands: parts of it import the FUSE stack
+# (trio), which `vfs cache stats|prune` never need (tests/test_cli_imports.py).
 
 cache_dir_option = click.option(
     "--cache-dir",
