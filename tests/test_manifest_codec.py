@@ -23,6 +23,7 @@ from vfs.manifest import (
     Manifest,
     ManifestPath,
     canonical_path_key,
+    decode_any_manifest,
     decode_manifest,
     encode_manifest,
     path_problem,
@@ -330,3 +331,34 @@ def test_error_without_source_still_explains() -> None:
         decode_manifest(json.dumps(doc_with(paths=[bad_entry(path="../x")])))
     assert info.value.source is None
     assert "'../x'" in str(info.value) and "'..'" in str(info.value)
+
+
+# -- duplicate paths -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same_content", [True, False])
+def test_duplicate_path_is_refused_naming_file_and_path(same_content: bool) -> None:
+    """deadline decodes a manifest listing a path twice and keeps both entries; vfs refuses it
+    (which entry a download or mount would use is an accident of order), through the
+    canonical fast path, the general path and decode_any_manifest alike."""
+    twin = dict(GOOD) if same_content else bad_entry(hash=H0, size=0)
+    other = bad_entry(path="zz/other")
+    rows = [(str(e["path"]), str(e["hash"]), int(str(e["size"]))) for e in (GOOD, twin, other)]
+    canonical = encode_manifest(Manifest([entry(*row) for row in rows]))
+    assert len(dl_decode(canonical.decode("ascii")).paths) == 3  # deadline accepts it
+    spaced = json.dumps(doc_with(paths=[other, GOOD, twin]), indent=1)
+    for data in (canonical, canonical.decode("ascii"), spaced):
+        for decode in (decode_manifest, decode_any_manifest):
+            with pytest.raises(ManifestError) as info:
+                decode(data, source=SRC)
+            err = info.value
+            assert err.source == SRC and SRC in str(err)
+            assert err.entry is not None and repr("ok/file") in err.entry
+            assert "listed twice" in str(err) and repr("ok/file") in str(err)
+
+
+def test_distinct_paths_differing_only_in_case_or_form_are_not_duplicates() -> None:
+    m = Manifest([entry("a"), entry("A"), entry("\u00e9"), entry("e\u0301")])
+    data = encode_manifest(m)
+    assert data == dl_encode(m)
+    assert encode_manifest(decode_manifest(data)) == data

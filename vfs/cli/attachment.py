@@ -7,7 +7,7 @@ import os
 import click
 
 from vfs.cli.common import VfsGroup, emit_json, make_s3_options, s3_options
-from vfs.cli.mount import default_cache_dir
+from vfs.defaults import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hashing import hash_string
 from vfs.manifest import decode_manifest

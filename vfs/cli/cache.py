@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,13 +16,16 @@ from vfs.cli.common import (
     s3_options,
     size_callback,
 )
-from vfs.cli.mount import default_cache_dir
+from vfs.defaults import DEFAULT_CACHE_SIZE, default_cache_dir
 from vfs.errors import VfsError
 from vfs.manifest import decode_manifest, merge_manifests
-from vfs.mount.blockcache import BlockCache
-from vfs.mount.objects import ObjectRef
-from vfs.mount.warm import warm_cache
 from vfs.storage import open_store, read_location
+
+if TYPE_CHECKING:
+    from vfs.mount.blockcache import BlockCache
+
+# The mount layer is imported inside the commands: parts of it import the FUSE stack
+# (trio), which `vfs cache stats|prune` never need (tests/test_cli_imports.py).
 
 cache_dir_option = click.option(
     "--cache-dir",
@@ -32,6 +36,8 @@ cache_dir_option = click.option(
 
 
 def _open(cache_dir: str | None, max_size: int = 2**62) -> BlockCache:
+    from vfs.mount.blockcache import BlockCache
+
     return BlockCache(cache_dir or default_cache_dir(), max_size)
 
 
@@ -112,7 +118,7 @@ def prune(cache_dir: str | None, to_size: str | None, everything: bool, as_json:
 @cache_dir_option
 @click.option(
     "--cache-size",
-    default="20G",
+    default=DEFAULT_CACHE_SIZE,
     show_default=True,
     metavar="SIZE",
     callback=size_callback,
@@ -133,6 +139,9 @@ def warm(
     as_json: bool,
 ) -> None:
     """Fetch the content of a manifest's files into the cache ahead of a task."""
+    from vfs.mount.objects import ObjectRef
+    from vfs.mount.warm import warm_cache
+
     s3 = make_s3_options(endpoint_url, expected_bucket_owner)
     decoded = [decode_manifest(read_location(m, s3), source=m) for m in manifests]
     merged = merge_manifests(decoded)
@@ -143,7 +152,7 @@ def warm(
     objects = {p.hash: ObjectRef(p.hash, p.size) for p in entries}
     total = sum(o.size for o in objects.values())
     store = open_store(store_uri, s3)
-    c = BlockCache(cache_dir or default_cache_dir(), cache_size)
+    c = _open(cache_dir, cache_size)
     with byte_progress("warming", total, not as_json) as on_bytes:
         summary = warm_cache(c, store, objects.values(), workers=workers, on_bytes=on_bytes)
     c.close()

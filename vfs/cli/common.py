@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import io
 import json
 import logging
 import sys
@@ -61,11 +63,36 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value) + "\n")
 
 
+def escape_unencodable_output() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` write what they cannot encode as backslash
+    escapes (``\\ud800``, ``\\udcff``) instead of raising :class:`UnicodeEncodeError`.
+
+    Paths in manifests and on disk may hold lone surrogates (JSON ``"\\ud800"``, or bytes
+    that are not UTF-8, decoded with ``surrogateescape``) that no stream can encode; every
+    command prints such paths escaped rather than dying with a traceback. An ASCII stream
+    (``LC_ALL=C`` without UTF-8 mode) is switched to UTF-8 first, as click would do anyway
+    (its ``echo`` rewraps ASCII streams as UTF-8 with ``errors="replace"``, which turns the
+    characters into ``?``). Streams that cannot be reconfigured (replaced by a test runner,
+    closed, ``None``) are left alone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper) or stream.closed:
+            continue
+        ascii_only = codecs.lookup(stream.encoding).name == "ascii"
+        stream.reconfigure(encoding="utf-8" if ascii_only else None, errors="backslashreplace")
+
+
 def setup_logging(verbose: int, log_file: str | None = None) -> None:
-    """Log to stderr (or ``log_file``): warnings by default, info with -v, debug with -vv."""
+    """Log to stderr (or ``log_file``): warnings by default, info with -v, debug with -vv.
+
+    Log records with characters the file cannot hold (lone surrogates in paths) are written
+    with backslash escapes.
+    """
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler: logging.Handler = (
-        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler()
+        logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+        if log_file
+        else logging.StreamHandler()
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

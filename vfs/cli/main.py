@@ -2,17 +2,73 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
 import click
 
 from vfs.cli.attachment import attachment
 from vfs.cli.cache import cache
-from vfs.cli.common import VfsGroup, setup_logging
+from vfs.cli.common import VfsGroup, escape_unencodable_output, setup_logging
 from vfs.cli.manifest import manifest
-from vfs.cli.mount import mount, unmount
 from vfs.cli.stats import stats
 
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "mount": ("vfs.cli.mount:mount", "Mount the merged MANIFESTs read-only at MOUNTPOINT."),
+    "unmount": ("vfs.cli.mount:unmount", "Unmount a vfs mount; returns once it is gone."),
+}
+"""Commands whose module imports the FUSE stack (pyfuse3, trio): name -> (``module:attr``,
+the short help ``vfs --help`` shows without importing them)."""
 
-@click.group(cls=VfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(VfsGroup):
+    """A :class:`VfsGroup` whose ``lazy_commands`` are imported only when one of them runs
+    or its own help is asked for (click's "lazy loading subcommands" pattern).
+
+    ``lazy_commands`` maps a name to ``("package.module:attribute", short help)``; the group's
+    ``--help`` lists them with that short help, so listing commands imports nothing.
+    """
+
+    def __init__(
+        self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Eager and lazy command names, sorted."""
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command ``cmd_name``, importing its module first when it is a lazy one."""
+        if cmd_name not in self.lazy_commands:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attribute = self.lazy_commands[cmd_name][0].partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}:{attribute} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The "Commands" section of the help; lazy commands show their stored short help."""
+        eager = {n: c for n, c in self.commands.items() if n not in self.lazy_commands}
+        limit = formatter.width - 6 - max(map(len, [*eager, *self.lazy_commands]), default=0)
+        rows = [(n, c.get_short_help_str(limit)) for n, c in eager.items() if not c.hidden]
+        rows += [
+            (n, click.Command(n, help=short).get_short_help_str(limit))
+            for n, (_, short) in self.lazy_commands.items()
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="vfs")
 @click.pass_context
@@ -24,12 +80,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 cli.add_command(manifest)
 cli.add_command(attachment)
-cli.add_command(mount)
-cli.add_command(unmount)
 cli.add_command(stats)
 cli.add_command(cache)
 
 
 def main() -> None:
-    """Run the ``vfs`` command line."""
+    """Run the ``vfs`` command line (unencodable characters in output are escaped)."""
+    escape_unencodable_output()
     cli(prog_name="vfs")

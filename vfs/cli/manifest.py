@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from vfs.cli.common import VfsGroup, byte_progress, emit_json, make_s3_options, s3_options
-from vfs.cli.mount import default_cache_dir
+from vfs.defaults import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hash_cache import HashCache
 from vfs.hashing import hash_bytes

@@ -1,4 +1,8 @@
-"""``vfs mount`` and ``vfs unmount``."""
+"""``vfs mount`` and ``vfs unmount``.
+
+This module imports the FUSE stack (pyfuse3, trio); :mod:`vfs.cli.main` loads it only
+when one of its commands runs (or ``--help`` of one of them is asked for).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import os
 import sys
 
 import click
-import platformdirs
 
 from vfs.cli.common import make_s3_options, s3_options, setup_logging, size_callback
+from vfs.defaults import DEFAULT_CACHE_SIZE, default_cache_dir
 from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
 from vfs.mount.service import (
     MountConfig,
@@ -21,11 +25,6 @@ from vfs.mount.service import (
     unmount as unmount_path,
 )
 from vfs.mount.verify import VERIFY_MODES
-
-
-def default_cache_dir() -> str:
-    """The node's shared cache: ``$VFS_CACHE_DIR`` or the user cache dir (``~/.cache/vfs``)."""
-    return os.environ.get("VFS_CACHE_DIR") or platformdirs.user_cache_dir("vfs")
 
 
 @click.command()
@@ -55,7 +54,7 @@ def default_cache_dir() -> str:
     "--cache-size",
     callback=size_callback,
     metavar="SIZE",
-    default="20G",
+    default=DEFAULT_CACHE_SIZE,
     show_default=True,
     help="Bound of the block cache (e.g. 50G).",
 )
