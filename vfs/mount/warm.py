@@ -1,10 +1,16 @@
-"""Filling the block cache ahead of a task (``vfs cache warm``)."""
+"""Filling the block cache ahead of a task (``vfs cache warm``).
+
+What to warm comes from the mount's own :class:`~vfs.mount.tree.InodeTree` (same loading,
+same merge, same checks), so that ``cache warm`` fetches exactly the content a mount of the
+same manifests would read.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -12,6 +18,7 @@ from vfs.errors import CorruptObjectError, VfsError
 from vfs.mount.blockcache import BLOCK_SIZE, BlockCache
 from vfs.mount.fetcher import Downloader, block_length, hash_entries, nblocks
 from vfs.mount.objects import ObjectRef
+from vfs.mount.tree import ROOT_INODE, InodeTree
 from vfs.storage import ObjectStore, data_key
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,36 @@ class WarmSummary:
     cached: int = 0
     fetched_bytes: int = 0
     failures: list[str] | None = None
+
+
+def tree_objects(
+    tree: InodeTree, include: Sequence[str] = ()
+) -> tuple[list[str], dict[str, ObjectRef]]:
+    """The regular files of ``tree`` whose path matches an ``include`` glob (``fnmatch``;
+    every file when there is none), and the distinct CAS objects holding their content
+    (one per file, or each 256 MiB chunk of a chunked v2 file), by hash.
+
+    Symbolic links have no content and are left out. Paths are relative, ``/``-separated,
+    as the manifests spell them.
+    """
+    paths: list[str] = []
+    objects: dict[str, ObjectRef] = {}
+    stack: list[tuple[int, str]] = [(ROOT_INODE, "")]
+    while stack:
+        dir_ino, prefix = stack.pop()
+        for bname, ino in tree.entries(dir_ino):
+            path = prefix + bname.decode("utf-8", "surrogateescape")
+            if tree.is_dir(ino):
+                stack.append((ino, path + "/"))
+                continue
+            if ino in tree.symlinks:
+                continue
+            if include and not any(fnmatch.fnmatch(path, g) for g in include):
+                continue
+            paths.append(path)
+            for part in tree.file_parts(ino):
+                objects[part.hash] = part
+    return paths, objects
 
 
 def warm_cache(
