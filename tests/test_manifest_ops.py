@@ -51,6 +51,7 @@ from vfs.manifest import (
     subtree,
     to_v2,
 )
+from vfs.mount.tree import ROOT_INODE, InodeTree
 
 PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -92,6 +93,24 @@ v1_entry = st.builds(
     mtime=st.integers(0, 4),
 )
 v1_manifest = st.lists(v1_entry, min_size=1, max_size=6).map(lambda ps: Manifest(paths=ps))
+
+# Where deadline defines the merge: directory names and file names from disjoint pools (also
+# when folded), so that no path is ever both a file and a directory, within one manifest or
+# across manifests. deadline keeps both entries of such a clash, a tree no file system holds.
+DIR_POOL = ["d", "D", "ü"]
+FILE_POOL = ["a", "b", "A", "c.txt", "é", "\U0001f600"]
+tree_v1_entry = st.builds(
+    ManifestPath,
+    path=st.tuples(st.lists(st.sampled_from(DIR_POOL), max_size=2), st.sampled_from(FILE_POOL)).map(
+        lambda t: "/".join([*t[0], t[1]])
+    ),
+    hash=st.integers(0, 3).map(h),
+    size=st.integers(0, 3),
+    mtime=st.integers(0, 4),
+)
+tree_v1_manifest = st.lists(tree_v1_entry, min_size=1, max_size=6).map(
+    lambda ps: Manifest(paths=ps)
+)
 
 
 def _tree_paths(paths: list[str]) -> list[str]:
@@ -144,7 +163,7 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @PROPS
-@given(st.lists(st.tuples(st.integers(0, 3), v1_manifest), max_size=5))
+@given(st.lists(st.tuples(st.integers(0, 3), tree_v1_manifest), max_size=5))
 def test_merge_v1_matches_deadline(items: list[tuple[int, Manifest]]) -> None:
     ours = merge_manifests_chronologically(items)
     if not items:
@@ -176,7 +195,7 @@ def test_merge_sorts_stably_by_timestamp() -> None:
 
 
 @PROPS
-@given(st.lists(st.tuples(st.integers(0, 3), v1_manifest), min_size=1, max_size=4))
+@given(st.lists(st.tuples(st.integers(0, 3), tree_v1_manifest), min_size=1, max_size=4))
 def test_merge_case_insensitive_matches_windows_normcase(
     items: list[tuple[int, Manifest]],
 ) -> None:
@@ -191,7 +210,7 @@ def test_merge_case_insensitive_matches_windows_normcase(
 
 
 @PROPS
-@given(v1_manifest, v1_manifest, v1_manifest)
+@given(tree_v1_manifest, tree_v1_manifest, tree_v1_manifest)
 def test_merge_v1_is_associative(a: Manifest, b: Manifest, c: Manifest) -> None:
     flat = merge_manifests_chronologically([(0, a), (1, b), (2, c)])
     ab = merge_manifests_chronologically([(0, a), (1, b)])
@@ -202,6 +221,58 @@ def test_merge_v1_is_associative(a: Manifest, b: Manifest, c: Manifest) -> None:
     assert isinstance(left, Manifest) and isinstance(right, Manifest)
     assert isinstance(flat, Manifest)
     assert encode_manifest(left) == encode_manifest(right) == encode_manifest(flat)
+
+
+def test_merge_v1_file_replaces_directory_differs_from_deadline() -> None:
+    """DIFFERENCE: deadline keeps ``a/b/c`` beside the later file ``a/b`` (and ``x`` beside the
+    later ``x/y``), a manifest that no file system can hold; vfs layers like its mount: a
+    later file replaces an earlier directory with everything beneath it, a later entry
+    beneath a path replaces an earlier file."""
+    old = Manifest([mp("a/b/c", 1), mp("a/b/d/e", 2), mp("a/k", 3), mp("x", 4)])
+    new = Manifest([mp("a/b", 5), mp("x/y", 6)])
+    theirs = merge_asset_manifests([to_deadline(old), to_deadline(new)])
+    assert [p.path for p in theirs.paths] == ["a/b/c", "a/b/d/e", "a/k", "x", "a/b", "x/y"]
+    ours = merge_manifests_chronologically([(0, old), (1, new)])
+    assert isinstance(ours, Manifest)
+    assert [(p.path, p.hash) for p in ours.paths] == [("a/k", h(3)), ("a/b", h(5)), ("x/y", h(6))]
+    assert ours.effective_total_size() == 3
+
+
+def test_merge_refuses_a_manifest_that_is_not_a_tree() -> None:
+    bad = Manifest([mp("a/b", 1), mp("a", 2)])
+    with pytest.raises(ManifestError) as info:
+        merge_manifests_chronologically([(0, Manifest([mp("z")])), (1, bad)], sources=["z", "bad"])
+    assert info.value.source == "bad" and info.value.entry == repr("a")
+    assert "'a' is both a file and a directory in this one manifest" in str(info.value)
+    with pytest.raises(ManifestError, match=r"manifest bad.*'a' is both"):
+        merge_manifests_chronologically([(0, bad)], sources=["bad"])  # even alone
+
+
+@PROPS
+@given(
+    st.lists(
+        v1_manifest.filter(lambda m: len(_tree_paths([p.path for p in m.paths])) == len(m.paths)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_merge_v1_with_replacements_equals_the_mount_tree(layers: list[Manifest]) -> None:
+    """Any tree-shaped layers, clashing across manifests: ``manifest merge`` gives the files
+    of the mount's tree, each from the manifest the tree names, and is a tree itself."""
+    merged = merge_manifests_chronologically(list(enumerate(layers)))
+    assert isinstance(merged, Manifest)
+    tree = InodeTree.from_manifests(layers, [str(i) for i in range(len(layers))])
+    assert tree.file_count == len(merged.paths)
+    for p in merged.paths:
+        ino = ROOT_INODE
+        for part in p.path.split("/"):
+            found = tree.lookup(ino, os.fsencode(part))
+            assert found is not None
+            ino = found
+        assert not tree.is_dir(ino) and tree.hash_hex(ino) == p.hash
+        assert tree.size[ino] == p.size and tree.mtime[ino] == p.mtime
+    paths = [p.path for p in merged.paths]
+    assert _tree_paths(paths) == paths
 
 
 # -- merge: v2 -----------------------------------------------------------------------------

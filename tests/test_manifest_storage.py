@@ -39,7 +39,7 @@ from vfs.manifest import (
     decode_manifest,
     encode_any_manifest,
     encode_manifest,
-    merge_manifests,
+    merge_manifests_chronologically,
     to_v2,
 )
 from vfs.storage import (
@@ -498,8 +498,8 @@ def test_merged_outputs_match_deadline(job_bucket: S3Store, dl_session: boto3.Se
         by_root.setdefault(got.asset_root, []).append((got.last_modified, got.manifest))
     ours = {}
     for root, entries in by_root.items():
-        merged = merge_manifests([m for _, m in sorted(entries, key=lambda e: e[0])])
-        assert merged is not None
+        merged = merge_manifests_chronologically(entries)
+        assert isinstance(merged, Manifest)
         ours[root] = encode_manifest(merged)
 
     assert set(theirs) == set(ours) == {ROOT_A, ROOT_B}

@@ -1,4 +1,5 @@
-"""Merging manifests (against deadline's ``merge_asset_manifests``) and the mount's inode tree."""
+"""Merging manifests as layers (against deadline's ``merge_asset_manifests`` where it defines
+the result) and the mount's inode tree."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vfs.errors import ManifestError
-from vfs.manifest import Manifest, ManifestPath, encode_manifest, merge_manifests
-from vfs.manifest.merge import merge_with_sources
+from vfs.manifest import (
+    Manifest,
+    ManifestDirectoryPath,
+    ManifestFilePath,
+    ManifestPath,
+    ManifestV2,
+    encode_manifest,
+    merge_layers,
+    merge_manifests_chronologically,
+)
 from vfs.mount.tree import MAX_MTIME_US, ROOT_INODE, InodeTree
 
 
@@ -24,6 +33,11 @@ def h(n: int) -> str:
 
 def mp(path: str, n: int = 1, size: int = 1, mtime: int = 0) -> ManifestPath:
     return ManifestPath(path, h(n), size, mtime)
+
+
+def merge_manifests(manifests: list[Manifest]) -> Manifest | None:
+    """``vfs manifest merge`` of ``manifests`` in the order given."""
+    return merge_manifests_chronologically(list(enumerate(manifests)))
 
 
 def to_deadline(m: Manifest) -> DlManifest:
@@ -57,15 +71,18 @@ def test_merge_zero_and_one() -> None:
     assert merge_asset_manifests([]) is None
 
 
-def test_merge_with_sources_and_hash_alg_mismatch() -> None:
-    a = Manifest(paths=[mp("x", 1), mp("y", 2)])
-    b = Manifest(paths=[mp("y", 3)])
-    merged = merge_with_sources([a, b])
-    assert list(merged) == ["x", "y"]
-    assert merged["x"] == (mp("x", 1), 0)
-    assert merged["y"] == (mp("y", 3), 1)
+def test_merge_layers_sources_and_hash_alg_mismatch() -> None:
+    a = Manifest(paths=[mp("x", 1), mp("d/y", 2)])
+    b = Manifest(paths=[mp("d/y", 3)])
+    merged = merge_layers([a, b])
+    assert list(merged.files) == ["x", "d/y"]
+    assert merged.files["x"] == (mp("x", 1), 0)
+    assert merged.files["d/y"] == (mp("d/y", 3), 1)
+    assert merged.dirs == {"d": ("d", 0)}
+    assert merged.hash_alg == "xxh128"
+    assert merge_layers([]).hash_alg is None
     with pytest.raises(ManifestError, match="hashAlg"):
-        merge_with_sources([a, Manifest(paths=[mp("x")], hash_alg="sha1")])
+        merge_layers([a, Manifest(paths=[mp("x")], hash_alg="sha1")])
 
 
 _names = st.sampled_from(["a", "b", "B", "d/e", "d/f", "\u00e9", "\U0001f600", "\uff41", "z/y/x"])
@@ -195,22 +212,88 @@ def test_file_vs_directory_conflict_in_one_manifest(paths: list[str]) -> None:
     assert "both a file and a directory" in str(err)
 
 
-@pytest.mark.parametrize("order", ["file_first", "dir_first"])
-def test_file_vs_directory_conflict_across_manifests(order: str) -> None:
-    file_m = Manifest(paths=[mp("keep"), mp("shared/thing")])
-    dir_m = Manifest(paths=[mp("shared/thing/inner.txt")])
-    pairs = [(file_m, "files.manifest"), (dir_m, "dirs.manifest")]
-    if order == "dir_first":
-        pairs.reverse()
+def test_later_file_replaces_earlier_directory_across_manifests() -> None:
+    dir_m = Manifest(paths=[mp("keep"), mp("shared/thing/inner.txt", 1), mp("shared/thing/x/y")])
+    file_m = Manifest(paths=[mp("shared/thing", 2, 7)])
+    tree = InodeTree.from_manifests([dir_m, file_m], ["dirs.manifest", "files.manifest"])
+    thing = node(tree, "shared/thing")
+    assert not tree.is_dir(thing)
+    assert tree.hash_hex(thing) == h(2) and tree.size[thing] == 7
+    assert tree.source_of(thing) == "files.manifest"
+    assert tree.file_count == 2
+    assert {n for n, _ in tree.entries(node(tree, "shared"))} == {b"thing"}
+    merged = merge_layers([dir_m, file_m])
+    assert list(merged.files) == ["keep", "shared/thing"]
+    assert list(merged.dirs) == ["shared"]
+
+
+def test_later_directory_replaces_earlier_file_across_manifests() -> None:
+    file_m = Manifest(paths=[mp("keep"), mp("shared/thing", 1)])
+    dir_m = Manifest(paths=[mp("shared/thing/inner.txt", 2)])
+    tree = InodeTree.from_manifests([file_m, dir_m], ["files.manifest", "dirs.manifest"])
+    assert tree.is_dir(node(tree, "shared/thing"))
+    inner = node(tree, "shared/thing/inner.txt")
+    assert tree.hash_hex(inner) == h(2) and tree.source_of(inner) == "dirs.manifest"
+    assert tree.file_count == 2
+    # v2: an explicit (empty) directory replaces a file too.
+    v2 = ManifestV2(files=[], dirs=[ManifestDirectoryPath("keep")])
+    tree2 = InodeTree.from_manifests([file_m, v2])
+    assert tree2.is_dir(node(tree2, "keep")) and tree2.file_count == 1
+
+
+def test_replacements_match_the_manifest_merge() -> None:
+    """The mount's tree and ``vfs manifest merge`` give the same files from the same layers."""
+    layers = [
+        Manifest(paths=[mp("a/b/c", 1), mp("a/d", 2), mp("e", 3), mp("f/g", 4)]),
+        Manifest(paths=[mp("a/b", 5), mp("e/x", 6)]),
+        Manifest(paths=[mp("a/b/z", 7), mp("f", 8)]),
+    ]
+    merged = merge_manifests(layers)
+    assert merged is not None
+    assert [(p.path, p.hash) for p in merged.paths] == [
+        ("a/d", h(2)),
+        ("e/x", h(6)),
+        ("a/b/z", h(7)),
+        ("f", h(8)),
+    ]
+    tree = InodeTree.from_manifests(layers)
+    assert tree.file_count == len(merged.paths)
+    for p in merged.paths:
+        assert tree.hash_hex(node(tree, p.path)) == p.hash
+
+
+@pytest.mark.parametrize(
+    ("manifest", "entry"),
+    [
+        (Manifest(paths=[mp("a"), mp("b"), mp("a/b")]), "a/b"),
+        (
+            ManifestV2(
+                files=[ManifestFilePath.file("a", h(1), 1, 0)], dirs=[ManifestDirectoryPath("a/b")]
+            ),
+            "a",
+        ),
+    ],
+)
+def test_within_one_manifest_conflict_refused_by_every_merge(
+    manifest: Manifest | ManifestV2, entry: str
+) -> None:
+    ok = Manifest(paths=[mp("ok")])
     with pytest.raises(ManifestError) as info:
-        InodeTree.from_manifests([m for m, _ in pairs], [s for _, s in pairs])
-    err = info.value
-    second = pairs[1][1]
-    second_path = "shared/thing/inner.txt" if order == "file_first" else "shared/thing"
-    assert err.source == second
-    assert second in str(err)
-    assert err.entry is not None and second_path in err.entry
-    assert "shared/thing" in str(err)
+        merge_layers([ok, manifest], sources=["ok.manifest", "bad.manifest"])
+    assert info.value.source == "bad.manifest"
+    assert info.value.entry == repr(entry)
+    assert "'a' is both a file and a directory" in str(info.value)
+    with pytest.raises(ManifestError, match=r"bad\.manifest.*'a' is both"):
+        merge_manifests_chronologically([(0, ok), (1, manifest)], sources=["o", "bad.manifest"])
+    with pytest.raises(ManifestError, match=r"bad\.manifest.*'a' is both"):
+        InodeTree.from_manifests([ok, manifest], ["ok.manifest", "bad.manifest"])
+
+
+def test_within_one_manifest_conflict_refused_case_insensitive() -> None:
+    m = Manifest(paths=[mp("Dir"), mp("dir/x")])
+    assert merge_manifests_chronologically([(0, m)]) is m  # distinct paths when case matters
+    with pytest.raises(ManifestError, match="'Dir' is both a file and a directory"):
+        merge_manifests_chronologically([(0, m)], case_insensitive=True, sources=["m"])
 
 
 def test_later_manifest_replacing_a_file_is_not_a_conflict() -> None:

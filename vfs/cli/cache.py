@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from typing import TYPE_CHECKING
 
 import click
@@ -18,8 +17,7 @@ from vfs.cli.common import (
 )
 from vfs.defaults import DEFAULT_CACHE_SIZE, default_cache_dir
 from vfs.errors import VfsError
-from vfs.manifest import decode_manifest, merge_manifests
-from vfs.storage import open_store, read_location
+from vfs.storage import open_store
 
 if TYPE_CHECKING:
     from vfs.mount.blockcache import BlockCache
@@ -138,18 +136,18 @@ def warm(
     expected_bucket_owner: str | None,
     as_json: bool,
 ) -> None:
-    """Fetch the content of a manifest's files into the cache ahead of a task."""
-    from vfs.mount.objects import ObjectRef
-    from vfs.mount.warm import warm_cache
+    """Fetch the content of a manifest's files into the cache ahead of a task.
+
+    The manifests (either format) are read and merged exactly as ``vfs mount`` does, so the
+    files warmed are the files a mount of the same manifests shows.
+    """
+    from vfs.mount.service import load_manifests
+    from vfs.mount.tree import InodeTree
+    from vfs.mount.warm import tree_objects, warm_cache
 
     s3 = make_s3_options(endpoint_url, expected_bucket_owner)
-    decoded = [decode_manifest(read_location(m, s3), source=m) for m in manifests]
-    merged = merge_manifests(decoded)
-    assert merged is not None
-    entries = [
-        p for p in merged.paths if not include or any(fnmatch.fnmatch(p.path, g) for g in include)
-    ]
-    objects = {p.hash: ObjectRef(p.hash, p.size) for p in entries}
+    decoded, sources = load_manifests(manifests, s3)
+    entries, objects = tree_objects(InodeTree.from_manifests(decoded, sources), include)
     total = sum(o.size for o in objects.values())
     store = open_store(store_uri, s3)
     c = _open(cache_dir, cache_size)

@@ -316,9 +316,16 @@ def merge(
     case_insensitive: bool,
     as_json: bool,
 ) -> None:
-    """Merge manifests into one: the last one given wins for a path (deadline's merge)."""
+    """Merge manifests into one: the last one given wins for a path (deadline's merge).
+
+    Across manifests a later file replaces an earlier directory with everything in it, and a
+    later directory replaces an earlier file, as in a mount of the same manifests; a manifest
+    in which a path is both a file and a directory is refused.
+    """
     decoded = [(float(i), read_manifest(m)) for i, m in enumerate(manifests)]
-    merged = merge_manifests_chronologically(decoded, case_insensitive=case_insensitive)
+    merged = merge_manifests_chronologically(
+        decoded, case_insensitive=case_insensitive, sources=manifests
+    )
     if merged is None or (isinstance(merged, Manifest) and not merged.paths):
         if as_json:
             emit_json({"root": root, "manifest": None})
@@ -508,7 +515,9 @@ def download(
         by_root.setdefault(root, []).append((got.last_modified, got.manifest, key))
     results = []
     for root, items in by_root.items():
-        merged = merge_manifests_chronologically([(t, m) for t, m, _ in items])
+        merged = merge_manifests_chronologically(
+            [(t, m) for t, m, _ in items], sources=[store.describe(k) for _, _, k in items]
+        )
         if merged is None:
             continue
         name = root.replace("/", "_") if root else "manifest"

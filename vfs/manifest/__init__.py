@@ -20,7 +20,7 @@ from vfs.manifest.convert import (
     to_v2,
 )
 from vfs.manifest.globs import glob_matches
-from vfs.manifest.merge import merge_manifests, merge_with_sources
+from vfs.manifest.merge import MergedEntry, MergedLayers, merge_layers
 from vfs.manifest.model import (
     HASH_ALG_XXH128,
     MANIFEST_VERSION_V1,
@@ -64,6 +64,8 @@ __all__ = [
     "ManifestFilePath",
     "ManifestPath",
     "ManifestV2",
+    "MergedEntry",
+    "MergedLayers",
     "apply_diff",
     "canonical_dirs",
     "canonical_path_key",
@@ -79,9 +81,8 @@ __all__ = [
     "filter_manifest",
     "glob_matches",
     "manifest_hash",
-    "merge_manifests",
+    "merge_layers",
     "merge_manifests_chronologically",
-    "merge_with_sources",
     "path_problem",
     "subtree",
     "symlink_target_problem",

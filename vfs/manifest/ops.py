@@ -17,6 +17,7 @@ from vfs.errors import ManifestError
 from vfs.manifest.codec import canonical_path_key
 from vfs.manifest.convert import AnyManifest, manifest_hash, to_v2
 from vfs.manifest.globs import included
+from vfs.manifest.merge import MergedEntry, MergedLayers, merge_layers
 from vfs.manifest.model import Manifest, ManifestPath
 from vfs.manifest.paths import path_problem
 from vfs.manifest.v2 import (
@@ -38,147 +39,55 @@ else:
 M = TypeVar("M", Manifest, ManifestV2)
 
 
-def _key(path: str, case_insensitive: bool) -> str:
-    # deadline keys by os.path.normcase(path), which lower-cases on Windows
-    # (_incremental_downloads/_manifest_s3_downloads.py::_merge_manifests).
-    return path.lower() if case_insensitive else path
-
-
 def _as_v2(manifest: AnyManifest) -> ManifestV2:
     return manifest if isinstance(manifest, ManifestV2) else to_v2(manifest)
 
 
-# -- the tree all v2 operations fold into --------------------------------------------------
+# -- the v2 snapshot of merged layers -----------------------------------------------------
 
 
-class _Tree:
-    """Files and directories of a snapshot under construction, keyed by (folded) path.
+def _as_file(entry: MergedEntry) -> ManifestFilePath:
+    if isinstance(entry, ManifestPath):
+        return ManifestFilePath.file(entry.path, entry.hash, entry.size, entry.mtime)
+    return entry
 
-    Applying entries in order gives last-write-wins on the *tree*: a file replaces a
-    directory of the same path with everything in it, and a file standing where a later
-    entry needs a directory is removed.
+
+def _snapshot(merged: MergedLayers, hash_alg: str, case_insensitive: bool) -> ManifestV2:
+    """The tree of ``merged`` as a v2 snapshot (every directory listed; v1 entries become
+    v2 files).
+
+    With folded keys, paths are re-spelled so that each directory has one spelling (that of
+    the entry that created it, or of its latest explicit listing) and each entry keeps the
+    last spelling of its final component.
     """
+    v2_files = [_as_file(e) for e, _ in merged.files.values()]
+    if not case_insensitive:
+        dirs = [ManifestDirectoryPath(path) for path, _ in merged.dirs.values()]
+        return ManifestV2(files=v2_files, dirs=dirs, hash_alg=hash_alg)
+    spelled: dict[str, str] = {}
 
-    def __init__(self, case_insensitive: bool = False) -> None:
-        self.case_insensitive = case_insensitive
-        self.files: dict[str, ManifestFilePath] = {}
-        self.dirs: dict[str, ManifestDirectoryPath] = {}
-        self.children: dict[str, set[str]] = {}
-
-    def key(self, path: str) -> str:
-        return _key(path, self.case_insensitive)
-
-    def _link(self, key: str) -> None:
+    def respell(key: str, path: str) -> str:
         cut = key.rfind("/")
-        self.children.setdefault(key[:cut] if cut > 0 else "", set()).add(key)
+        if cut <= 0:
+            return path
+        return f"{spelled[key[:cut]]}/{path[path.rfind('/') + 1 :]}"
 
-    def _unlink(self, key: str) -> None:
-        cut = key.rfind("/")
-        siblings = self.children.get(key[:cut] if cut > 0 else "")
-        if siblings is not None:
-            siblings.discard(key)
-
-    def remove_file(self, key: str) -> None:
-        if self.files.pop(key, None) is not None:
-            self._unlink(key)
-
-    def remove_dir(self, key: str) -> None:
-        """Remove a directory and everything in it."""
-        if key not in self.dirs:
-            return
-        self._unlink(key)
-        stack = [key]
-        while stack:
-            k = stack.pop()
-            del self.dirs[k]
-            for child in self.children.pop(k, ()):
-                self.files.pop(child, None)
-                if child in self.dirs:
-                    stack.append(child)
-
-    def put_dir(self, path: str, explicit: bool = True) -> None:
-        """Make ``path`` and its ancestors directories (files in the way are removed)."""
-        key = self.key(path)
-        missing: list[tuple[str, str]] = []
-        while True:
-            if key in self.dirs:
-                if explicit and not missing:
-                    self.dirs[key] = ManifestDirectoryPath(path)  # last spelling wins
-                break
-            self.remove_file(key)
-            missing.append((key, path))
-            cut = key.rfind("/")
-            if cut <= 0:
-                break
-            key, path = key[:cut], path[:cut]
-        for k, p in reversed(missing):
-            self.dirs[k] = ManifestDirectoryPath(p)
-            self._link(k)
-
-    def put_file(self, entry: ManifestFilePath) -> None:
-        key = self.key(entry.path)
-        cut = entry.path.rfind("/")
-        if cut > 0:
-            self.put_dir(entry.path[:cut], explicit=False)
-        self.remove_dir(key)
-        if key not in self.files:
-            self._link(key)
-        self.files[key] = entry
-
-    def apply(self, manifest: AnyManifest) -> None:
-        """Apply one manifest as a layer: its deletions first, then its entries."""
-        if isinstance(manifest, Manifest):
-            for p in manifest.paths:
-                self.put_file(ManifestFilePath.file(p.path, p.hash, p.size, p.mtime))
-            return
-        for d in manifest.dirs:
-            if d.deleted:
-                self.remove_dir(self.key(d.path))
-        for f in manifest.files:
-            if f.deleted:
-                self.remove_file(self.key(f.path))
-        for d in manifest.dirs:
-            if not d.deleted:
-                self.put_dir(d.path)
-        for f in manifest.files:
-            if not f.deleted:
-                self.put_file(f)
-
-    def snapshot(self, hash_alg: str) -> ManifestV2:
-        """The tree as a v2 snapshot (every directory listed).
-
-        With folded keys, paths are re-spelled so that each directory has one spelling (that
-        of the entry that created it, or of its latest explicit listing) and each entry keeps
-        the last spelling of its final component.
-        """
-        if not self.case_insensitive:
-            return ManifestV2(
-                files=list(self.files.values()), dirs=list(self.dirs.values()), hash_alg=hash_alg
-            )
-        spelled: dict[str, str] = {}
-
-        def respell(key: str, path: str) -> str:
-            cut = key.rfind("/")
-            if cut <= 0:
-                return path
-            return f"{spelled[key[:cut]]}/{path[path.rfind('/') + 1 :]}"
-
-        for key in sorted(self.dirs, key=len):  # parents before children
-            spelled[key] = respell(key, self.dirs[key].path)
-        files = [
-            ManifestFilePath(
-                respell(key, f.path),
-                hash=f.hash,
-                size=f.size,
-                mtime=f.mtime,
-                runnable=f.runnable,
-                chunkhashes=f.chunkhashes,
-                symlink_target=f.symlink_target,
-            )
-            for key, f in self.files.items()
-        ]
-        dirs = [ManifestDirectoryPath(spelled[key]) for key in self.dirs]
-        return ManifestV2(files=files, dirs=dirs, hash_alg=hash_alg)
+    for key in sorted(merged.dirs, key=len):  # parents before children
+        spelled[key] = respell(key, merged.dirs[key][0])
+    respelled = [
+        ManifestFilePath(
+            respell(key, f.path),
+            hash=f.hash,
+            size=f.size,
+            mtime=f.mtime,
+            runnable=f.runnable,
+            chunkhashes=f.chunkhashes,
+            symlink_target=f.symlink_target,
+        )
+        for key, f in zip(merged.files, v2_files, strict=True)
+    ]
+    dirs = [ManifestDirectoryPath(spelled[key]) for key in merged.dirs]
+    return ManifestV2(files=respelled, dirs=dirs, hash_alg=hash_alg)
 
 
 # -- merge ---------------------------------------------------------------------------------
@@ -186,37 +95,49 @@ class _Tree:
 
 @overload
 def merge_manifests_chronologically(
-    manifests: Sequence[tuple[T, Manifest]], *, case_insensitive: bool = False
+    manifests: Sequence[tuple[T, Manifest]],
+    *,
+    case_insensitive: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> Manifest | None: ...
 
 
 @overload
 def merge_manifests_chronologically(
-    manifests: Sequence[tuple[T, AnyManifest]], *, case_insensitive: bool = False
+    manifests: Sequence[tuple[T, AnyManifest]],
+    *,
+    case_insensitive: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> AnyManifest | None: ...
 
 
 def merge_manifests_chronologically(
-    manifests: Sequence[tuple[T, AnyManifest]], *, case_insensitive: bool = False
+    manifests: Sequence[tuple[T, AnyManifest]],
+    *,
+    case_insensitive: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> AnyManifest | None:
     """Merge ``(timestamp, manifest)`` pairs of one asset root, oldest first, last write wins.
 
     The pairs are sorted by timestamp (any comparable values, e.g. S3 ``LastModified``;
-    stable, so equal timestamps keep their order). ``case_insensitive`` folds path keys with
-    ``str.lower`` (Windows roots), keeping the last writer's spelling. Returns ``None`` for
-    no manifests. Raises :class:`ManifestError` when the hash algorithms differ.
+    stable, so equal timestamps keep their order), then layered by
+    :func:`~vfs.manifest.merge.merge_layers` (the rules of the mount and of ``cache warm``).
+    ``case_insensitive`` folds path keys with ``str.lower`` (Windows roots), keeping the last
+    writer's spelling. ``sources`` names each pair's manifest (same order as ``manifests``)
+    for error messages. Returns ``None`` for no manifests. Raises :class:`ManifestError`
+    when the hash algorithms differ, or a manifest has a path that is both a file and a
+    directory.
 
     All v1: deadline's semantics exactly (``download.py::merge_asset_manifests`` after the
-    sort of ``_incremental_downloads``): one entry per path key, the latest one, in
-    first-insertion order, ``totalSize`` recomputed; a single manifest is returned as is
-    (unless keys are folded).
+    sort of ``_incremental_downloads``) wherever no path is both a file and a directory: one
+    entry per path key, the latest one, in first-insertion order, ``totalSize`` recomputed;
+    a single manifest is returned as is (unless keys are folded). Where a later file stands
+    on an earlier directory (or a later entry beneath an earlier file), the earlier one goes
+    with everything beneath it; deadline keeps both, which no file system can hold.
 
-    Any v2: the manifests are applied in order onto an empty tree, giving a v2 snapshot
-    (rusty ``compose_manifests``): entries replace earlier ones of the same path, a file
-    replaces a directory of the same path (and its content) and vice versa, a later delete
-    marker removes the file, or the directory with everything in it; delete markers are
-    consumed, never carried into the result (so ``parentManifestHash`` is dropped). v1
-    inputs take part as v2 snapshots.
+    Any v2: the result is a v2 snapshot of the layered tree (rusty ``compose_manifests``):
+    every directory listed, delete markers consumed, never carried into the result (so
+    ``parentManifestHash`` is dropped). v1 inputs take part as v2 snapshots.
 
     Grouping: merging ``[a, b]`` and then ``c`` always equals merging ``[a, b, c]``. Merging
     ``a`` with the merge of ``[b, c]`` gives the same result when no delete marker and no
@@ -225,23 +146,17 @@ def merge_manifests_chronologically(
     """
     if not manifests:
         return None
-    ordered = [m for _, m in sorted(manifests, key=lambda item: item[0])]
-    algs = {m.hash_alg for m in ordered}
-    if len(algs) > 1:
-        raise ManifestError(f"cannot merge manifests with different hashAlg: {sorted(algs)}")
+    order = sorted(range(len(manifests)), key=lambda i: manifests[i][0])
+    ordered = [manifests[i][1] for i in order]
+    names = [sources[i] for i in order] if sources is not None else None
+    merged = merge_layers(ordered, sources=names, case_insensitive=case_insensitive)
+    hash_alg = ordered[0].hash_alg
     if all(isinstance(m, Manifest) for m in ordered):
-        v1 = [m for m in ordered if isinstance(m, Manifest)]
-        if len(v1) == 1 and not case_insensitive:
-            return v1[0]
-        merged: dict[str, ManifestPath] = {}
-        for m in v1:
-            for p in m.paths:
-                merged[_key(p.path, case_insensitive)] = p
-        return Manifest(paths=list(merged.values()), hash_alg=ordered[0].hash_alg)
-    tree = _Tree(case_insensitive)
-    for layer in ordered:
-        tree.apply(layer)
-    return tree.snapshot(ordered[0].hash_alg)
+        if len(ordered) == 1 and not case_insensitive:
+            return ordered[0]
+        paths = [e for e, _ in merged.files.values() if isinstance(e, ManifestPath)]
+        return Manifest(paths=paths, hash_alg=hash_alg)
+    return _snapshot(merged, hash_alg, case_insensitive)
 
 
 # -- diff ----------------------------------------------------------------------------------
@@ -380,12 +295,13 @@ def apply_diff(
 ) -> ManifestV2:
     """Apply a v2 diff manifest to its parent snapshot, giving the new v2 snapshot.
 
-    Deletions first (a deleted directory goes with everything in it; markers for paths the
-    parent lacks are ignored), then the diff's directories and files replace or add entries
-    (rusty ``apply_diff_manifest``). With ``check_parent_hash`` the parent's manifest hash
-    must equal ``diff.parent_manifest_hash``. Raises :class:`ManifestError` if ``diff`` is
-    not a valid diff manifest, ``parent`` is a diff, the hash algorithms differ, or the
-    parent hash does not match.
+    The diff is layered on the parent by :func:`~vfs.manifest.merge.merge_layers`: deletions
+    first (a deleted directory goes with everything in it; markers for paths the parent
+    lacks are ignored), then the diff's directories and files replace or add entries (rusty
+    ``apply_diff_manifest``). With ``check_parent_hash`` the parent's manifest hash must
+    equal ``diff.parent_manifest_hash``. Raises :class:`ManifestError` if ``diff`` is not a
+    valid diff manifest, ``parent`` is a diff or has a path that is both a file and a
+    directory, the hash algorithms differ, or the parent hash does not match.
     """
     if not diff.is_diff:
         raise ManifestError("apply_diff needs a diff manifest (one with parentManifestHash)")
@@ -402,10 +318,8 @@ def apply_diff(
                 f"not this one ({actual})",
                 hint="apply it to the manifest it was computed from",
             )
-    tree = _Tree()
-    tree.apply(parent)
-    tree.apply(diff)
-    return tree.snapshot(parent.hash_alg)
+    merged = merge_layers([parent, diff], sources=["the parent", "the diff"])
+    return _snapshot(merged, parent.hash_alg, case_insensitive=False)
 
 
 # -- filter and subtree --------------------------------------------------------------------

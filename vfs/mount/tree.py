@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from vfs.errors import ManifestError
 from vfs.manifest import Manifest, ManifestPath
+from vfs.manifest.merge import merge_layers
 from vfs.manifest.v2 import ManifestFilePath, ManifestV2
 from vfs.mount.objects import CHUNK_SIZE, ObjectRef
 
@@ -77,20 +78,23 @@ class InodeTree:
     def from_manifests(
         cls, manifests: Sequence[Manifest | ManifestV2], sources: Sequence[str] | None = None
     ) -> InodeTree:
-        """Merge ``manifests`` (last wins per path) and build the tree.
+        """Merge ``manifests`` with :func:`~vfs.manifest.merge.merge_layers` (last wins per
+        path; across manifests a file replaces a directory and a directory a file) and build
+        the tree.
 
         Manifests of both formats may be mixed. Of format 2025-12-04-beta the tree also
         takes chunked files, symbolic links, the execute bit, explicit (also empty)
         directories, and delete markers, which remove what earlier manifests listed.
         ``sources`` names each manifest (file path or URI) for error messages and for
-        provenance. Raises :class:`ManifestError` naming the manifest and entry when a path
-        is both a file and a directory, a name cannot be a Linux file name, or a size or
-        mtime is out of range.
+        provenance. Raises :class:`ManifestError` naming the manifest and entry when within
+        one manifest a path is both a file and a directory, a name cannot be a Linux file
+        name, or a size or mtime is out of range.
         """
         names = list(sources) if sources is not None else [f"#{i}" for i in range(len(manifests))]
         tree = cls()
         tree.sources = names
-        merged, explicit_dirs = _merge_for_mount(manifests)
+        layers = merge_layers(manifests, sources=names)
+        merged, explicit_dirs = layers.files, layers.dirs
         dir_by_path: dict[str, int] = {"": ROOT_INODE}
         children = tree.children
         size, mtime, parent, source = tree.size, tree.mtime, tree.parent, tree.source
@@ -128,7 +132,7 @@ class InodeTree:
                     entry_mtime = tree._add_v2_file(ino, entry)
                 if entry_mtime > mtime[dir_ino]:
                     mtime[dir_ino] = entry_mtime
-            for path, src in explicit_dirs.items():
+            for path, (_, src) in explicit_dirs.items():
                 if path not in dir_by_path:
                     tree._make_dirs(path, dir_by_path, names[src], path, mtime[ROOT_INODE])
         except OverflowError:
@@ -377,37 +381,3 @@ class InodeTree:
 
 class _Escape(Exception):
     """A symlink resolution left the root."""
-
-
-def _merge_for_mount(
-    manifests: Sequence[Manifest | ManifestV2],
-) -> tuple[dict[str, tuple[ManifestPath | ManifestFilePath, int]], dict[str, int]]:
-    """Merge manifests oldest first: ``({path: (entry, manifest index)}, {dir: index})``.
-
-    Later entries replace earlier ones per path (deadline's ``merge_asset_manifests``,
-    reference §7.3). A v2 delete marker removes the file, or the directory and everything
-    under it; v2 ``dirs`` entries become explicit directories.
-    """
-    merged: dict[str, tuple[ManifestPath | ManifestFilePath, int]] = {}
-    dirs: dict[str, int] = {}
-    for index, manifest in enumerate(manifests):
-        if isinstance(manifest, Manifest):
-            for entry in manifest.paths:
-                merged[entry.path] = (entry, index)
-            continue
-        for d in manifest.dirs:
-            if d.deleted:
-                prefix = d.path + "/"
-                for p in [p for p in merged if p.startswith(prefix)]:
-                    del merged[p]
-                for p in [p for p in dirs if p == d.path or p.startswith(prefix)]:
-                    del dirs[p]
-        for f in manifest.files:
-            if f.deleted:
-                merged.pop(f.path, None)
-            else:
-                merged[f.path] = (f, index)
-        for d in manifest.dirs:
-            if not d.deleted:
-                dirs[d.path] = index
-    return merged, dirs

@@ -1,20 +1,27 @@
-"""Filling the block cache ahead of a task (``vfs cache warm``)."""
+"""Filling the block cache ahead of a task (``vfs cache warm``).
+
+What to warm comes from the mount's own :class:`~vfs.mount.tree.InodeTree` (same loading,
+same merge, same checks), so that ``cache warm`` fetches exactly the content a mount of the
+same manifests would read.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vfs.errors import CorruptObjectError, VfsError
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.blockfile import CorruptEntryError
-from vfs.mount.blocks import BLOCK_SIZE, block_length, is_whole, nblocks
+from vfs.mount.blocks import is_whole, nblocks
 from vfs.mount.download import Abort, fetch_blocks, fetch_object
 from vfs.mount.objects import ObjectRef
 from vfs.mount.readahead import RUN_BLOCKS
+from vfs.mount.tree import ROOT_INODE, InodeTree
 from vfs.mount.verify import ObjectHasher
 from vfs.storage import ObjectStore, data_key
 
@@ -30,6 +37,36 @@ class WarmSummary:
     cached: int = 0
     fetched_bytes: int = 0
     failures: list[str] | None = None
+
+
+def tree_objects(
+    tree: InodeTree, include: Sequence[str] = ()
+) -> tuple[list[str], dict[str, ObjectRef]]:
+    """The regular files of ``tree`` whose path matches an ``include`` glob (``fnmatch``;
+    every file when there is none), and the distinct CAS objects holding their content
+    (one per file, or each 256 MiB chunk of a chunked v2 file), by hash.
+
+    Symbolic links have no content and are left out. Paths are relative, ``/``-separated,
+    as the manifests spell them.
+    """
+    paths: list[str] = []
+    objects: dict[str, ObjectRef] = {}
+    stack: list[tuple[int, str]] = [(ROOT_INODE, "")]
+    while stack:
+        dir_ino, prefix = stack.pop()
+        for bname, ino in tree.entries(dir_ino):
+            path = prefix + bname.decode("utf-8", "surrogateescape")
+            if tree.is_dir(ino):
+                stack.append((ino, path + "/"))
+                continue
+            if ino in tree.symlinks:
+                continue
+            if include and not any(fnmatch.fnmatch(path, g) for g in include):
+                continue
+            paths.append(path)
+            for part in tree.file_parts(ino):
+                objects[part.hash] = part
+    return paths, objects
 
 
 def warm_cache(
@@ -136,6 +173,3 @@ def _warm_one(
 def _store(stored: bool, obj: ObjectRef) -> None:
     if not stored:
         log.info("object %s was fetched but not cached (cache full or busy)", obj.hash)
-
-
-__all__ = ["BLOCK_SIZE", "WarmSummary", "block_length", "warm_cache"]
