@@ -13,6 +13,7 @@ fails the test.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +34,15 @@ from vfs.testing import (
 )
 from vfs.testing.mounts import MOUNT_TIMEOUT, UNMOUNT_TIMEOUT
 
-__all__ = ["Mounted", "Request", "S3Relay", "force_unmount", "pid_alive", "run_vfs"]
+__all__ = [
+    "Mounted",
+    "Request",
+    "S3Relay",
+    "force_unmount",
+    "pid_alive",
+    "require_tool",
+    "run_vfs",
+]
 
 # Credentials and region for moto; set before anything creates a boto3 session.
 _AWS_HOME = tempfile.mkdtemp(prefix="vfs-test-aws-")
@@ -52,6 +61,18 @@ os.environ.update(
 )
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_var, None)
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of the executable ``name``; without it the test is skipped, or fails when
+    ``VFS_TEST_REQUIRE_TOOLS=1`` (scripts/test sets it and installs the Debian ``package``)."""
+    path = shutil.which(name)
+    if path is None:
+        why = f"{name} is not installed (Debian package `{package}`, see scripts/test)"
+        if os.environ.get("VFS_TEST_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{why}; VFS_TEST_REQUIRE_TOOLS=1 requires it", pytrace=False)
+        pytest.skip(why)
+    return path
 
 
 @pytest.fixture(scope="session")
