@@ -132,6 +132,39 @@ def wait_exit(pid: int, timeout: float) -> bool:
     return True
 
 
+def vfs_unmount_command(path: str) -> list[str]:
+    """The ``vfs unmount PATH`` command line (this Python's ``-m vfs``)."""
+    return [sys.executable, "-m", "vfs", "unmount", path]
+
+
+def unmount_path(
+    path: str,
+    pid: int | None,
+    command: Sequence[str] | None,
+    timeout: float = UNMOUNT_TIMEOUT,
+    exit_timeout: float = EXIT_TIMEOUT,
+) -> None:
+    """Unmount the FUSE mount at ``path`` whatever state it is in, and end its daemon ``pid``.
+
+    ``command`` (e.g. ``vfs unmount PATH`` or ``fusermount3 -u PATH``) is tried first, for at
+    most ``timeout`` seconds; then the FUSE connection is aborted and the mount lazily
+    detached (:func:`force_unmount`); a daemon still running ``exit_timeout`` seconds later
+    gets SIGTERM, then SIGKILL.
+    """
+    if command and is_mounted(path):
+        with contextlib.suppress(Exception):
+            subprocess.run(list(command), capture_output=True, timeout=timeout, check=False)
+    if is_mounted(path):
+        force_unmount(path)
+    if pid is None or wait_exit(pid, exit_timeout):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+        if wait_exit(pid, 2.0):
+            return
+
+
 class MountSet:
     """The mounts of one test or benchmark; :meth:`close` unmounts them all.
 
@@ -200,15 +233,7 @@ class MountSet:
         """Unmount ``m``: ``vfs unmount``, then fusectl abort + lazy unmount; then make sure
         its daemon is gone (SIGKILL after :data:`EXIT_TIMEOUT` seconds)."""
         path = str(m.path)
-        if is_mounted(path):
-            with contextlib.suppress(Exception):
-                run_vfs("unmount", path, timeout=self.unmount_timeout, check=False)
-        if is_mounted(path):
-            force_unmount(path)
-        if not wait_exit(m.pid, EXIT_TIMEOUT):
-            with contextlib.suppress(OSError):
-                os.kill(m.pid, signal.SIGKILL)
-            wait_exit(m.pid, EXIT_TIMEOUT)
+        unmount_path(path, m.pid, vfs_unmount_command(path), self.unmount_timeout)
         if m in self.mounts:
             self.mounts.remove(m)
 
