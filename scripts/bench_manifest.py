@@ -60,7 +60,6 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
@@ -68,19 +67,16 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import xxhash  # noqa: E402
 
+from vfs.testing.bench import log, timed  # noqa: E402
+from vfs.testing.bench import render_table as render_rows  # noqa: E402
+
 GIB = 1024**3
 MIB = 1024**2
-
-
-def log(message: str) -> None:
-    """Progress on stderr (the table and --json output go to stdout)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- results --------------------------------------------------------------------------------
@@ -133,7 +129,7 @@ def fmt(kind: str, value: float) -> str:
 def render_table(rows: list[Row]) -> str:
     """The one table of ratios."""
     header = ("case", "vfs", "baseline", "", "ratio", "target", "holds", "spread vfs/base")
-    lines = [header]
+    lines = []
     for r in rows:
         target = (
             "-"
@@ -154,22 +150,9 @@ def render_table(rows: list[Row]) -> str:
                 f"{spread(r.vfs_runs)} / {spread(r.base_runs)}",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
+    table = render_rows(header, lines)
     notes = [f"  {r.case}: {r.note}" for r in rows if r.note]
-    return "\n".join(out + (["notes:", *notes] if notes else []))
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Wall time of ``fn()`` (after a full collection, so earlier garbage is not charged)."""
-    gc.collect()
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+    return "\n".join([table, *(["notes:", *notes] if notes else [])])
 
 
 # -- environment ----------------------------------------------------------------------------

@@ -21,26 +21,59 @@ unmounted and moto is stopped on any exit (errors, Ctrl-C, SIGTERM).
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
+
+def _reexec_in_venv() -> None:
+    """Run under the project's virtualenv python (vfs, moto live there)."""
+    root = Path(__file__).resolve().parent.parent
+    venv = Path(os.environ.get("VFS_VENV") or root / ".venv")
+    python = venv / "bin" / "python"
+    if python.exists() and Path(sys.prefix).resolve() != venv.resolve():
+        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _reexec_in_venv()
+
+# ruff: noqa: E402  (imports after the re-exec above)
 import argparse
 import contextlib
 import gc
 import json
-import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MiB = 1024 * 1024
-READ_BUFFER = MiB
+from vfs.testing.bench import (
+    READ_BUFFER,
+    MiB,
+    Server,
+    delta,
+    drop_caches,
+    fmt_value,
+    isolate_aws,
+    label,
+    log,
+    mbps,
+    mount_entry,
+    ratio,
+    signals_as_interrupt,
+    start_moto,
+    stop_server,
+    timed_read,
+)
+from vfs.testing.bench import render_table as render_rows
+from vfs.testing.bench import vfs_stats as stats
+from vfs.testing.mounts import unmount_path, vfs_unmount_command
+
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (10_000, 100_000)
 FIND_SIZE = 100_000
@@ -51,11 +84,6 @@ TARGET_MOUNT_ENTRIES = 1_000_000
 DEPTS = ("anim", "comp", "fx", "light", "plates", "render")
 EXTS = {"anim": "abc", "comp": "exr", "fx": "vdb", "light": "exr", "plates": "dpx", "render": "exr"}
 MTIME_BASE = 1_700_000_000_000_000
-
-
-def log(message: str) -> None:
-    """Progress on stderr (the table and --json output go to stdout)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- results --------------------------------------------------------------------------------
@@ -86,65 +114,23 @@ class Results:
         self.rows.append(row)
 
 
-def fmt_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "s":
-        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
-    if unit == "MB/s":
-        return f"{value:,.0f} MB/s"
-    if unit == "B":
-        return f"{value:,.0f} B"
-    if unit == "MiB":
-        return f"{value:,.1f} MiB"
-    return f"{value:,.0f}{(' ' + unit) if unit else ''}"
-
-
 def render_table(results: Results) -> str:
+    """The table of all rows, then the notes."""
     header = ("area", "measurement", "vfs", "baseline", "base value", "ratio", "target", "note")
-    lines: list[tuple[str, ...]] = [header]
-    for r in results.rows:
-        base_unit = "MB/s" if r.unit == "MB/s" else r.unit
-        lines.append(
-            (
-                r.area,
-                r.what,
-                fmt_value(r.value, r.unit),
-                r.baseline_what,
-                fmt_value(r.baseline, base_unit) if r.baseline_what else "",
-                f"{r.ratio:.2f}x" if r.ratio is not None else "",
-                r.target,
-                r.note,
-            )
+    lines = [
+        (
+            r.area,
+            r.what,
+            fmt_value(r.value, r.unit),
+            r.baseline_what,
+            fmt_value(r.baseline, r.unit) if r.baseline_what else "",
+            f"{r.ratio:.2f}x" if r.ratio is not None else "",
+            r.target,
+            r.note,
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {2, 4, 5}
-    out = []
-    for n, line in enumerate(lines):
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(line)
-        ]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    for note in results.notes:
-        out.append(f"note: {note}")
-    return "\n".join(out)
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
-def label(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
-    return str(n)
+        for r in results.rows
+    ]
+    return render_rows(header, lines, right={2, 4, 5}, notes=results.notes)
 
 
 # -- manifests ------------------------------------------------------------------------------
@@ -216,54 +202,12 @@ def write_generated_manifest(path: str, n: int) -> tuple[int, str]:
 # -- processes and mounts -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def proc_status_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{key} not in /proc/{pid}/status")
-
-
-def mount_entry(path: str) -> list[str] | None:
-    """Fields of ``path``'s line in /proc/self/mountinfo (read without touching the mount)."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ")
-            if fields[4] == path:
-                return fields
-    return None
-
-
-def drop_caches() -> bool:
-    """Drop the page, dentry and inode caches; False when not permitted."""
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -280,7 +224,7 @@ class Bench:
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
         self.mounts: list[Mount] = []
-        self.moto: subprocess.Popen[bytes] | None = None
+        self.moto: Server | None = None
         self.python = sys.executable
         self.counter = 0
 
@@ -320,87 +264,20 @@ class Bench:
 
     def unmount(self, m: Mount) -> None:
         """Unmount ``m`` (vfs unmount, then fusectl abort + lazy unmount); reap its daemon."""
-        path = m.path
-        if mount_entry(path) is not None:
-            with contextlib.suppress(Exception):
-                subprocess.run(
-                    [self.python, "-m", "vfs", "unmount", path],
-                    capture_output=True,
-                    timeout=60,
-                    check=False,
-                )
-        if mount_entry(path) is not None:
-            self._force_unmount(path)
-        if m.pid is not None:
-            deadline = time.monotonic() + 15
-            while pid_alive(m.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if not pid_alive(m.pid):
-                    break
-                with contextlib.suppress(OSError):
-                    os.kill(m.pid, sig)
-                time.sleep(1.0)
+        unmount_path(m.path, m.pid, vfs_unmount_command(m.path), timeout=60, exit_timeout=15)
         if m in self.mounts:
             self.mounts.remove(m)
-
-    def _force_unmount(self, path: str) -> None:
-        with contextlib.suppress(Exception):
-            if not os.path.ismount("/sys/fs/fuse/connections"):
-                subprocess.run(
-                    ["mount", "-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"],
-                    capture_output=True,
-                    timeout=10,
-                    check=False,
-                )
-            fields = mount_entry(path)
-            if fields is not None:
-                minor = fields[2].split(":")[1]
-                with open(f"/sys/fs/fuse/connections/{minor}/abort", "w") as f:
-                    f.write("1")
-        for flags in ("-u", "-uz"):
-            if mount_entry(path) is None:
-                return
-            with contextlib.suppress(Exception):
-                subprocess.run(
-                    ["fusermount3", flags, path], capture_output=True, timeout=10, check=False
-                )
 
     # moto -----------------------------------------------------------------------------------
 
     def start_moto(self) -> str:
-        port = free_port()
-        exe = shutil.which("moto_server", path=os.path.dirname(self.python)) or "moto_server"
-        out = open(os.path.join(self.workdir, "logs", "moto.log"), "wb")  # noqa: SIM115
-        self.moto = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if self.moto.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        return f"http://127.0.0.1:{port}"
+        self.moto = start_moto(os.path.join(self.workdir, "logs", "moto.log"))
+        return self.moto.endpoint
 
     def stop_moto(self) -> None:
-        proc, self.moto = self.moto, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        server, self.moto = self.moto, None
+        if server is not None:
+            stop_server(server)
 
     def cleanup(self) -> None:
         for m in reversed(list(self.mounts)):
@@ -411,57 +288,19 @@ class Bench:
         self.stop_moto()
 
 
-def stats(mnt: str) -> dict[str, int]:
-    data: dict[str, int] = json.loads(os.getxattr(mnt, "user.vfs.stats"))
-    return data
-
-
-def delta(after: dict[str, int], before: dict[str, int], *keys: str) -> int:
-    return sum(after.get(k, 0) - before.get(k, 0) for k in keys)
-
-
 def timed_find(path: str) -> float:
     t0 = time.perf_counter()
     subprocess.run(["find", path], stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - t0
 
 
-def timed_read(path: str) -> tuple[float, int, float]:
-    """Read ``path`` to its end with os.readv into one reused 1 MiB buffer.
-
-    Returns (seconds from open to the end, bytes, seconds from open to the first bytes).
-    """
-    buf = bytearray(READ_BUFFER)
-    view = memoryview(buf)
-    total = 0
-    first = 0.0
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while True:
-            n = os.readv(fd, [view])
-            if n == 0:
-                break
-            if not total:
-                first = time.perf_counter() - t0
-            total += n
-        elapsed = time.perf_counter() - t0
-    finally:
-        os.close(fd)
-    return elapsed, total, first
-
-
 def mount_block_size() -> int:
     """The block size of the mount's ranged fetches (4 MiB when vfs does not say)."""
     try:
-        from vfs.mount.blockcache import BLOCK_SIZE
+        from vfs.mount.blocks import BLOCK_SIZE
     except ImportError:
         return 4 * MiB
     return int(BLOCK_SIZE)
-
-
-def mbps(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / 1e6
 
 
 # -- the benchmarks -------------------------------------------------------------------------
@@ -728,9 +567,9 @@ def bench_read(bench: Bench, results: Results, file_mib: int) -> None:
     # Baseline 3: native reads of the local copy.
     log("baseline: native reads of a local copy")
     timed_read(local)
-    native_warm = min(timed_read(local)[0] for _ in range(3))
+    native_warm = min(timed_read(local).seconds for _ in range(3))
     dropped = drop_caches()
-    native_cold = timed_read(local)[0] if dropped else None
+    native_cold = timed_read(local).seconds if dropped else None
 
     # The mount: cold (empty cache), warm re-reads, then a new mount on the filled cache.
     cache = os.path.join(work, "cache-read")
@@ -741,10 +580,11 @@ def bench_read(bench: Bench, results: Results, file_mib: int) -> None:
     target = os.path.join(m.path, "big", "file.bin")
     os.stat(target)
     s0 = stats(m.path)
-    cold_s, got, cold_first = timed_read(target)
+    r = timed_read(target)
+    cold_s, got, cold_first = r.seconds, r.nbytes, r.first
     assert got == size, (got, size)
     s1 = stats(m.path)
-    warm_times = [timed_read(target)[0] for _ in range(3)]
+    warm_times = [timed_read(target).seconds for _ in range(3)]
     s2 = stats(m.path)
     warm_first = warm_times[0]
     warm_s = min(warm_times)
@@ -754,7 +594,8 @@ def bench_read(bench: Bench, results: Results, file_mib: int) -> None:
     target = os.path.join(m.path, "big", "file.bin")
     os.stat(target)
     s3 = stats(m.path)
-    hit_s, got, _ = timed_read(target)
+    r = timed_read(target)
+    hit_s, got = r.seconds, r.nbytes
     s4 = stats(m.path)
     assert got == size, (got, size)
     # Untimed check that the mount serves the right bytes.
@@ -887,26 +728,6 @@ def bench_read(bench: Bench, results: Results, file_mib: int) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
-def isolate_aws(workdir: str) -> None:
-    """Fake credentials and empty AWS config files, for this process and its children."""
-    aws = os.path.join(workdir, "aws")
-    os.makedirs(aws, exist_ok=True)
-    for name in ("config", "credentials"):
-        open(os.path.join(aws, name), "w").close()
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": os.path.join(aws, "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": os.path.join(aws, "credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        os.environ.pop(var, None)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -933,21 +754,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-read", action="store_true", help="skip the read benchmark")
     return p.parse_args(argv)
-
-
-@contextlib.contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, so that every ``finally`` runs."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:

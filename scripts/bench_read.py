@@ -72,7 +72,6 @@ import json
 import random
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -80,14 +79,40 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-READ_BUFFER = MiB
+from vfs.testing.bench import (
+    READ_BUFFER,
+    GiB,
+    KiB,
+    MiB,
+    ReadResult,
+    Server,
+    apt_install,
+    cpu_busy,
+    delta,
+    drop_caches,
+    fmt_value,
+    free_port,
+    human,
+    isolate_aws,
+    label,
+    log,
+    mbps,
+    mount_entry,
+    ratio,
+    signals_as_interrupt,
+    start_moto,
+    start_server,
+    stop_server,
+    timed_read,
+    vfs_stats,
+)
+from vfs.testing.bench import render_table as render_rows
+from vfs.testing.mounts import unmount_path, vfs_unmount_command
+
 BUCKET = "vfs-bench"
 PREFIX = "ja"
 ACCESS_KEY = SECRET_KEY = "S3RVER"
@@ -146,23 +171,6 @@ QUICK = Sizes(
 CASES = ("cold", "warm", "cache-hit", "ttfb", "metadata", "coalesce", "virtual")
 
 
-def log(message: str) -> None:
-    """Progress on stderr (the table and --json output go to stdout)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def human(n: float) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= size:
-            v = n / size
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def label(n: int) -> str:
-    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
-
-
 # -- results --------------------------------------------------------------------------------
 
 
@@ -200,164 +208,34 @@ class Results:
         )
 
 
-def fmt_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "s":
-        if value < 0.1:
-            return f"{value * 1000:.2f} ms"
-        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
-    if unit == "MB/s":
-        return f"{value:,.0f} MB/s"
-    if unit == "x":
-        return f"{value:.2f}"
-    return f"{value:,.0f}{(' ' + unit) if unit else ''}"
-
-
 def render_table(results: Results) -> str:
-    header = (
-        "server",
-        "case",
-        "measurement",
-        "value",
-        "baseline",
-        "base value",
-        "ratio",
-        "target",
-        "note",
-    )
-    lines: list[tuple[str, ...]] = [header]
-    for r in results.rows:
-        lines.append(
-            (
-                r.server,
-                r.case,
-                r.what,
-                fmt_value(r.value, r.unit),
-                r.baseline_what,
-                fmt_value(r.baseline, r.unit) if r.baseline_what else "",
-                f"{r.ratio:.2f}x" if r.ratio is not None else "",
-                r.target,
-                r.note,
-            )
+    """The table of all rows, then the notes."""
+    header = ("server", "case", "measurement", "value", "baseline", "base value", "ratio")
+    header += ("target", "note")
+    lines = [
+        (
+            r.server,
+            r.case,
+            r.what,
+            fmt_value(r.value, r.unit),
+            r.baseline_what,
+            fmt_value(r.baseline, r.unit) if r.baseline_what else "",
+            f"{r.ratio:.2f}x" if r.ratio is not None else "",
+            r.target,
+            r.note,
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {3, 5, 6}
-    out = []
-    for n, line in enumerate(lines):
-        cells = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(line)
-        ]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    out.extend(f"note: {note}" for note in results.notes)
-    return "\n".join(out)
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
-def mbps(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / 1e6 if seconds > 0 else 0.0
+        for r in results.rows
+    ]
+    return render_rows(header, lines, right={3, 5, 6}, notes=results.notes)
 
 
 # -- small helpers --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start (exit status {proc.poll()})") from None
-            time.sleep(0.1)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def mount_entry(path: str) -> list[str] | None:
-    """Fields of ``path``'s line in /proc/self/mountinfo (read without touching the mount)."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ")
-            if fields[4] == path:
-                return fields
-    return None
-
-
-def drop_caches() -> bool:
-    """Drop the page, dentry and inode caches; False when not permitted."""
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def vfs_stats(mnt: str) -> dict[str, int]:
-    data: dict[str, int] = json.loads(os.getxattr(mnt, "user.vfs.stats"))
-    return data
-
-
-def delta(after: dict[str, int], before: dict[str, int], *keys: str) -> int:
-    return sum(after.get(k, 0) - before.get(k, 0) for k in keys)
 
 
 def request_delta(after: dict[str, int], before: dict[str, int]) -> int:
     """FUSE requests between two snapshots, not counting the getxattr that read the stats."""
     keys = {k for k in (*after, *before) if k.startswith("req.") and k != "req.getxattr"}
     return delta(after, before, *keys)
-
-
-@dataclass
-class ReadResult:
-    seconds: float
-    nbytes: int
-    first: float
-    complete: bool
-
-
-def timed_read(path: str, budget: float | None = None) -> ReadResult:
-    """Read ``path`` to its end into one reused 1 MiB buffer; stop after ``budget`` seconds."""
-    buf = bytearray(READ_BUFFER)
-    view = memoryview(buf)
-    total = 0
-    first = 0.0
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while True:
-            n = os.readv(fd, [view])
-            if n == 0:
-                return ReadResult(time.perf_counter() - t0, total, first, True)
-            if not total:
-                first = time.perf_counter() - t0
-            total += n
-            if budget is not None and time.perf_counter() - t0 > budget:
-                return ReadResult(time.perf_counter() - t0, total, first, False)
-    finally:
-        os.close(fd)
 
 
 def read_first(path: str, nbytes: int = TTFB_BYTES) -> float:
@@ -708,18 +586,6 @@ def make_dataset(work: str, sizes: Sizes, cases: set[str]) -> Dataset:
 
 
 @dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    data_dir: str | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@dataclass
 class Mount:
     kind: str  # vfs, s3fs, rclone
     path: str
@@ -829,74 +695,20 @@ class Bench:
 
     def unmount(self, m: Mount) -> None:
         """Unmount ``m`` politely, then by force (fusectl abort, lazy unmount); stop its daemon."""
-        path = m.path
-        if mount_entry(path) is not None:
-            if m.kind == "vfs":
-                cmd = [self.python, "-m", "vfs", "unmount", path]
-            else:
-                cmd = ["fusermount3", "-u", path]
-            with contextlib.suppress(Exception):
-                subprocess.run(cmd, capture_output=True, timeout=60, check=False, cwd=self.workdir)
-        if mount_entry(path) is not None:
-            self._force_unmount(path)
-        if m.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                m.proc.wait(15)
-        if m.pid is not None:
-            deadline = time.monotonic() + 15
-            while pid_alive(m.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if not pid_alive(m.pid):
-                    break
-                with contextlib.suppress(OSError):
-                    os.kill(m.pid, sig)
-                time.sleep(1.0)
+        vfs = m.kind == "vfs"
+        cmd = vfs_unmount_command(m.path) if vfs else ["fusermount3", "-u", m.path]
+        unmount_path(m.path, m.pid, cmd, timeout=60, exit_timeout=15)
         if m.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 m.proc.wait(5)
         if m in self.mounts:
             self.mounts.remove(m)
 
-    def _force_unmount(self, path: str) -> None:
-        with contextlib.suppress(Exception):
-            if not os.path.ismount("/sys/fs/fuse/connections"):
-                subprocess.run(
-                    ["mount", "-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"],
-                    capture_output=True,
-                    timeout=10,
-                    check=False,
-                )
-            fields = mount_entry(path)
-            if fields is not None:
-                minor = fields[2].split(":")[1]
-                with open(f"/sys/fs/fuse/connections/{minor}/abort", "w") as f:
-                    f.write("1")
-        for flags in ("-u", "-uz"):
-            if mount_entry(path) is None:
-                return
-            with contextlib.suppress(Exception):
-                subprocess.run(
-                    ["fusermount3", flags, path], capture_output=True, timeout=10, check=False
-                )
-
     # servers --------------------------------------------------------------------------------
 
     def start_moto(self) -> Server:
-        port = free_port()
-        exe = shutil.which("moto_server", path=os.path.dirname(self.python)) or "moto_server"
-        out = open(os.path.join(self.workdir, "logs", "moto.log"), "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-        out.close()
-        server = Server("moto", port, proc)
+        server = start_moto(os.path.join(self.workdir, "logs", "moto.log"))
         self.servers.append(server)
-        wait_port(port, proc, "moto_server")
         return server
 
     def start_s3rver(self) -> Server:
@@ -905,34 +717,17 @@ class Bench:
         data = os.path.join(self.workdir, "s3rver-data")
         os.makedirs(data, exist_ok=True)
         env = {**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"}
-        out = open(os.path.join(self.workdir, "logs", "s3rver.log"), "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [exe, "-d", data, "-a", "127.0.0.1", "-p", str(port), "-s"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-            start_new_session=True,
-        )
-        out.close()
-        server = Server("s3rver", port, proc, data)
+        argv = [exe, "-d", data, "-a", "127.0.0.1", "-p", str(port), "-s"]
+        log_file = os.path.join(self.workdir, "logs", "s3rver.log")
+        server = start_server("s3rver", argv, port, log_file, env)
+        server.data_dir = data
         self.servers.append(server)
-        wait_port(port, proc, "s3rver")
         return server
 
     def stop_server(self, server: Server) -> None:
-        proc = server.proc
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_server(server)
         if server in self.servers:
             self.servers.remove(server)
-        if server.data_dir:
-            shutil.rmtree(server.data_dir, ignore_errors=True)
 
     def relay(self, server: Server) -> CountingRelay:
         r = CountingRelay(server.port)
@@ -958,30 +753,18 @@ class Bench:
 # -- tools ----------------------------------------------------------------------------------
 
 
-def apt_install(packages: list[str]) -> bool:
-    """Install Debian ``packages`` (printed first); False when that is not possible."""
-    if not shutil.which("apt-get"):
-        log(f"cannot install {' '.join(packages)}: no apt-get")
-        return False
-    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    names = " ".join(packages)
-    log(f"installing {names}: apt-get update && apt-get install -y {names}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
-        r = subprocess.run(prefix + cmd, capture_output=True, text=True, env=env, check=False)
-        if r.returncode != 0:
-            log(f"{' '.join(cmd)} failed ({r.returncode}): {(r.stdout + r.stderr)[-1000:]}")
-            return False
-    return True
-
-
-def ensure_fuse_baselines() -> dict[str, bool]:
-    """s3fs and rclone, installed with apt-get when missing; which ones are usable."""
+def ensure_fuse_baselines(install: bool = True) -> dict[str, bool]:
+    """s3fs and rclone, installed with apt-get when missing (and ``install``); which ones are
+    usable. A missing one is said on stderr; its rows are left out (and noted)."""
     wanted = {"s3fs": "s3fs", "rclone": "rclone"}
     missing = [pkg for exe, pkg in wanted.items() if shutil.which(exe) is None]
-    if missing:
+    if missing and install:
         apt_install(missing)
-    return {exe: shutil.which(exe) is not None for exe in wanted}
+    usable = {exe: shutil.which(exe) is not None for exe in wanted}
+    for exe, ok in usable.items():
+        if not ok:
+            log(f"{exe} is not installed: no {exe} baseline (continuing without it)")
+    return usable
 
 
 def ensure_s3rver(tools_dir: str) -> str:
@@ -1763,50 +1546,11 @@ def run_server(ctx: Ctx, server_name: str) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
-def cpu_busy(seconds: float = 1.0) -> float | None:
-    """Fraction of all CPUs busy over ``seconds`` (/proc/stat), sampled while this is idle."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-        return sum(values[:8]), idle
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total1 - total0
-    return 1 - (idle1 - idle0) / total if total > 0 else None
-
-
 def sample_load(results: Results, when: str) -> None:
     """Record how busy the machine is with other work (it skews every ratio)."""
     busy = cpu_busy()
     results.info.setdefault("cpu_busy_other", []).append((when, busy))
     log(f"CPU busy with other work ({when}): {'n/a' if busy is None else f'{busy:.0%}'}")
-
-
-def isolate_aws(workdir: str) -> None:
-    """Fake credentials and empty AWS config files, for this process and its children."""
-    aws = os.path.join(workdir, "aws")
-    os.makedirs(aws, exist_ok=True)
-    for name in ("config", "credentials"):
-        open(os.path.join(aws, name), "w").close()
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": os.path.join(aws, "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": os.path.join(aws, "credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        os.environ.pop(var, None)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1833,22 +1577,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", default=None, help="work directory (default: new, under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not apt-get install missing s3fs/rclone (their baselines are left out)",
+    )
     return p.parse_args(argv)
-
-
-@contextlib.contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, so that every ``finally`` runs."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1869,7 +1603,7 @@ def main(argv: list[str] | None = None) -> int:
         remove = not args.keep
     for sub in ("mnt", "logs", "cache"):
         os.makedirs(os.path.join(workdir, sub), exist_ok=True)
-    isolate_aws(workdir)
+    isolate_aws(workdir, ACCESS_KEY, SECRET_KEY)
 
     results = Results()
     results.info.update(
@@ -1882,7 +1616,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals_as_interrupt():
             try:
-                fuse_tools = ensure_fuse_baselines()
+                fuse_tools = ensure_fuse_baselines(install=not args.no_install)
                 ds = make_dataset(workdir, sizes, cases)
                 ctx = Ctx(
                     bench, results, ds, sizes, cases, args.read_budget, args.job_readers, fuse_tools

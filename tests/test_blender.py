@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import zlib
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Mounted, run_vfs
+from conftest import Mounted, require_tool, run_vfs
 
 BLENDER_TIMEOUT = 180
 RESOLUTION = 64
@@ -207,8 +206,7 @@ def test_blender_renders_the_same_frame_from_the_mount(
     vfs_mount: Callable[..., Mounted],
     local_store: tuple[Path, str],
 ) -> None:
-    if shutil.which("blender") is None:
-        pytest.skip("blender is not installed (Debian package `blender`, see scripts/bootstrap)")
+    require_tool("blender", "blender")
     home = tmp_path / "home"
     home.mkdir()
     scene = tmp_path / "scene"

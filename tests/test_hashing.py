@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import xxhash
+from conftest import require_tool
 from deadline.job_attachments.asset_manifests.hash_algorithms import (
     HashAlgorithm,
     hash_data,
@@ -85,13 +85,11 @@ def test_hash_is_independent_of_buffer_size(
     assert (digest, n) == (xxhash.xxh3_128(data).hexdigest(), len(data))
 
 
-@pytest.mark.skipif(shutil.which("xxhsum") is None, reason="xxhsum not installed")
 def test_matches_xxhsum_h2(files: dict[str, tuple[Path, bytes]]) -> None:
+    xxhsum = require_tool("xxhsum", "xxhash")
     names = list(SIZES)
     paths = [str(files[n][0]) for n in names]
-    out = subprocess.run(
-        ["xxhsum", "-H2", *paths], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([xxhsum, "-H2", *paths], capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
     assert len(lines) == len(names)
     for line, path in zip(lines, paths, strict=True):

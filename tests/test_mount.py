@@ -153,6 +153,7 @@ def test_missing_object_fails_that_read_only(
     key = data_key(hash_bytes(files["gone.bin"]))
     (local_store[0] / key).unlink()
     m = vfs_mount(tmp_path / "mnt", [manifest], local_store[1])
+    m.expect_log(r"ERROR vfs\.mount\.fs: read of gone\.bin failed: object .* does not exist")
     with pytest.raises(OSError) as e:
         (m.path / "gone.bin").read_bytes()
     assert e.value.errno == errno.EIO
@@ -179,6 +180,7 @@ def test_corrupt_object_is_refused(
         del data[-1]
     obj.write_bytes(bytes(data))
     m = vfs_mount(tmp_path / "mnt", [manifest], local_store[1])
+    m.expect_log(r"ERROR vfs\.mount\.fs: read of bad\.bin failed: .*the store holds wrong data")
     with pytest.raises(OSError) as e:
         (m.path / "bad.bin").read_bytes()
     assert e.value.errno == errno.EIO

@@ -251,6 +251,7 @@ def test_corrupt_cache_entries_are_fetched_again(
     trunc.write_bytes(trunc.read_bytes()[:-1])
 
     second = vfs_mount(tmp_path / "b", [manifest], local_store[1], cache_dir=cache)
+    second.expect_log(r"WARNING vfs\.mount\.fetcher: cache entry .* is corrupt")
     for name, data in files.items():
         assert (second.path / name).read_bytes() == data, name
     s = stats(second)
@@ -307,6 +308,8 @@ def test_backend_down_serves_cached_data_and_fails_uncached_reads_in_time(
     s3_relay.down = True
     # A second mount has nothing in the page cache: its reads reach the daemon.
     second = vfs_mount(tmp_path / "b", [manifest], store, *args, cache_dir=cache)
+    second.expect_log(r"WARNING vfs\.mount\.fetcher: fetch of .* failed .*ServiceUnavailable")
+    second.expect_log(r"ERROR vfs\.mount\.fs: read of uncached\.bin failed: ")  # 503 or timeout
     assert (second.path / "cached.bin").read_bytes() == files["cached.bin"]
     start = time.monotonic()
     with pytest.raises(OSError) as e:
@@ -333,6 +336,8 @@ def test_injected_503s_are_retried_without_errors(
     s3_relay.fail_ratio = 0.1
     m = vfs_mount(tmp_path / "mnt", [write_manifest(tmp_path / "m", files)], f"s3://{s3_bucket}/p",
                   "--endpoint-url", s3_relay.url)  # fmt: skip
+    # Retries are logged; nothing else may be.
+    m.expect_log(r"WARNING vfs\.mount\.fetcher: fetch of .* failed \(attempt \d+\): .*Service")
     for name, data in files.items():
         assert (m.path / name).read_bytes() == data
     assert stats(m).get("eio", 0) == 0

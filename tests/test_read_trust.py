@@ -69,6 +69,7 @@ def test_proxy_dropping_range_gives_eio_never_wrong_bytes(
     m = vfs_mount(tmp_path / "mnt", [write_manifest(tmp_path / "m", files)], f"s3://{s3_bucket}/p",
                   "--endpoint-url", s3_relay.url)  # fmt: skip
     assert (m.path / "small.png").read_bytes() == small  # whole GETs need no Range
+    m.expect_log(r"ERROR vfs\.mount\.fs: read of big\.exr failed: .*ignored the Range header")
     with open(m.path / "big.exr", "rb") as f:
         f.seek(5 * MiB)
         with pytest.raises(OSError) as e:
@@ -100,8 +101,18 @@ def test_store_object_replaced_is_caught_pages_invalidated_and_recovered(
     _replace_in_store(s3_client, s3_bucket, big, os.urandom(len(big)))
     m = vfs_mount(tmp_path / "mnt", [write_manifest(tmp_path / "m", files)], f"s3://{s3_bucket}/p",
                   "--endpoint-url", s3_relay.url)  # fmt: skip
+    m.expect_log(r"ERROR vfs\.mount\.fetcher: object .* is wrong: its blocks hash to")
+    m.expect_log(r"ERROR vfs\.mount\.fs: read of plate\.exr failed: ")
     path = m.path / "plate.exr"
-    read_or_errno(path)  # blocks are served before the whole hash is known (--verify block)
+    fd = os.open(path, os.O_RDONLY)
+    try:  # blocks are served before the whole hash is known (--verify block)
+        for i in range(4):
+            try:
+                os.pread(fd, 4096, i * BLOCK_SIZE)
+            except OSError as e:
+                assert e.errno == errno.EIO  # the object was found wrong meanwhile
+    finally:
+        os.close(fd)
     wait_for(lambda: stats(m).get("verify.failed", 0) >= 1)
     for _ in range(3):  # the kernel's pages were invalidated: no cached wrong bytes
         assert read_or_errno(path) == errno.EIO
@@ -126,6 +137,8 @@ def test_verify_strict_never_serves_an_unverified_byte(
     _replace_in_store(s3_client, s3_bucket, big, os.urandom(len(big)))
     m = vfs_mount(tmp_path / "mnt", [write_manifest(tmp_path / "m", files)], f"s3://{s3_bucket}/p",
                   "--endpoint-url", s3_relay.url, "--verify", "strict")  # fmt: skip
+    m.expect_log(r"ERROR vfs\.mount\.fetcher: object .* is wrong: its blocks hash to")
+    m.expect_log(r"ERROR vfs\.mount\.fs: read of bad\.exr failed: ")
     with open(m.path / "bad.exr", "rb") as f, pytest.raises(OSError) as e:
         f.read(4096)  # even the first page
     assert e.value.errno == errno.EIO
@@ -157,6 +170,7 @@ def test_cached_block_rewritten_consistently_is_caught_by_the_verified_sums(
     (cache / "b" / h[:2] / h / "1").write_bytes(header + forged)
     second = vfs_mount(tmp_path / "b", [manifest], local_store[1], cache_dir=cache)
     assert (second.path / "big.bin").read_bytes() == big
+    second.expect_log(r"WARNING vfs\.mount\.fetcher: cache entry .* is corrupt: it differs")
     s = stats(second)
     assert s["cache.corrupt"] == 1 and s["fetch.blocks"] == 1
     assert s.get("verify.objects", 0) == 0  # verified by the first process: not hashed again
@@ -185,6 +199,7 @@ def test_truncated_block_never_shortens_the_file(
     block.write_bytes(block.read_bytes()[: HEADER_SIZE + 2 * MiB])  # 2 MiB short
     second = vfs_mount(tmp_path / "b", [manifest], local_store[1], cache_dir=cache)
     path = second.path / "big.bin"
+    second.expect_log(r"WARNING vfs\.mount\.fetcher: cache entry .* is corrupt: \d+ bytes")
     with open(path, "rb") as f:
         f.seek(BLOCK_SIZE)
         assert f.read(BLOCK_SIZE) == big[BLOCK_SIZE : 2 * BLOCK_SIZE]
@@ -215,6 +230,7 @@ def test_symlink_chain_leading_outside_is_dropped(
     )
     (tmp_path / "m.manifest").write_bytes(encode_manifest_v2(manifest))
     m = vfs_mount(tmp_path / "mnt", [tmp_path / "m.manifest"], local_store[1])
+    m.expect_log(r"WARNING vfs\.mount\.service: dropped symlink 'a/b/c/(e|M)'")
     c = m.path / "a/b/c"
     assert sorted(os.listdir(c)) == ["L", "ok", "real.txt"]
     assert (c / "ok").read_bytes() == text
@@ -286,6 +302,8 @@ def test_mount_survives_a_cache_index_locked_for_75_s(
                   cache_dir=cache)  # fmt: skip
     names = sorted(files)
     assert (m.path / names[0]).read_bytes() == files[names[0]]  # the index exists
+    m.expect_log(r"WARNING vfs\.mount\.blockcache: cache .*: cannot store .*database is locked")
+    m.expect_log(r"WARNING vfs\.sqlitedb: ")  # the recency flush, once
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, str(cache / "index.sqlite"), "75"],
         stdout=subprocess.PIPE,
@@ -359,6 +377,7 @@ def test_fetch_timeout_is_the_whole_budget_of_a_read(
     put_s3(s3_client, s3_bucket, "p", files)
     m = vfs_mount(tmp_path / "mnt", [write_manifest(tmp_path / "m", files)], f"s3://{s3_bucket}/p",
                   "--endpoint-url", s3_relay.url, "--fetch-timeout", "6")  # fmt: skip
+    m.expect_log(r"ERROR vfs\.mount\.fs: read of big\.exr failed: .*--fetch-timeout 6 s")
     s3_relay.stall = 30
     fd = os.open(m.path / "big.exr", os.O_RDONLY)
     try:

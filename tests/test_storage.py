@@ -19,6 +19,7 @@ from vfs.storage import (
     open_store,
     read_location,
 )
+from vfs.testing import S3Relay
 
 OWNER = "123456789012"  # moto's default account id
 PREFIX = "root/pre"
@@ -280,21 +281,28 @@ def test_no_expected_bucket_owner_by_default(
     assert seen and all(owner is None for _, owner in seen)
 
 
-def test_wrong_expected_bucket_owner_is_access_denied(s3_endpoint: str, s3_bucket: str) -> None:
-    good = S3Store(s3_bucket, PREFIX, S3Options(endpoint_url=s3_endpoint))
-    good.put_bytes("Data/a", b"abc")
+def test_bucket_owner_is_enforced_through_a_checking_relay(
+    s3_relay: S3Relay, s3_bucket: str, tmp_path: Path
+) -> None:
+    """moto does not enforce ExpectedBucketOwner; the relay does (403 AccessDenied when the
+    header is missing or differs), so every call of a store with the right owner must carry
+    it, and a wrong or missing owner must surface as AccessDeniedError."""
+    s3_relay.expected_owner = OWNER
     store = S3Store(
-        s3_bucket,
-        PREFIX,
-        S3Options(endpoint_url=s3_endpoint, expected_bucket_owner="999999999999"),
+        s3_bucket, PREFIX, S3Options(endpoint_url=s3_relay.url, expected_bucket_owner=OWNER)
     )
-    seen = capture_headers(store)
-    try:
-        data = store.get_bytes("Data/a")
-    except AccessDeniedError as e:
-        assert store.describe("Data/a") in str(e)
-        assert "ExpectedBucketOwner" in str(e)
-        return
-    assert data == b"abc"
-    assert seen == [("GetObject", "999999999999")]
-    pytest.skip("moto does not enforce ExpectedBucketOwner (the header was sent, see above)")
+    exercise(store, tmp_path)
+    assert store.get_bytes("Data/a") == b"abc"
+    methods = {r.method for r in s3_relay.seen}
+    assert {"PUT", "HEAD", "GET", "POST"} <= methods, methods
+    assert all(r.owner == OWNER for r in s3_relay.seen), s3_relay.seen
+
+    for owner in ("999999999999", None):
+        other = S3Store(
+            s3_bucket, PREFIX, S3Options(endpoint_url=s3_relay.url, expected_bucket_owner=owner)
+        )
+        with pytest.raises(AccessDeniedError) as info:
+            other.get_bytes("Data/a")
+        assert other.describe("Data/a") in str(info.value)
+        assert "ExpectedBucketOwner" in str(info.value)
+        assert s3_relay.seen[-1].owner == owner

@@ -481,8 +481,7 @@ class BlockCache:
 
     def stats(self) -> CacheStats:
         """What the index says (read-only; raises ``sqlite3.Error``)."""
-        entries, used, verified = self.index.counts()
-        live, _dead = self.index.live_reservations()
+        entries, used, live, verified = self.index.usage()
         st = os.statvfs(self.root)
         return CacheStats(
             entries=entries,

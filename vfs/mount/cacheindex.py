@@ -119,14 +119,21 @@ class CacheIndex(SqliteCache):
 
         return op(db) if db is not None else self._run(op, write=False)
 
-    def counts(self) -> tuple[int, int, int]:
-        """``(entries, bytes used, verified objects)``."""
+    def usage(self) -> tuple[int, int, int, int]:
+        """``(entries, bytes used, bytes reserved by live processes, verified objects)``,
+        read in one transaction (one consistent snapshot: a commit that turns a reservation
+        into an entry is seen whole or not at all)."""
 
-        def op(conn: sqlite3.Connection) -> tuple[int, int, int]:
-            entries = int(conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-            used = int(conn.execute("SELECT used FROM totals").fetchone()[0])
-            verified = int(conn.execute("SELECT COUNT(*) FROM verified").fetchone()[0])
-            return entries, used, verified
+        def op(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+            conn.execute("BEGIN")
+            try:
+                entries = int(conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+                used = int(conn.execute("SELECT used FROM totals").fetchone()[0])
+                verified = int(conn.execute("SELECT COUNT(*) FROM verified").fetchone()[0])
+                live, _dead = self.live_reservations(conn)
+            finally:
+                conn.execute("COMMIT")
+            return entries, used, live, verified
 
         return self._run(op, write=False)
 

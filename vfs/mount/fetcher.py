@@ -144,8 +144,10 @@ class ContentFetcher:
         # cache loads, cache writes. Download *slots* are the limit that matters.
         self._threads = trio.CapacityLimiter(4 * slots + 16)
         self._writers = trio.CapacityLimiter(2)
-        self.memory: cachetools.LRUCache[_Key, bytes | memoryview] = cachetools.LRUCache(
-            maxsize=max(policy.max_memory, 1), getsizeof=len
+        # (data, checksum taken on arrival); a hit on a verified object is checked against
+        # the verified checksums, so a block of an older, wrong copy is never served.
+        self.memory: cachetools.LRUCache[_Key, tuple[bytes | memoryview, int]] = (
+            cachetools.LRUCache(maxsize=max(policy.max_memory, 1), getsizeof=_entry_size)
         )
         self._failed: cachetools.TTLCache[_Key, Exception] = cachetools.TTLCache(
             maxsize=4096, ttl=policy.failure_ttl
@@ -226,15 +228,14 @@ class ContentFetcher:
     # -- whole objects ----------------------------------------------------------------------
 
     async def _whole(self, obj: ObjectRef) -> bytes | memoryview:
-        key = (obj.hash, 0)
-        return await self._coalesced(key, functools.partial(self._produce_whole, obj))
+        return await self._coalesced(obj, 0, functools.partial(self._produce_whole, obj))
 
     async def _produce_whole(self, obj: ObjectRef) -> bytes | memoryview:
         data: bytes | memoryview
         try:
             data = await self._thread(self.cache.load_object, obj)
             self.stats.add("cache.hits")
-            self._remember((obj.hash, 0), data)
+            self._remember((obj.hash, 0), data, 0)
             return data
         except FileNotFoundError:
             pass
@@ -244,19 +245,29 @@ class ContentFetcher:
         data = await self._attempts(obj, fetch_object, self.store, obj)
         self.stats.add("fetch.objects")
         self.stats.add("fetch.bytes", len(data))
-        self._remember((obj.hash, 0), data)
+        self._remember((obj.hash, 0), data, 0)
         self._background(self.cache.store_object, obj, data)
         return data
 
-    def _remember(self, key: _Key, data: bytes | memoryview) -> None:
+    def _remember(self, key: _Key, data: bytes | memoryview, checksum: int) -> None:
         if len(data) <= self.memory.maxsize:
-            self.memory[key] = data
+            self.memory[key] = (data, checksum)
+
+    def _from_memory(self, obj: ObjectRef, index: int) -> bytes | memoryview | None:
+        """Block ``index`` from memory, unless it differs from the verified content."""
+        hit = self.memory.get((obj.hash, index))
+        if hit is None:
+            return None
+        expect = self.verify.expected_sum(obj, index) if not is_whole(obj) else None
+        if expect is not None and hit[1] != expect:
+            del self.memory[(obj.hash, index)]
+            return None
+        return hit[0]
 
     # -- blocks of large objects ------------------------------------------------------------
 
     async def _block(self, obj: ObjectRef, index: int) -> bytes | memoryview:
-        key = (obj.hash, index)
-        return await self._coalesced(key, functools.partial(self._produce_block, obj, index))
+        return await self._coalesced(obj, index, functools.partial(self._produce_block, obj, index))
 
     async def _produce_block(self, obj: ObjectRef, index: int) -> bytes | memoryview:
         try:
@@ -320,7 +331,9 @@ class ContentFetcher:
         from_cache: bool,
     ) -> None:
         """Note a block at hand; start the whole-object check when every block was seen."""
-        self._remember((obj.hash, index), data)
+        if obj.hash in self.verify.bad:
+            return  # a late block of a copy found wrong: not kept
+        self._remember((obj.hash, index), data, checksum)
         seen = self._seen.setdefault(obj.hash, set())
         seen.add(index)
         if (
@@ -351,15 +364,15 @@ class ContentFetcher:
             event.set()
 
     async def _hash_object(self, obj: ObjectRef, *, fetch: bool) -> ObjectHasher | None:
-        """Hash ``obj`` block by block from memory and disk, and from the store when
-        ``fetch`` (else ``None`` when a block is not at hand)."""
+        """Hash ``obj`` block by block: from memory and disk only (else ``None`` when a block
+        is not at hand), or with ``fetch`` through the normal path (memory, disk, store)."""
         hasher = ObjectHasher()
         for index in range(nblocks(obj)):
             data: bytes | memoryview | None
             if fetch:
                 data = await self._block(obj, index)
             else:
-                data = self.memory.get((obj.hash, index))
+                data = self._from_memory(obj, index)
                 if data is None:
                     try:
                         data, _ = await self._thread(self.cache.load_block, obj, index)
@@ -369,6 +382,29 @@ class ContentFetcher:
             hasher.add(data)
             await trio.lowlevel.checkpoint()
         return hasher
+
+    async def _hash_from_store(self, obj: ObjectRef) -> ObjectHasher:
+        """Hash ``obj`` as the store has it now, in runs of blocks that are neither kept nor
+        cached (nothing from memory or disk, which may hold an older, wrong copy)."""
+        hasher = ObjectHasher()
+        count = nblocks(obj)
+        for first in range(0, count, RUN_BLOCKS):
+            run = min(RUN_BLOCKS, count - first)
+            blocks: list[bytes] = await self._attempts(
+                obj, self._fetch_collect_sync, obj, first, run
+            )
+            for data in blocks:
+                hasher.add(data)
+            self.stats.add("fetch.blocks", run)
+        return hasher
+
+    def _fetch_collect_sync(
+        self, obj: ObjectRef, first: int, count: int, abort: Abort
+    ) -> list[bytes]:
+        """In a worker thread: blocks ``first`` … of ``obj`` from the store, in a list."""
+        blocks: list[bytes] = []
+        fetch_blocks(self.store, obj, first, count, abort, lambda i, d, c: blocks.append(d))
+        return blocks
 
     async def _verify_in_background(self, obj: ObjectRef) -> None:
         """Hash an object whose blocks were all seen (from memory or disk, nothing fetched);
@@ -397,7 +433,10 @@ class ContentFetcher:
                 raise failed
             self._verifying.add(obj.hash)  # no background check of the same blocks
             try:
-                hasher = await self._hash_object(obj, fetch=True)
+                if obj.hash in self.verify.bad:  # a refetch: what the store has now
+                    hasher: ObjectHasher | None = await self._hash_from_store(obj)
+                else:
+                    hasher = await self._hash_object(obj, fetch=True)
             finally:
                 self._verifying.discard(obj.hash)
             assert hasher is not None
@@ -510,13 +549,14 @@ class ContentFetcher:
     # -- coalescing, retries, threads -------------------------------------------------------
 
     async def _coalesced(
-        self, key: _Key, produce: Callable[[], Awaitable[bytes | memoryview]]
+        self, obj: ObjectRef, index: int, produce: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview:
         """The block ``key`` from memory, from a fetch under way, or by ``produce``. A reader
         whose deadline passes leaves a failure that fails the next reads of the block at once
         for ``failure_ttl`` seconds (the kernel retries a failed read straight away)."""
+        key = (obj.hash, index)
         try:
-            return await self._coalesced_inner(key, produce)
+            return await self._coalesced_inner(obj, index, produce)
         except Exception as e:
             self._failed[key] = e
             raise
@@ -529,10 +569,11 @@ class ContentFetcher:
             raise
 
     async def _coalesced_inner(
-        self, key: _Key, produce: Callable[[], Awaitable[bytes | memoryview]]
+        self, obj: ObjectRef, index: int, produce: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview:
+        key = (obj.hash, index)
         while True:
-            data = self.memory.get(key)
+            data = self._from_memory(obj, index)
             if data is not None:
                 self.stats.add("cache.hits")
                 return data
@@ -648,3 +689,7 @@ class ContentFetcher:
                 present = self.cache.present_blocks(obj.hash)
                 have += sum(block_length(obj, i) for i in present if i < nblocks(obj))
         return have / total
+
+
+def _entry_size(entry: tuple[bytes | memoryview, int]) -> int:
+    return len(entry[0])
