@@ -422,3 +422,27 @@ def test_eviction_under_readers_never_fails_a_read(
         stop.set()
         t.join(60)
     assert stats(m).get("eio", 0) == 0
+
+
+def test_a_200_mib_file_through_a_20_mib_cache_disk(
+    tmp_path: Path,
+    vfs_mount,  # type: ignore[no-untyped-def]
+    local_store: tuple[Path, str],
+) -> None:
+    """A cache on a disk far smaller than the file (a 20 MiB tmpfs): eviction keeps making
+    room, or the block is served uncached; the read never fails."""
+    big = random.Random(6).randbytes(200 * MiB)
+    files = {"big.exr": big}
+    put_local(local_store[0], files)
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], check=True)
+    try:
+        m = vfs_mount(tmp_path / "mnt", [write_manifest(tmp_path / "m", files)], local_store[1],
+                      cache_dir=disk / "cache")  # fmt: skip
+        m.expect_log(r"WARNING vfs\.(mount\.blockcache|sqlitedb): .*(No space left|disk is full)")
+        assert (m.path / "big.exr").read_bytes() == big
+        assert stats(m).get("eio", 0) == 0
+        run_vfs("unmount", str(m.path))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -274,7 +274,7 @@ class ContentFetcher:
             expect = self.verify.expected_sum(obj, index)
             data, checksum = await self._thread(self.cache.load_block, obj, index, expect)
             self.stats.add("cache.hits")
-            self._arrived(obj, index, data, checksum, from_cache=True)
+            self._arrived(obj, index, data, checksum)
             return data
         except FileNotFoundError:
             pass
@@ -315,8 +315,9 @@ class ContentFetcher:
                 f"object {where} changed in the store since it was verified (block {index})",
                 key=where,
             )
-        self._arrived(obj, index, data, checksum, from_cache=False)
-        self._background(self.cache.store_block, obj, index, data, checksum)
+        self._arrived(obj, index, data, checksum)
+        if obj.hash not in self.verify.bad:
+            self._background(self.cache.store_block, obj, index, data, checksum)
         job = jobs.get(index)
         if job is not None:
             job.data = data
@@ -327,8 +328,6 @@ class ContentFetcher:
         index: int,
         data: bytes | memoryview,
         checksum: int,
-        *,
-        from_cache: bool,
     ) -> None:
         """Note a block at hand; start the whole-object check when every block was seen."""
         if obj.hash in self.verify.bad:
