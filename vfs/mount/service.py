@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gc
 import logging
 import os
@@ -111,6 +112,30 @@ def check_mountpoint(mountpoint: str) -> str:
     return path
 
 
+def lock_mountpoint(path: str) -> int:
+    """Take an exclusive ``flock`` on the mount point directory, held (the returned fd left
+    open) for the life of the daemon, and check again that nothing is mounted there: two
+    ``vfs mount`` started at once on one point never stack two mounts.
+
+    Raises :class:`MountError` when another daemon holds it or a mount appeared meanwhile.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MountError(
+            f"another vfs mount is starting or running on {path}",
+            hint=f"wait for it, or unmount it first: vfs unmount {path}",
+        ) from None
+    if is_mounted(path):
+        os.close(fd)
+        raise MountError(
+            f"{path} is already a mount point", hint=f"unmount it first: vfs unmount {path}"
+        )
+    return fd
+
+
 def fuse_options(extra: Sequence[str]) -> set[str]:
     """Mount options: pyfuse3's defaults, read-only, named ``vfs``, plus ``extra``.
 
@@ -152,6 +177,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
     """
     try:
         mountpoint = check_mountpoint(config.mountpoint)
+        lock_mountpoint(mountpoint)
         started = time.monotonic()
         # Decoding and building allocate millions of objects and no garbage cycles; the
         # cyclic GC's repeated scans of them cost about 20 % of a 1M-entry start-up.
