@@ -305,8 +305,9 @@ class BlockCache:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise CacheBusy(
-                            f"cache lock {self._lock_path} held by another process for more "
-                            f"than {self.lock_timeout:.0f} s"
+                            f"cache lock {self._lock_path} busy for more than "
+                            f"{self.lock_timeout:.0f} s (another writer holds it, or waits "
+                            "for the index)"
                         ) from None
                     time.sleep(delay)
                     delay = min(0.05, delay * 2)

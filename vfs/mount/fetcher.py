@@ -415,7 +415,8 @@ class ContentFetcher:
                 return
             self._judge(obj, hasher)
         except Exception as e:
-            log.warning("verification of %s was not possible: %s", obj.hash, e)
+            where = self.store.describe(data_key(obj.hash))
+            log.warning("verification of %s was not possible (%s); it stays unverified", where, e)
         finally:
             self._verifying.discard(obj.hash)
 
