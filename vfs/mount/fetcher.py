@@ -530,6 +530,16 @@ class ContentFetcher:
         try:
             present = await self._thread(self.cache.present_blocks, obj.hash)
             todo = [i for i in jobs if i not in present]
+            missing: list[int] = []
+
+            async def load(index: int) -> None:
+                if not await self._prefetch_cached(obj, index, jobs[index]):
+                    missing.append(index)
+
+            async with trio.open_nursery() as loads:  # cached: into memory, checked
+                for index in sorted(set(jobs) - set(todo)):
+                    loads.start_soon(load, index)
+            todo = sorted(todo + missing)
             for run in contiguous_runs(todo, RUN_BLOCKS):
                 sub = {i: jobs[i] for i in run}
                 with trio.fail_after(self.policy.fetch_timeout):
@@ -545,6 +555,26 @@ class ContentFetcher:
                 if self._inflight.get(key) is job:
                     del self._inflight[key]
                 job.done.set()
+
+    async def _prefetch_cached(self, obj: ObjectRef, index: int, job: _Job) -> bool:
+        """Load a cached block ahead of the reader (checked like any load) and hand it to the
+        readers waiting on ``job``; ``False`` when it has to be fetched after all."""
+        try:
+            expect = self.verify.expected_sum(obj, index)
+            data, checksum = await self._thread(self.cache.load_block, obj, index, expect)
+        except FileNotFoundError:
+            return False
+        except CorruptEntryError as e:
+            self._corrupt_entry(e, obj)
+            return False
+        self.stats.add("cache.hits")
+        self._arrived(obj, index, data, checksum)
+        job.data = data
+        key = (obj.hash, index)
+        if self._inflight.get(key) is job:
+            del self._inflight[key]
+        job.done.set()
+        return True
 
     # -- coalescing, retries, threads -------------------------------------------------------
 
