@@ -246,3 +246,18 @@ def test_cache_files_are_owner_only(tmp_path: Path) -> None:
         os.umask(old)
     for p in [root, *root.rglob("*")]:
         assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p
+
+
+def test_a_removed_cache_directory_is_recreated(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    cache = BlockCache(str(root), 1 << 30)
+    data = os.urandom(1000)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    import shutil
+
+    shutil.rmtree(root)
+    assert not cache.store_object(obj, data)  # fails once, recreates the directories
+    cache._skip_until = 0.0  # the retry pause (RETRY_AFTER_S) is over
+    assert cache.store_object(obj, data)
+    assert cache.load_object(obj) == data
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700

@@ -121,10 +121,7 @@ class BlockCache:
         self._skip_until = 0.0
         self._warned = False
         try:
-            for sub in ("", "objects", "b", "tmp"):
-                os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
-            os.chmod(self.root, 0o700)
-            os.close(os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._ensure_dirs()
         except OSError as e:
             raise VfsError(
                 f"cannot create the cache directory {self.root}: {e.strerror}",
@@ -132,6 +129,13 @@ class BlockCache:
             ) from None
         self.index = CacheIndex(self.root)
         self._tmp_prefix = f"{self.index.owner}."
+
+    def _ensure_dirs(self) -> None:
+        """Create the cache's directories (0700) and lock file (0600) where missing."""
+        for sub in ("", "objects", "b", "tmp"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        os.close(os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
     # -- names ------------------------------------------------------------------------------
 
@@ -268,6 +272,9 @@ class BlockCache:
 
     def _write_failed(self, name: str, error: BaseException) -> None:
         self._skip_until = time.monotonic() + RETRY_AFTER_S
+        if isinstance(error, FileNotFoundError):  # the cache directory was removed
+            with contextlib.suppress(OSError):
+                self._ensure_dirs()
         if self._warned:
             return
         self._warned = True
