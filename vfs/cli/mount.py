@@ -14,6 +14,7 @@ import click
 from vfs.cli.common import make_s3_options, s3_options, setup_logging, size_callback
 from vfs.defaults import DEFAULT_CACHE_SIZE, default_cache_dir
 from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
+from vfs.mount.prefetch import DEFAULT_PREFETCH, PrefetchPolicy
 from vfs.mount.service import (
     MountConfig,
     default_log_file,
@@ -97,6 +98,16 @@ from vfs.mount.verify import VERIFY_MODES
     "is checked (README, Integrity).",
 )
 @click.option(
+    "--prefetch",
+    "prefetch",
+    multiple=True,
+    metavar="none|dirs|all|GLOB",
+    help="Fetch files into the cache in the background, on spare download slots: none "
+    "(default); dirs: the other files of a directory once one is read; all: every file once "
+    "one is read; GLOB (repeatable, `manifest snapshot -i` semantics): those files from the "
+    "start.",
+)
+@click.option(
     "-o",
     "fuse_options",
     multiple=True,
@@ -126,6 +137,7 @@ def mount(
     max_fetches: int,
     fetch_timeout: float,
     verify: str,
+    prefetch: tuple[str, ...],
     fuse_options: tuple[str, ...],
     foreground: bool,
     log_file: str | None,
@@ -138,6 +150,8 @@ def mount(
     Without --foreground, returns once the mount answers (exit status 1 and the reason
     when it cannot mount); the daemon keeps running until `vfs unmount MOUNTPOINT`.
     """
+    prefetch = prefetch or DEFAULT_PREFETCH
+    prefetch_policy = PrefetchPolicy.parse(prefetch)  # refuse a bad value before forking
     cache = os.path.abspath(cache_dir or default_cache_dir())
     locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
     verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
@@ -164,6 +178,7 @@ def mount(
                 attempt_timeout=min(DEFAULT_POLICY.attempt_timeout, fetch_timeout),
                 verify=verify,
             ),
+            prefetch=prefetch_policy,
         )
         run_mount(config, ready_fd)
         return
@@ -177,6 +192,8 @@ def mount(
         argv += ["--manifest", m]
     for o in fuse_options:
         argv += ["-o", o]
+    for p in prefetch:
+        argv += ["--prefetch", p]
     if endpoint_url:
         argv += ["--endpoint-url", endpoint_url]
     if expected_bucket_owner:

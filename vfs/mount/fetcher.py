@@ -30,6 +30,7 @@ CernVM-FS's verified cache are the models):
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -76,6 +77,9 @@ PERMANENT_ERRORS = (
 )
 """Store errors that another attempt would not change."""
 
+PREFETCH_WORKERS = 4
+"""Objects prefetched at once (each on one download slot, only while one is spare)."""
+
 _Key = tuple[str, int]  # (object hash, block index); index 0 for a whole object
 
 
@@ -109,13 +113,14 @@ DEFAULT_POLICY = FetchPolicy()
 class _Job:
     """One block being produced; readers of the block wait on ``done``."""
 
-    __slots__ = ("data", "demand", "done", "error")
+    __slots__ = ("data", "demand", "done", "error", "keep")
 
-    def __init__(self, demand: bool) -> None:
+    def __init__(self, demand: bool, keep: bool = True) -> None:
         self.done = trio.Event()
         self.data: bytes | memoryview | None = None
         self.error: Exception | None = None
         self.demand = demand
+        self.keep = keep  # keep the block in memory (not for background prefetch)
 
 
 class ContentFetcher:
@@ -160,6 +165,8 @@ class ContentFetcher:
         self._object_locks: dict[str, trio.Lock] = {}
         self._runs = 0
         self._pending = 0
+        self._prefetch_queue: collections.deque[ObjectRef] = collections.deque()
+        self._prefetchers = 0
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
 
@@ -315,10 +322,10 @@ class ContentFetcher:
                 f"object {where} changed in the store since it was verified (block {index})",
                 key=where,
             )
-        self._arrived(obj, index, data, checksum)
+        job = jobs.get(index)
+        self._arrived(obj, index, data, checksum, keep=job is None or job.keep)
         if obj.hash not in self.verify.bad:
             self._background(self.cache.store_block, obj, index, data, checksum)
-        job = jobs.get(index)
         if job is not None:
             job.data = data
 
@@ -328,11 +335,15 @@ class ContentFetcher:
         index: int,
         data: bytes | memoryview,
         checksum: int,
+        *,
+        keep: bool = True,
     ) -> None:
-        """Note a block at hand; start the whole-object check when every block was seen."""
+        """Note a block at hand (kept in memory when ``keep``); start the whole-object check
+        when every block was seen."""
         if obj.hash in self.verify.bad:
             return  # a late block of a copy found wrong: not kept
-        self._remember((obj.hash, index), data, checksum)
+        if keep:
+            self._remember((obj.hash, index), data, checksum)
         seen = self._seen.setdefault(obj.hash, set())
         seen.add(index)
         if (
@@ -555,6 +566,84 @@ class ContentFetcher:
                 if self._inflight.get(key) is job:
                     del self._inflight[key]
                 job.done.set()
+
+    # -- background prefetch ----------------------------------------------------------------
+
+    def prefetch(self, objects: Sequence[ObjectRef]) -> None:
+        """Queue ``objects`` to be fetched into the block cache in the background, on spare
+        download slots only (one slot is always left for readers; demand reads go first).
+        Cached objects are skipped; nothing is kept in memory."""
+        if self._nursery is None or not objects:
+            return
+        self._prefetch_queue.extend(objects)
+        while self._prefetchers < PREFETCH_WORKERS and self._prefetch_queue:
+            self._prefetchers += 1
+            self._nursery.start_soon(self._prefetch_worker)
+
+    async def _prefetch_worker(self) -> None:
+        try:
+            while self._prefetch_queue:
+                obj = self._prefetch_queue.popleft()
+                try:
+                    await self._prefetch_object(obj)
+                except Exception as e:  # a reader that needs it fetches it itself
+                    self.stats.add("prefetch.errors")
+                    log.debug("prefetch of %s failed: %s", obj.hash, e)
+        finally:
+            self._prefetchers -= 1
+
+    async def _spare_slot(self) -> None:
+        """Wait until a download slot is spare beyond the one kept for readers."""
+        while self.slots.borrowed_tokens >= self.slots.total_tokens - 1:
+            await trio.sleep(0.02)
+
+    async def _prefetch_object(self, obj: ObjectRef) -> None:
+        if obj.hash in self.verify.bad:
+            return
+        if is_whole(obj):
+            key = (obj.hash, 0)
+            if key in self.memory or key in self._inflight or obj.size == 0:
+                return
+            if await self._thread(self.cache.has_object, obj):
+                return
+            await self._spare_slot()
+            if key in self._inflight:
+                return
+            job = self._inflight[key] = _Job(demand=False, keep=False)
+            try:
+                with trio.fail_after(self.policy.fetch_timeout):
+                    data = await self._attempts(obj, fetch_object, self.store, obj)
+                job.data = data
+                self.stats.add("prefetch.bytes", len(data))
+                self._background(self.cache.store_object, obj, data)
+            finally:
+                if self._inflight.get(key) is job:
+                    del self._inflight[key]
+                job.done.set()
+            return
+        present = await self._thread(self.cache.present_blocks, obj.hash)
+        missing = [
+            i for i in range(nblocks(obj))
+            if i not in present and (obj.hash, i) not in self._inflight
+            and (obj.hash, i) not in self.memory
+        ]  # fmt: skip
+        for run in contiguous_runs(missing, RUN_BLOCKS):
+            await self._spare_slot()
+            run = [i for i in run if (obj.hash, i) not in self._inflight]
+            if not run:
+                continue
+            jobs = {i: _Job(demand=False, keep=False) for i in run}
+            for i, job in jobs.items():
+                self._inflight[(obj.hash, i)] = job
+            try:
+                with trio.fail_after(self.policy.fetch_timeout):
+                    await self._attempts(obj, self._fetch_run_sync, obj, run[0], len(run), jobs)
+                self.stats.add("prefetch.bytes", sum(block_length(obj, i) for i in run))
+            finally:
+                for i, job in jobs.items():
+                    if self._inflight.get((obj.hash, i)) is job:
+                        del self._inflight[(obj.hash, i)]
+                    job.done.set()
 
     async def _prefetch_cached(self, obj: ObjectRef, index: int, job: _Job) -> bool:
         """Load a cached block ahead of the reader (checked like any load) and hand it to the

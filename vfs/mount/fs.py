@@ -30,6 +30,7 @@ import trio
 from vfs.errors import VfsError
 from vfs.mount.fetcher import ContentFetcher
 from vfs.mount.objects import ObjectRef
+from vfs.mount.prefetch import PrefetchPlanner
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
@@ -82,6 +83,7 @@ class _Handle:
     parts: tuple[ObjectRef, ...]
     size: int
     state: ReadaheadState
+    read_once: bool = False
 
 
 def describe_error(error: BaseException) -> str:
@@ -100,11 +102,18 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: InodeTree, fetcher: ContentFetcher, stats: MountStats) -> None:
+    def __init__(
+        self,
+        tree: InodeTree,
+        fetcher: ContentFetcher,
+        stats: MountStats,
+        prefetch: PrefetchPlanner | None = None,
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.fetcher = fetcher
         self.stats = stats
+        self.prefetch = prefetch
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._handles: dict[int, _Handle] = {}
@@ -252,6 +261,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
         if len(data) != want:
             self._failed_read(handle, f"{len(data)} bytes at offset {off} instead of {want}")
         self.stats.add("read.bytes", want)
+        if not handle.read_once:
+            handle.read_once = True
+            if self.prefetch is not None:
+                planner = self.prefetch
+                self.fetcher.prefetch(planner.objects(planner.after_read(handle.inode)))
         return data  # type: ignore[return-value]  # any buffer will do for pyfuse3
 
     def _failed_read(self, handle: _Handle, why: str) -> NoReturn:

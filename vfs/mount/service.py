@@ -33,6 +33,7 @@ from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.fetcher import ContentFetcher, FetchPolicy
 from vfs.mount.fs import ReadOnlyOperations
+from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 from vfs.storage import S3Options, open_store, read_location
@@ -79,6 +80,7 @@ class MountConfig:
     cache_size: int = DEFAULT_CACHE_SIZE
     min_free_ratio: float = 0.05
     policy: FetchPolicy = field(default_factory=FetchPolicy)
+    prefetch: PrefetchPolicy = field(default_factory=PrefetchPolicy)
 
 
 def load_manifests(
@@ -200,7 +202,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         options = fuse_options(config.fuse_options)
         stats = MountStats()
         fetcher = ContentFetcher(cache, store, stats, config.policy)
-        ops = ReadOnlyOperations(tree, fetcher, stats)
+        planner = PrefetchPlanner(tree, config.prefetch)
+        ops = ReadOnlyOperations(tree, fetcher, stats, planner)
         fetcher.on_bad = ops.invalidate_object
         try:
             pyfuse3.init(ops, mountpoint, options)
@@ -257,6 +260,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                     await failsafe("flushing the cache index", cache.flush_touched)
 
             fetcher.attach(nursery)
+            fetcher.prefetch(planner.objects(planner.at_mount()))
             nursery.start_soon(announce_ready)
             nursery.start_soon(watch_signals)
             nursery.start_soon(flush_cache_index)
