@@ -118,6 +118,7 @@ PREFIX = "ja"
 ACCESS_KEY = SECRET_KEY = "S3RVER"
 S3RVER_VERSION = "3.7.1"
 MOUNT_TIMEOUT = 120.0
+EXTRA_VFS_ARGS: list[str] = []  # --vfs-arg, appended to every `vfs mount`
 MTIME_BASE = 1_700_000_000_000_000  # µs
 TTFB_BYTES = 4 * KiB
 HEADER_BYTES = 64 * KiB
@@ -629,6 +630,7 @@ class Bench:
         cmd += ["--cache-dir", cache, "--log-file", log_file]
         if endpoint:
             cmd += ["--endpoint-url", endpoint]
+        cmd += EXTRA_VFS_ARGS
         m = Mount("vfs", mnt, log_file)
         self.mounts.append(m)  # registered first: cleaned up even if the command fails
         t0 = time.perf_counter()
@@ -1578,6 +1580,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="work directory (default: new, under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
+        "--vfs-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument of every `vfs mount`, repeatable (e.g. --vfs-arg=--prefetch "
+        "--vfs-arg=dirs)",
+    )
+    p.add_argument(
         "--no-install",
         action="store_true",
         help="do not apt-get install missing s3fs/rclone (their baselines are left out)",
@@ -1587,6 +1597,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    EXTRA_VFS_ARGS[:] = args.vfs_arg
     sizes = QUICK if args.quick else FULL
     cases = {c.strip() for c in args.cases.split(",") if c.strip()}
     unknown = cases - set(CASES)
