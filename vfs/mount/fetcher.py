@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -165,7 +165,7 @@ class ContentFetcher:
         self._object_locks: dict[str, trio.Lock] = {}
         self._runs = 0
         self._pending = 0
-        self._prefetch_queue: collections.deque[ObjectRef] = collections.deque()
+        self._prefetch_queue: collections.deque[Iterator[ObjectRef]] = collections.deque()
         self._prefetchers = 0
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -569,13 +569,14 @@ class ContentFetcher:
 
     # -- background prefetch ----------------------------------------------------------------
 
-    def prefetch(self, objects: Sequence[ObjectRef]) -> None:
+    def prefetch(self, objects: Iterable[ObjectRef]) -> None:
         """Queue ``objects`` to be fetched into the block cache in the background, on spare
         download slots only (one slot is always left for readers; demand reads go first).
-        Cached objects are skipped; nothing is kept in memory."""
-        if self._nursery is None or not objects:
+        Cached objects are skipped; nothing is kept in memory. ``objects`` is consumed
+        lazily, as the prefetch goes."""
+        if self._nursery is None:
             return
-        self._prefetch_queue.extend(objects)
+        self._prefetch_queue.append(iter(objects))
         while self._prefetchers < PREFETCH_WORKERS and self._prefetch_queue:
             self._prefetchers += 1
             self._nursery.start_soon(self._prefetch_worker)
@@ -583,7 +584,10 @@ class ContentFetcher:
     async def _prefetch_worker(self) -> None:
         try:
             while self._prefetch_queue:
-                obj = self._prefetch_queue.popleft()
+                obj = next(self._prefetch_queue[0], None)
+                if obj is None:
+                    self._prefetch_queue.popleft()
+                    continue
                 try:
                     await self._prefetch_object(obj)
                 except Exception as e:  # a reader that needs it fetches it itself

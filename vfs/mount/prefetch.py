@@ -15,7 +15,8 @@ Every file is planned at most once; symbolic links have no content and are never
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from vfs.errors import VfsError
@@ -67,46 +68,43 @@ class PrefetchPlanner:
         self._dirs_done: set[int] = set()
         self._all_done = False
 
-    def at_mount(self) -> list[int]:
+    def at_mount(self) -> Iterator[int]:
         """Files to prefetch as soon as the mount serves (the ``GLOB`` mode), in path
-        order."""
+        order (lazily: a million-file tree is walked as the prefetch goes)."""
         if self.policy.mode != "globs":
-            return []
+            return iter(())
         globs = self.policy.globs
         return self._plan(
             ino for path, ino in self._files_below(ROOT_INODE, "")
             if any(glob_matches(path, g) for g in globs)
         )  # fmt: skip
 
-    def after_read(self, ino: int) -> list[int]:
-        """Files to prefetch now that file ``ino`` was read for the first time."""
+    def after_read(self, ino: int) -> Iterator[int]:
+        """Files to prefetch now that file ``ino`` was read for the first time (lazily)."""
         self._planned.add(ino)
         mode = self.policy.mode
         if mode == "dirs":
             parent = self.tree.parent[ino]
             if parent in self._dirs_done:
-                return []
+                return iter(())
             self._dirs_done.add(parent)
             return self._plan(self._files_in(parent))
         if mode == "all" and not self._all_done:
             self._all_done = True
             parent = self.tree.parent[ino]
-            first = list(self._files_in(parent))
             rest = (i for _, i in self._files_below(ROOT_INODE, ""))
-            return self._plan([*first, *rest])
-        return []
+            return self._plan(itertools.chain(self._files_in(parent), rest))
+        return iter(())
 
-    def objects(self, inodes: Sequence[int]) -> list[ObjectRef]:
-        """The CAS objects holding these files' content, in order."""
-        return [part for ino in inodes for part in self.tree.file_parts(ino)]
+    def objects(self, inodes: Iterable[int]) -> Iterator[ObjectRef]:
+        """The CAS objects holding these files' content, in order (lazily)."""
+        return (part for ino in inodes for part in self.tree.file_parts(ino))
 
-    def _plan(self, inodes: Iterator[int] | list[int]) -> list[int]:
-        out = []
+    def _plan(self, inodes: Iterable[int]) -> Iterator[int]:
         for ino in inodes:
             if ino not in self._planned:
                 self._planned.add(ino)
-                out.append(ino)
-        return out
+                yield ino
 
     def _is_file(self, ino: int) -> bool:
         return not self.tree.is_dir(ino) and ino not in self.tree.symlinks
