@@ -1,5 +1,10 @@
 """Object stores (S3 and local directories), the key layout, URI parsing, manifest storage
-and the S3 check cache."""
+and the S3 check cache.
+
+boto3 is imported only when an S3 store is made (:class:`S3Store`, ``open_store("s3://…")``).
+"""
+
+from typing import TYPE_CHECKING
 
 from vfs.storage.base import ObjectStore, Readable, normalize_metadata
 from vfs.storage.check_cache import (
@@ -37,8 +42,21 @@ from vfs.storage.manifests import (
     session_action_manifest_prefix,
     upload_manifest,
 )
-from vfs.storage.s3 import S3Options, S3Store
+from vfs.storage.options import S3Options
 from vfs.storage.uri import open_store, parse_s3_uri, read_location
+
+if TYPE_CHECKING:
+    from vfs.storage.s3 import S3Store
+
+
+def __getattr__(name: str) -> object:
+    """``S3Store`` is imported on first use: importing it imports boto3 (~0.2 s)."""
+    if name == "S3Store":
+        from vfs.storage.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATA_FOLDER",
