@@ -31,7 +31,12 @@ from vfs.mount.blockcache import BlockCache
 from vfs.mount.fetcher import ContentFetcher, FetchPolicy
 from vfs.mount.fs import ReadOnlyOperations
 from vfs.mount.launch import READY_PREFIX, WARNING_PREFIX
-from vfs.mount.launch import is_mounted as is_mounted  # re-exported: tests, vfs.testing
+from vfs.mount.launch import READY_TIMEOUT as READY_TIMEOUT  # re-exported (moved to launch)
+from vfs.mount.launch import default_log_file as default_log_file
+from vfs.mount.launch import is_mounted as is_mounted
+from vfs.mount.launch import python_argv as python_argv
+from vfs.mount.launch import start_mount as start_mount
+from vfs.mount.launch import unmount as unmount
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 from vfs.storage import S3Options, open_store, read_location
