@@ -111,7 +111,8 @@ def prune(cache_dir: str | None, to_size: str | None, everything: bool, as_json:
     "--include",
     multiple=True,
     metavar="GLOB",
-    help="Only files whose path matches (fnmatch; repeatable).",
+    help="Only files whose path matches, as with `manifest snapshot -i` (e.g. '**/*.exr'; "
+    "repeatable).",
 )
 @cache_dir_option
 @click.option(

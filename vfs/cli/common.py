@@ -12,13 +12,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from vfs.errors import VfsError
 from vfs.storage import S3Options
@@ -135,6 +128,15 @@ def byte_progress(
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    # Imported here: rich costs every command ~0.05 s and is needed only for a bar.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = [BarColumn(), DownloadColumn(), TransferSpeedColumn()]
     if total is not None:
         columns.append(TimeRemainingColumn())

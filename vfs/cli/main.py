@@ -8,18 +8,30 @@ from typing import Any
 
 import click
 
-from vfs.cli.attachment import attachment
-from vfs.cli.cache import cache
 from vfs.cli.common import VfsGroup, escape_unencodable_output, setup_logging
-from vfs.cli.manifest import manifest
-from vfs.cli.stats import stats
 
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "attachment": ("vfs.cli.attachment:attachment", "Upload and download job attachment data."),
+    "cache": (
+        "vfs.cli.cache:cache",
+        "Inspect, prune and warm the block cache shared by the node's mounts.",
+    ),
+    "manifest": (
+        "vfs.cli.manifest:manifest",
+        "Create, compare, merge, inspect and move manifests.",
+    ),
     "mount": ("vfs.cli.mount:mount", "Mount the merged MANIFESTs read-only at MOUNTPOINT."),
+    "stats": (
+        "vfs.cli.stats:stats",
+        "Show a mount's counters: requests by kind, cache hits and misses, bytes fetched and "
+        "served, retries and I/O errors.",
+    ),
     "unmount": ("vfs.cli.mount:unmount", "Unmount a vfs mount; returns once it is gone."),
 }
-"""Commands whose module imports the FUSE stack (pyfuse3, trio): name -> (``module:attr``,
-the short help ``vfs --help`` shows without importing them)."""
+"""Every command, imported only when it runs (or its help is asked for): ``vfs mount``
+answers sooner without the other groups' imports, and no command but mount and unmount
+imports the FUSE stack (pyfuse3, trio). name -> (``module:attr``, the short help ``vfs
+--help`` shows without importing them)."""
 
 
 class LazyGroup(VfsGroup):
@@ -76,12 +88,6 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """AWS Deadline Cloud job attachments: a FUSE filesystem and the tools under it."""
     ctx.obj = {"verbose": verbose}
     setup_logging(verbose)
-
-
-cli.add_command(manifest)
-cli.add_command(attachment)
-cli.add_command(stats)
-cli.add_command(cache)
 
 
 def main() -> None:

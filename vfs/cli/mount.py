@@ -1,7 +1,9 @@
 """``vfs mount`` and ``vfs unmount``.
 
-This module imports the FUSE stack (pyfuse3, trio); :mod:`vfs.cli.main` loads it only
-when one of its commands runs (or ``--help`` of one of them is asked for).
+:mod:`vfs.cli.main` loads this module only when one of its commands runs (or ``--help`` of
+one of them is asked for). It imports the FUSE stack (pyfuse3, trio), the fetcher and boto3
+only in the daemon (``--foreground``): a background ``vfs mount`` spawns the daemon before
+any of that is loaded, so it answers as soon as the daemon does.
 """
 
 from __future__ import annotations
@@ -13,19 +15,16 @@ import click
 
 from vfs.cli.common import make_s3_options, s3_options, setup_logging, size_callback
 from vfs.defaults import DEFAULT_CACHE_SIZE, default_cache_dir
-from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
+from vfs.mount.launch import default_log_file, python_argv, start_mount
+from vfs.mount.launch import unmount as unmount_path
 from vfs.mount.prefetch import DEFAULT_PREFETCH, PrefetchPolicy
-from vfs.mount.service import (
-    MountConfig,
-    default_log_file,
-    python_argv,
-    run_mount,
-    start_mount,
-)
-from vfs.mount.service import (
-    unmount as unmount_path,
-)
-from vfs.mount.verify import VERIFY_MODES
+
+# The defaults of vfs.mount.fetcher.DEFAULT_POLICY and vfs.mount.verify.VERIFY_MODES, spelt
+# out so that the background path imports neither (tests/test_cli_imports.py checks them).
+DEFAULT_MAX_FETCHES = 16
+DEFAULT_FETCH_TIMEOUT = 60.0
+DEFAULT_VERIFY = "block"
+VERIFY_MODES = ("block", "strict")
 
 
 @click.command()
@@ -77,21 +76,21 @@ from vfs.mount.verify import VERIFY_MODES
 )
 @click.option(
     "--max-fetches",
-    default=DEFAULT_POLICY.max_fetches,
+    default=DEFAULT_MAX_FETCHES,
     show_default=True,
     help="Concurrent downloads.",
 )
 @click.option(
     "--fetch-timeout",
     type=click.FloatRange(1),
-    default=DEFAULT_POLICY.fetch_timeout,
+    default=DEFAULT_FETCH_TIMEOUT,
     show_default=True,
     help="Seconds before a read of uncached data fails with EIO.",
 )
 @click.option(
     "--verify",
     type=click.Choice(VERIFY_MODES),
-    default=DEFAULT_POLICY.verify,
+    default=DEFAULT_VERIFY,
     show_default=True,
     help="block: serve blocks of a large object before its whole hash is checked (each "
     "block checked against its checksum); strict: no byte of an object before its hash "
@@ -156,6 +155,9 @@ def mount(
     locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
     verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
     if foreground:
+        from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
+        from vfs.mount.service import MountConfig, run_mount
+
         # What the daemon writes (cache entries, index, logs) is nobody else's business.
         os.umask(0o077)
         if log_file:

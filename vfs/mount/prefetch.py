@@ -18,11 +18,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vfs.errors import VfsError
-from vfs.manifest.globs import glob_matches
-from vfs.mount.objects import ObjectRef
-from vfs.mount.tree import ROOT_INODE, InodeTree
+
+if TYPE_CHECKING:  # the CLI parses --prefetch before forking, without the tree's imports
+    from vfs.mount.objects import ObjectRef
+    from vfs.mount.tree import InodeTree
+
+_ROOT = 1  # vfs.mount.tree.ROOT_INODE
 
 PREFETCH_MODES = ("none", "dirs", "all")
 """The named ``--prefetch`` modes; anything else is a glob."""
@@ -73,9 +77,11 @@ class PrefetchPlanner:
         order (lazily: a million-file tree is walked as the prefetch goes)."""
         if self.policy.mode != "globs":
             return iter(())
+        from vfs.manifest.globs import glob_matches
+
         globs = self.policy.globs
         return self._plan(
-            ino for path, ino in self._files_below(ROOT_INODE, "")
+            ino for path, ino in self._files_below(_ROOT, "")
             if any(glob_matches(path, g) for g in globs)
         )  # fmt: skip
 
@@ -92,7 +98,7 @@ class PrefetchPlanner:
         if mode == "all" and not self._all_done:
             self._all_done = True
             parent = self.tree.parent[ino]
-            rest = (i for _, i in self._files_below(ROOT_INODE, ""))
+            rest = (i for _, i in self._files_below(_ROOT, ""))
             return self._plan(itertools.chain(self._files_in(parent), rest))
         return iter(())
 

@@ -1,23 +1,21 @@
 """Running a mount: load and check the manifests, mount, serve, signal readiness, unmount.
 
-``run_mount`` is the daemon (foreground) side. ``start_mount`` is what ``vfs mount`` does by
-default: it starts the daemon as a detached child process and returns only once the mount
-answers, or fails with the daemon's own error message.
+``run_mount`` is the daemon (foreground) side. ``start_mount`` (:mod:`vfs.mount.launch`, which
+imports no FUSE stack) is what ``vfs mount`` does by default: it starts the daemon as a
+detached child process and returns only once the mount answers, or fails with the daemon's
+own error message.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import gc
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,25 +24,25 @@ import pyfuse3
 import trio
 
 from vfs.errors import MountError, VfsError
-from vfs.hashing import hash_string
 from vfs.manifest import Manifest
 from vfs.manifest.convert import decode_any_manifest
 from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.fetcher import ContentFetcher, FetchPolicy
 from vfs.mount.fs import ReadOnlyOperations
+from vfs.mount.launch import READY_PREFIX, WARNING_PREFIX
+from vfs.mount.launch import READY_TIMEOUT as READY_TIMEOUT  # re-exported (moved to launch)
+from vfs.mount.launch import default_log_file as default_log_file
+from vfs.mount.launch import is_mounted as is_mounted
+from vfs.mount.launch import python_argv as python_argv
+from vfs.mount.launch import start_mount as start_mount
+from vfs.mount.launch import unmount as unmount
 from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 from vfs.storage import S3Options, open_store, read_location
 
 log = logging.getLogger(__name__)
-
-READY_TIMEOUT = 300.0
-"""Seconds ``start_mount`` waits for the daemon to answer before giving up."""
-
-READY_PREFIX = b"ready "
-WARNING_PREFIX = b"warning: "
 
 DRAIN_TIMEOUT = 10.0
 """Seconds an unmount waits for cache writes under way to finish."""
@@ -324,127 +322,3 @@ def tune_kernel(st_dev: int) -> None:
         log.info("kernel tuning applied: %s", ", ".join(done))
     if failed:
         log.info("kernel tuning not applied (needs root): %s", "; ".join(failed))
-
-
-def default_log_file(cache_dir: str, mountpoint: str) -> str:
-    """Log file of a background mount: ``{cache_dir}/logs/mount-{hash of the mount point}.log``."""
-    name = hash_string(os.path.abspath(mountpoint))[:16]
-    return os.path.join(cache_dir, "logs", f"mount-{name}.log")
-
-
-def start_mount(argv: Sequence[str], log_file: str, timeout: float = READY_TIMEOUT) -> int:
-    """Start ``vfs mount … --foreground`` (``argv``, without the ready fd) detached.
-
-    Returns the daemon's pid once the mount answers. Raises :class:`MountError` with the
-    daemon's own message when it exits or fails to answer within ``timeout`` seconds.
-    """
-    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
-    read_end, write_end = os.pipe()
-    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    with open(log_fd, "ab") as log_out:
-        proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(write_end), "--log-file", log_file],
-            stdin=subprocess.DEVNULL,
-            stdout=log_out,
-            stderr=log_out,
-            pass_fds=(write_end,),
-            start_new_session=True,
-        )
-    os.close(write_end)
-    try:
-        lines = _read_ready(read_end, proc, timeout)
-    finally:
-        os.close(read_end)
-    for line in lines:
-        if line.startswith(WARNING_PREFIX):
-            sys.stderr.write(line.decode(errors="replace") + "\n")
-    message = lines[-1] + b"\n" if lines and not lines[-1].startswith(WARNING_PREFIX) else b""
-    if message.startswith(READY_PREFIX):
-        return int(message[len(READY_PREFIX) :].strip() or proc.pid)
-    if proc.poll() is None:
-        proc.terminate()
-    text = message.decode(errors="replace").strip()
-    if not text:
-        text = f"the mount daemon exited with status {proc.poll()}; see {log_file}"
-    raise MountError(text)
-
-
-def _read_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> list[bytes]:
-    """Lines from the daemon's ready pipe up to the first that is not a warning (the ready
-    line or an error), or all of them at EOF; within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    while True:
-        lines = buffer.split(b"\n")
-        for n, line in enumerate(lines[:-1]):
-            if not line.startswith(WARNING_PREFIX):  # ready, or an error (maybe of more lines)
-                return [*lines[:n], b"\n".join(lines[n:]).rstrip(b"\n")]
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise MountError(f"the mount did not answer within {timeout:.0f} s")
-        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-        if ready:
-            data = os.read(fd, 65536)
-            if not data:
-                return [line for line in lines if line]
-            buffer += data
-        elif proc.poll() is not None and not buffer:
-            return []
-
-
-def unmount(mountpoint: str, timeout: float = 60.0) -> None:
-    """Unmount a vfs mount with ``fusermount3 -u``; wait until it is gone.
-
-    Raises :class:`MountError` when ``mountpoint`` is not mounted or stays busy.
-    """
-    path = os.path.abspath(mountpoint)
-    if not is_mounted(path):
-        raise MountError(f"{path} is not mounted")
-    result = subprocess.run(
-        ["fusermount3", "-u", path], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        detail = result.stderr.strip() or f"fusermount3 exited with {result.returncode}"
-        hint = "close the files and shells using it, or unmount lazily: fusermount3 -uz"
-        raise MountError(f"cannot unmount {path}: {detail}", hint=hint)
-    deadline = time.monotonic() + timeout
-    while is_mounted(path):
-        if time.monotonic() > deadline:
-            raise MountError(f"{path} is still mounted after {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-def is_mounted(path: str) -> bool:
-    """True when ``path`` is a mount point, read from /proc (never touches the mount)."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                target = line.split(" ")[4]
-                if _unescape_mountinfo(target) == path:
-                    return True
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise
-    return False
-
-
-def _unescape_mountinfo(field: str) -> str:
-    """Undo the octal escapes (``\\040`` for space) of /proc/self/mountinfo."""
-    if "\\" not in field:
-        return field
-    out = bytearray()
-    raw = field.encode("utf-8", "surrogateescape")
-    i = 0
-    while i < len(raw):
-        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return out.decode("utf-8", "surrogateescape")
-
-
-def python_argv() -> list[str]:
-    """The command that runs this vfs: ``[python, -m, vfs]``."""
-    return [sys.executable, "-m", "vfs"]

@@ -7,7 +7,6 @@ same manifests would read.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vfs.errors import CorruptObjectError, VfsError
+from vfs.manifest.globs import glob_matches
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.blockfile import CorruptEntryError
 from vfs.mount.blocks import is_whole, nblocks
@@ -42,12 +42,15 @@ class WarmSummary:
 def tree_objects(
     tree: InodeTree, include: Sequence[str] = ()
 ) -> tuple[list[str], dict[str, ObjectRef]]:
-    """The regular files of ``tree`` whose path matches an ``include`` glob (``fnmatch``;
-    every file when there is none), and the distinct CAS objects holding their content
+    """The regular files of ``tree`` whose path matches an ``include`` glob (every file when
+    there is none), and the distinct CAS objects holding their content
     (one per file, or each 256 MiB chunk of a chunked v2 file), by hash.
 
-    Symbolic links have no content and are left out. Paths are relative, ``/``-separated,
-    as the manifests spell them.
+    The globs mean what they mean to ``vfs manifest snapshot -i`` (deadline's recursive
+    ``glob``, :mod:`vfs.manifest.globs`): ``*`` stays within one path component, ``**/``
+    spans directories, and neither matches names starting with ``.``. Symbolic links have
+    no content and are left out. Paths are relative, ``/``-separated, as the manifests
+    spell them.
     """
     paths: list[str] = []
     objects: dict[str, ObjectRef] = {}
@@ -61,7 +64,7 @@ def tree_objects(
                 continue
             if ino in tree.symlinks:
                 continue
-            if include and not any(fnmatch.fnmatch(path, g) for g in include):
+            if include and not any(glob_matches(path, g) for g in include):
                 continue
             paths.append(path)
             for part in tree.file_parts(ino):

@@ -25,13 +25,13 @@ import logging
 import os
 import random
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable
 
 from vfs.errors import StoreError
 from vfs.sqlitedb import BATCH_SIZE, BUSY_TIMEOUT_S, SqliteCache
 from vfs.storage.base import ObjectStore
-from vfs.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def check_cache_key(store: ObjectStore, key: str) -> str:
     For an :class:`S3Store` this is deadline's ``"{bucket}/{full object key}"``; for any other
     store, its full location (``store.describe(key)``), which is unique just the same.
     """
-    if isinstance(store, S3Store):
+    # An S3Store exists only once its module (and boto3) is imported; never import it here.
+    s3 = sys.modules.get("vfs.storage.s3")
+    if s3 is not None and isinstance(store, s3.S3Store):
         return f"{store.bucket}/{store.full_key(key)}"
     return store.describe(key)
 

@@ -12,7 +12,6 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -28,26 +27,11 @@ from vfs.errors import (
 )
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
 from vfs.storage.layout import join_key
+from vfs.storage.options import S3Options
 from vfs.storage.ranges import content_range_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-
-@dataclass(frozen=True, slots=True)
-class S3Options:
-    """How to reach S3: ``endpoint_url`` (``None``: boto3's default or ``AWS_ENDPOINT_URL``),
-    ``expected_bucket_owner`` (AWS account id sent on every call), ``max_pool_connections``;
-    ``max_attempts`` per call (botocore's own retries: 1 turns them off, for callers that
-    retry themselves, like the mount's fetcher), and the ``connect_timeout`` and
-    ``read_timeout`` of one socket operation (seconds)."""
-
-    endpoint_url: str | None = None
-    expected_bucket_owner: str | None = None
-    max_pool_connections: int = 32
-    max_attempts: int = 5
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
 
 
 def make_s3_client(options: S3Options) -> S3Client:

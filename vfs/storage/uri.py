@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 from vfs.errors import StoreError, StoreUriError
 from vfs.storage.base import ObjectStore
 from vfs.storage.local import LocalStore
-from vfs.storage.s3 import S3Options, S3Store
+from vfs.storage.options import S3Options
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -34,6 +34,8 @@ def open_store(uri: str, s3_options: S3Options | None = None) -> ObjectStore:
     """
     if uri.startswith("s3://"):
         bucket, prefix = parse_s3_uri(uri)
+        from vfs.storage.s3 import S3Store  # boto3 only when S3 is used
+
         return S3Store(bucket, prefix, s3_options)
     if uri.startswith("file://"):
         parts = urlsplit(uri)
@@ -59,6 +61,8 @@ def read_location(location: str, s3_options: S3Options | None = None) -> bytes:
         bucket, key = parse_s3_uri(location)
         if not key:
             raise StoreUriError(f"{location!r} names a bucket but no object key")
+        from vfs.storage.s3 import S3Store  # boto3 only when S3 is used
+
         return S3Store(bucket, "", s3_options).get_bytes(key)
     path = location[len("file://") :] if location.startswith("file://") else location
     try:
