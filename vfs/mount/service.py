@@ -8,6 +8,7 @@ answers, or fails with the daemon's own error message.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import gc
@@ -93,6 +94,15 @@ def load_manifests(
         data = read_location(location, s3)
         manifests.append(decode_any_manifest(data, source=location))
     return manifests, list(locations)
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the kernel (glibc
+    ``malloc_trim``): decoding a large manifest leaves hundreds of MB freed but resident
+    between the tree's few surviving blocks (1M entries: VmRSS 270 -> 150 MB)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def check_mountpoint(mountpoint: str) -> str:
@@ -188,6 +198,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             del manifests
         finally:
             gc.enable()
+        release_freed_memory()
         for warning in tree.warnings:
             log.warning("%s", warning)
             if ready_fd is not None:
