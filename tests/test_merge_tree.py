@@ -479,3 +479,25 @@ def test_single_manifest_listing_a_path_twice_builds_like_the_merge() -> None:
         general = InodeTree.from_manifests([manifest], ["m"])
     assert _full_snapshot(fast) == _full_snapshot(general)
     assert fast.hash_hex(node(fast, "d/x")) == h(3)
+
+
+def test_tree_from_decoded_columns_equals_tree_from_the_manifest() -> None:
+    from vfs.manifest.codec import decode_manifest_columns
+
+    paths = sorted({f"s/{a}/{b}/f{c}" for a in range(3) for b in range(4) for c in range(9)})
+    manifest = Manifest([mp(p, n=i, size=i, mtime=i - 50) for i, p in enumerate(paths)])
+    data = encode_manifest(manifest)
+    columns = decode_manifest_columns(data)
+    assert columns is not None
+    from_columns = InodeTree.from_manifests([columns], ["m"])
+    with pytest.MonkeyPatch.context() as mpatch:
+        _general_only(mpatch)
+        general = InodeTree.from_manifests([manifest], ["m"])
+        assert _full_snapshot(from_columns) == _full_snapshot(general)
+    # Several manifests: the columns take part in the general merge.
+    other = Manifest([mp("s/0/0/f0", n=99), mp("t/new", n=98)])
+    mixed = InodeTree.from_manifests([columns, other], ["m", "o"])
+    assert _full_snapshot(mixed) == _full_snapshot(
+        InodeTree.from_manifests([manifest, other], ["m", "o"])
+    )
+    assert mixed.hash_hex(node(mixed, "s/0/0/f0")) == h(99)

@@ -29,6 +29,7 @@ import trio
 from vfs.errors import MountError, VfsError
 from vfs.hashing import hash_string
 from vfs.manifest import Manifest
+from vfs.manifest.codec import ManifestColumns, decode_manifest_columns
 from vfs.manifest.convert import decode_any_manifest
 from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
@@ -84,15 +85,20 @@ class MountConfig:
 
 def load_manifests(
     locations: Sequence[str], s3: S3Options | None = None
-) -> tuple[list[Manifest | ManifestV2], list[str]]:
+) -> tuple[list[Manifest | ManifestV2 | ManifestColumns], list[str]]:
     """Read and decode each manifest (either format); return them with their names.
 
     Raises :class:`VfsError` (``StoreError``, ``ManifestError``) naming the manifest.
     """
-    manifests: list[Manifest | ManifestV2] = []
+    manifests: list[Manifest | ManifestV2 | ManifestColumns] = []
     for location in locations:
         data = read_location(location, s3)
-        manifests.append(decode_any_manifest(data, source=location))
+        # A canonical v1 manifest (the common case) is held column by column, without an
+        # object per entry; anything else is decoded (or explained) in full.
+        manifests.append(
+            decode_manifest_columns(data) or decode_any_manifest(data, source=location)
+        )
+        del data
     return manifests, list(locations)
 
 

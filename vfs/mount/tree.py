@@ -26,7 +26,7 @@ from operator import attrgetter, itemgetter, ne
 
 from vfs.errors import ManifestError
 from vfs.manifest import Manifest, ManifestPath
-from vfs.manifest.codec import _all_distinct
+from vfs.manifest.codec import ManifestColumns, _all_distinct
 from vfs.manifest.merge import merge_layers
 from vfs.manifest.v2 import ManifestFilePath, ManifestV2
 from vfs.mount.objects import CHUNK_SIZE, ObjectRef
@@ -98,31 +98,38 @@ class InodeTree:
 
     @classmethod
     def from_manifests(
-        cls, manifests: Sequence[Manifest | ManifestV2], sources: Sequence[str] | None = None
+        cls,
+        manifests: Sequence[Manifest | ManifestV2 | ManifestColumns],
+        sources: Sequence[str] | None = None,
     ) -> InodeTree:
         """Merge ``manifests`` with :func:`~vfs.manifest.merge.merge_layers` (last wins per
         path; across manifests a file replaces a directory and a directory a file) and build
         the tree.
 
-        Manifests of both formats may be mixed. Of format 2025-12-04-beta the tree also
-        takes chunked files, symbolic links, the execute bit, explicit (also empty)
-        directories, and delete markers, which remove what earlier manifests listed.
-        ``sources`` names each manifest (file path or URI) for error messages and for
-        provenance. Raises :class:`ManifestError` naming the manifest and entry when within
-        one manifest a path is both a file and a directory, a name cannot be a Linux file
-        name, or a size or mtime is out of range.
+        Manifests of both formats may be mixed; a v1 manifest may also be given as
+        :class:`~vfs.manifest.codec.ManifestColumns` (what a mount decodes). Of format
+        2025-12-04-beta the tree also takes chunked files, symbolic links, the execute bit,
+        explicit (also empty) directories, and delete markers, which remove what earlier
+        manifests listed. ``sources`` names each manifest (file path or URI) for error
+        messages and for provenance. Raises :class:`ManifestError` naming the manifest and
+        entry when within one manifest a path is both a file and a directory, a name cannot
+        be a Linux file name, or a size or mtime is out of range.
         """
         names = list(sources) if sources is not None else [f"#{i}" for i in range(len(manifests))]
         tree = None
-        if len(manifests) == 1 and type(manifests[0]) is Manifest:
+        only = manifests[0] if len(manifests) == 1 else None
+        if isinstance(only, (Manifest, ManifestColumns)):
             tree = cls()
             tree.sources = names
-            if not tree._build_single_v1(manifests[0]):
+            if not tree._build_single_v1(only):
                 tree = None  # might be malformed: the general build explains it
         if tree is None:
             tree = cls()
             tree.sources = names
-            tree._build_general(manifests, names)
+            tree._build_general(
+                [m.to_manifest() if isinstance(m, ManifestColumns) else m for m in manifests],
+                names,
+            )
         tree._check_ranges()
         tree._drop_escaping_symlinks()
         # Directories were created before their children: walk them backwards so that each
@@ -205,7 +212,7 @@ class InodeTree:
         off_type = "I" if len(self.names) < 2**32 else "Q"
         self.name_off = array(off_type, accumulate(lengths, initial=0))
 
-    def _build_single_v1(self, manifest: Manifest) -> bool:
+    def _build_single_v1(self, manifest: Manifest | ManifestColumns) -> bool:
         """Build from one v1 manifest without a merge, run by run of entries that share a
         directory, with C-level passes over the columns; the same tree as
         :meth:`_build_general` gives (inode numbers, mtimes and all).
@@ -215,23 +222,32 @@ class InodeTree:
         listed twice, a path that is both a file and a directory, a name that is not strict
         UTF-8 (surrogates), a size or mtime out of range, a malformed hash.
         """
-        entries = manifest.paths
-        n = len(entries)
-        if not n:
+        if isinstance(manifest, ManifestColumns):
+            paths = manifest.paths
+            sizes, mtimes, hash_blob = manifest.sizes, manifest.mtimes, manifest.hashes
+        else:
+            entries = manifest.paths
+            paths = list(map(_PATH, entries))
+            try:
+                sizes = array("Q", map(_SIZE, entries))
+                mtimes = array("q", map(_MTIME, entries))
+                hash_blob = bytes.fromhex("".join(map(_HASH, entries)))
+            except (OverflowError, TypeError, ValueError):
+                return False
+            del entries
+        n = len(paths)
+        if not n or len(hash_blob) != 16 * n or len(sizes) != n or len(mtimes) != n:
             return False
-        paths = list(map(_PATH, entries))
-        try:
-            joined = "".join(paths)
-            if not joined.isascii():
-                joined.encode("utf-8")  # surrogates: the general build's rules apply
-            del joined
-            sizes = array("Q", map(_SIZE, entries))
-            mtimes = array("q", map(_MTIME, entries))
-            hash_blob = bytes.fromhex("".join(map(_HASH, entries)))
-        except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
-            return False
-        if len(hash_blob) != 16 * n or not _all_distinct(paths):
-            return False
+        if not isinstance(manifest, ManifestColumns):  # columns were decoded valid
+            try:
+                joined = "".join(paths)
+                if not joined.isascii():
+                    joined.encode("utf-8")  # surrogates: the general build's rules apply
+                del joined
+            except (UnicodeEncodeError, TypeError):
+                return False
+            if not _all_distinct(paths):
+                return False
         split = list(map(str.rpartition, paths, repeat("/")))
         dirpaths = list(map(_FIRST, split))
         bnames = list(map(str.encode, map(_THIRD, split)))
@@ -243,6 +259,7 @@ class InodeTree:
         size, mtime, parent, source = self.size, self.mtime, self.parent, self.source
         children = self.children
         parts: list[bytes] = []
+        hash_parts: list[bytes] = [bytes(self.hashes)]
         lengths = array("I", [0, 0])
         mtime[ROOT_INODE] = mtimes[0]
         for r in range(len(starts) - 1):
@@ -250,16 +267,18 @@ class InodeTree:
             dirpath = dirpaths[start]
             d = dir_by_path.get(dirpath)
             if d is None:
-                d = self._fast_make_dirs(dirpath, dir_by_path, parts, lengths, mtimes[start])
+                d = self._fast_make_dirs(
+                    dirpath, dir_by_path, parts, hash_parts, lengths, mtimes[start]
+                )
             first = len(size)
             k = end - start
             children[d].extend(range(first, first + k))
             size.extend(sizes[start:end])
             run_mtimes = mtimes[start:end]
             mtime.extend(run_mtimes)
-            parent.extend(repeat(d, k))
-            source.extend(repeat(0, k))
-            self.hashes += hash_blob[16 * start : 16 * end]
+            parent.extend(array("I", (d,)) * k)
+            source.extend(array("H", (0,)) * k)
+            hash_parts.append(hash_blob[16 * start : 16 * end])
             parts.append(b"".join(bnames[start:end]))
             lengths.extend(blens[start:end])
             newest = max(run_mtimes)
@@ -269,6 +288,7 @@ class InodeTree:
             return False  # a path is both a file and a directory
         self.file_count = n
         self.total_size = sum(sizes)
+        self.hashes = bytearray(b"".join(hash_parts))
         del bnames, dirpaths, paths
         self._store_names(parts, lengths)
         return True
@@ -278,6 +298,7 @@ class InodeTree:
         dirpath: str,
         dir_by_path: dict[str, int],
         parts: list[bytes],
+        hash_parts: list[bytes],
         lengths: array[int],
         mtime: int,
     ) -> int:
@@ -301,7 +322,7 @@ class InodeTree:
             self.mtime.append(mtime)
             self.parent.append(current)
             self.source.append(0)
-            self.hashes += bytes(16)
+            hash_parts.append(bytes(16))
             self.subdirs.extend([0] * (ino + 1 - len(self.subdirs)))
             self.subdirs[current] += 1
             dir_by_path[prefix] = ino
