@@ -362,3 +362,59 @@ def test_distinct_paths_differing_only_in_case_or_form_are_not_duplicates() -> N
     data = encode_manifest(m)
     assert data == dl_encode(m)
     assert encode_manifest(decode_manifest(data)) == data
+
+
+# -- the mount's column decode ---------------------------------------------------------------
+
+
+def _columns_case(paths_json: str, total: int = 3) -> bytes:
+    return (
+        '{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":'
+        + paths_json
+        + f',"totalSize":{total}}}'
+    ).encode()
+
+
+_GOOD = '{"hash":"%s","mtime":-5,"path":"d/a b","size":3}' % ("0123456789abcdef" * 2)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _columns_case("[" + _GOOD + "]"),
+        _columns_case("[" + _GOOD + "," + _GOOD.replace("d/a b", "\\u00e9/\\ud83d\\ude00") + "]"),
+        _columns_case("[" + _GOOD.replace('"size":3', '"size":3,"extra":[1]') + "]"),
+    ],
+)
+def test_column_decode_equals_the_manifest_decode(data: bytes) -> None:
+    from vfs.manifest.codec import decode_manifest_columns
+
+    columns = decode_manifest_columns(data)
+    assert columns is not None
+    assert columns.to_manifest() == decode_manifest(data)
+    assert decode_manifest_columns(data.decode()) == columns
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _columns_case("[]"),
+        _columns_case("[" + _GOOD + "," + _GOOD + "]"),  # listed twice
+        _columns_case("[" + _GOOD.replace('"size":3', '"size":-1') + "]"),
+        _columns_case("[" + _GOOD.replace('"size":3', '"size":3.0') + "]"),
+        _columns_case("[" + _GOOD.replace('"size":3', '"size":true') + "]"),
+        _columns_case("[" + _GOOD.replace('"size":3', f'"size":{2**64}') + "]"),
+        _columns_case("[" + _GOOD.replace('"mtime":-5', f'"mtime":{2**63}') + "]"),
+        _columns_case("[" + _GOOD.replace("0123", "0X23") + "]"),
+        _columns_case("[" + _GOOD.replace("d/a b", "d/../x") + "]"),
+        _columns_case("[" + _GOOD.replace("d/a b", "d/\\ud800") + "]"),
+        _columns_case("[" + _GOOD.replace('"path":"d/a b",', "") + "]"),
+        _columns_case("[" + _GOOD + "]") + b"x",
+        _columns_case("[" + _GOOD + "]").replace(b'"totalSize"', b'"other":1,"totalSize"'),
+        b" " + _columns_case("[" + _GOOD + "]"),
+    ],
+)
+def test_column_decode_leaves_everything_else_to_the_full_decode(data: bytes) -> None:
+    from vfs.manifest.codec import decode_manifest_columns
+
+    assert decode_manifest_columns(data) is None

@@ -370,3 +370,134 @@ def test_sizes_and_mtimes_the_kernel_cannot_represent_are_refused(
 def test_out_of_range_first_entry_is_refused() -> None:
     with pytest.raises(ManifestError, match="out of range"):
         InodeTree.from_manifests([Manifest(paths=[mp("x", 1, 0, 2**64)])], ["m"])
+
+
+# -- the single-manifest fast build -----------------------------------------------------------
+
+
+def _general_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(InodeTree, "_build_single_v1", lambda self, manifest: False)
+
+
+def _full_snapshot(tree: InodeTree) -> tuple[object, ...]:
+    dirs = sorted(tree.children)
+    return (
+        *snapshot(tree),
+        {d: list(tree.entries(d)) for d in dirs},
+        [tree.nlink(i) for i in range(1, len(tree) + 1)],
+        [tree.path_of(i) for i in range(1, len(tree) + 1)],
+        tree.file_count,
+        tree.total_size,
+        tree.sources,
+    )
+
+
+_fast_paths = st.lists(
+    st.lists(st.sampled_from(["a", "b", "Ä", "c.txt", "d d", "日本"]), min_size=1, max_size=4).map(
+        "/".join
+    ),
+    min_size=1,
+    max_size=25,
+    unique=True,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_fast_paths, st.booleans())
+def test_single_manifest_fast_build_equals_general_build(paths: list[str], sort: bool) -> None:
+    """The column-wise build of one v1 manifest gives exactly the tree (inode numbers,
+    names, mtimes, sizes, hashes) of the general build through merge_layers, or, for a
+    manifest the general build refuses, the same error."""
+    if sort:
+        paths = sorted(paths)
+    manifest = Manifest(
+        [mp(p, n=i + 1, size=i * 7, mtime=(-1) ** i * i * 1000) for i, p in enumerate(paths)]
+    )
+    results = []
+    for general in (False, True):
+        with pytest.MonkeyPatch.context() as mpatch:
+            if general:
+                _general_only(mpatch)
+            try:
+                results.append(_full_snapshot(InodeTree.from_manifests([manifest], ["m.json"])))
+            except ManifestError as e:
+                results.append(str(e))
+    assert results[0] == results[1]
+
+
+def test_single_manifest_fast_build_lookups_and_generated_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import random
+
+    rng = random.Random(5)
+    paths = sorted(
+        {
+            f"shots/sq{rng.randrange(3)}/sh{rng.randrange(4)}/v{rng.randrange(2)}/"
+            f"f{rng.randrange(300)}.exr"
+            for _ in range(2000)
+        }
+        | {"top.txt", "shots/readme"}
+    )
+    manifest = Manifest([mp(p, n=i, size=i, mtime=i * 3) for i, p in enumerate(paths)])
+    fast = InodeTree.from_manifests([manifest], ["m"])
+    for i, p in enumerate(paths):
+        ino = node(fast, p)
+        assert fast.path_of(ino) == p and fast.size[ino] == i and fast.hash_hex(ino) == h(i)
+    assert fast.lookup(ROOT_INODE, b"nope") is None
+    assert fast.lookup(node(fast, "top.txt"), b"x") is None
+    _general_only(monkeypatch)
+    assert _full_snapshot(InodeTree.from_manifests([manifest], ["m"])) == _full_snapshot(fast)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["a", "a/b"],
+        ["a/b", "a"],
+        ["\udcc3\udca9", "é"],
+        ["d/\ud800"],
+    ],
+)
+def test_single_manifest_fast_build_refuses_like_the_general_build(paths: list[str]) -> None:
+    manifest = Manifest([mp(p, n=i) for i, p in enumerate(paths)])
+    with pytest.raises(ManifestError) as fast:
+        InodeTree.from_manifests([manifest], ["m.json"])
+    with pytest.MonkeyPatch.context() as mpatch:
+        _general_only(mpatch)
+        with pytest.raises(ManifestError) as general:
+            InodeTree.from_manifests([manifest], ["m.json"])
+    assert str(fast.value) == str(general.value)
+    assert "m.json" in str(fast.value)
+
+
+def test_single_manifest_listing_a_path_twice_builds_like_the_merge() -> None:
+    manifest = Manifest([mp("d/x", n=1), mp("d/y", n=2), mp("d/x", n=3, size=9)])
+    fast = InodeTree.from_manifests([manifest], ["m"])
+    with pytest.MonkeyPatch.context() as mpatch:
+        _general_only(mpatch)
+        general = InodeTree.from_manifests([manifest], ["m"])
+    assert _full_snapshot(fast) == _full_snapshot(general)
+    assert fast.hash_hex(node(fast, "d/x")) == h(3)
+
+
+def test_tree_from_decoded_columns_equals_tree_from_the_manifest() -> None:
+    from vfs.manifest.codec import decode_manifest_columns
+
+    paths = sorted({f"s/{a}/{b}/f{c}" for a in range(3) for b in range(4) for c in range(9)})
+    manifest = Manifest([mp(p, n=i, size=i, mtime=i - 50) for i, p in enumerate(paths)])
+    data = encode_manifest(manifest)
+    columns = decode_manifest_columns(data)
+    assert columns is not None
+    from_columns = InodeTree.from_manifests([columns], ["m"])
+    with pytest.MonkeyPatch.context() as mpatch:
+        _general_only(mpatch)
+        general = InodeTree.from_manifests([manifest], ["m"])
+        assert _full_snapshot(from_columns) == _full_snapshot(general)
+    # Several manifests: the columns take part in the general merge.
+    other = Manifest([mp("s/0/0/f0", n=99), mp("t/new", n=98)])
+    mixed = InodeTree.from_manifests([columns, other], ["m", "o"])
+    assert _full_snapshot(mixed) == _full_snapshot(
+        InodeTree.from_manifests([manifest, other], ["m", "o"])
+    )
+    assert mixed.hash_hex(node(mixed, "s/0/0/f0")) == h(99)

@@ -29,11 +29,15 @@ import contextlib
 import gc
 import json
 import re
+from array import array
 from collections.abc import Iterable, Iterator
-from itertools import islice, starmap
+from dataclasses import dataclass
+from itertools import islice
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter, itemgetter, lt
 from typing import Any, Protocol, TypeVar
+
+import msgspec
 
 from vfs.errors import ManifestError
 from vfs.manifest.model import (
@@ -49,12 +53,13 @@ _HASH_RE = re.compile(r"[0-9a-f]{32}")
 _TOP_KEYS = ("hashAlg", "manifestVersion", "paths", "totalSize")
 KNOWN_VERSIONS = (MANIFEST_VERSION_V1,)
 _FIELD_GETTERS = tuple(itemgetter(key) for key in ("path", "hash", "size", "mtime"))
-_ROW_GETTERS = tuple(itemgetter(i) for i in range(4))
-_ROW_DECODER = json.JSONDecoder(object_hook=itemgetter("path", "hash", "size", "mtime"))
+_ATTR_GETTERS = tuple(attrgetter(key) for key in ("path", "hash", "size", "mtime"))
 _CANONICAL_HEAD = '{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":'
 _CANONICAL_HEAD_BYTES = _CANONICAL_HEAD.encode("ascii")
-_CANONICAL_TAIL = re.compile(r',"totalSize":(-?(?:0|[1-9][0-9]{0,30}))\}[ \t\n\r]*')
 _PATH_OF = attrgetter("path")
+_HASH_OF = attrgetter("hash")
+_SIZE_OF = attrgetter("size")
+_MTIME_OF = attrgetter("mtime")
 _LOWER_HEX = b"0123456789abcdef"
 _SLASH_SLASH_OR_DOT = re.compile(r"/[/.]")
 
@@ -176,46 +181,154 @@ def decode_manifest(data: str | bytes, *, source: str | None = None) -> Manifest
         return decode_manifest_doc(load_manifest_json(data, source=source), source=source)
 
 
+class _CanonicalDoc(msgspec.Struct, forbid_unknown_fields=True):
+    """The top level of a manifest of format 2023-03-03, for :mod:`msgspec`."""
+
+    hashAlg: str  # the JSON keys
+    manifestVersion: str
+    paths: list[ManifestPath]
+    totalSize: int
+
+
+_CANONICAL_DECODER = msgspec.json.Decoder(_CanonicalDoc)
+
+
 def _decode_canonical(data: str | bytes) -> Manifest | None:
-    """Decode a valid manifest laid out as vfs and deadline write it, or ``None`` for
+    """Decode a valid manifest that starts as vfs and deadline write it, or ``None`` for
     anything else (:func:`decode_manifest_doc` then decodes it, or explains what is wrong).
 
-    When the text is the canonical top level ``{"hashAlg":"xxh128","manifestVersion":
-    "2023-03-03","paths":`` + a JSON value + ``,"totalSize":N}`` (+ JSON whitespace), it is
-    valid JSON with exactly these four keys, and the paths array is parsed by itself with an
-    ``object_hook`` that turns each entry object into its ``(path, hash, size, mtime)`` row
-    as soon as it is parsed (no dicts kept, none to free; missing key: ``KeyError``, so
-    ``None``). Accepts exactly what the general path accepts, with the same result.
+    When the text starts with the canonical ``{"hashAlg":"xxh128","manifestVersion":
+    "2023-03-03","paths":``, :mod:`msgspec` parses it straight into :class:`ManifestPath`
+    entries (1M entries: 0.4 s instead of 1.9 s with ``json``): exactly the four top-level
+    keys; per entry the four keys with JSON strings and integers (no floats, no booleans;
+    unknown keys ignored; of a repeated key the last, as ``json`` does). Anything it refuses
+    (invalid UTF-8, lone surrogate escapes, trailing text, a wrong type) gives ``None``; the
+    columns are then checked as :func:`decode_manifest_doc` checks them. Accepts exactly
+    what the general path accepts, with the same result.
     """
-    if isinstance(data, bytes):  # json.loads detects UTF-8 for text starting like this
-        if not data.startswith(_CANONICAL_HEAD_BYTES):
+    if isinstance(data, str):
+        if not data.startswith(_CANONICAL_HEAD):
             return None
         try:
-            text = data.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
-        except UnicodeDecodeError:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
             return None
-    else:
-        text = data
-        if not text.startswith(_CANONICAL_HEAD):
-            return None
-    try:
-        rows, end = _ROW_DECODER.raw_decode(text, len(_CANONICAL_HEAD))
-    except (ValueError, KeyError, RecursionError):
+    elif not data.startswith(_CANONICAL_HEAD_BYTES):
         return None
-    tail = _CANONICAL_TAIL.fullmatch(text, end)
-    if tail is None or type(rows) is not list or not rows or set(map(type, rows)) != {tuple}:
-        return None  # a tuple can only come from the hook: every entry was an object
-    paths, hashes, sizes, mtimes = [list(map(get, rows)) for get in _ROW_GETTERS]
+    try:
+        doc = _CANONICAL_DECODER.decode(data)
+    except msgspec.MsgspecError:
+        return None
+    entries = doc.paths
+    if doc.hashAlg != HASH_ALG_XXH128 or doc.manifestVersion != MANIFEST_VERSION_V1 or not entries:
+        return None
+    paths, hashes, sizes, mtimes = [list(map(get, entries)) for get in _ATTR_GETTERS]
     if not _valid_columns(paths, hashes, sizes, mtimes, strings_are_exact=True):
         return None
     if not _all_distinct(paths):
         return None  # a path listed twice: the general path explains it
     return Manifest(
-        paths=list(starmap(ManifestPath, rows)),  # rows are in ManifestPath's field order
+        paths=entries,
         hash_alg=HASH_ALG_XXH128,
         manifest_version=MANIFEST_VERSION_V1,
-        total_size=int(tail[1]),
+        total_size=doc.totalSize,
     )
+
+
+class _Entry(msgspec.Struct, gc=False):
+    """One entry of a manifest of format 2023-03-03, for :func:`decode_manifest_columns`."""
+
+    path: str
+    hash: str
+    size: int
+    mtime: int
+
+
+class _ColumnsDoc(msgspec.Struct, forbid_unknown_fields=True):
+    hashAlg: str  # the JSON keys
+    manifestVersion: str
+    paths: list[_Entry]
+    totalSize: int
+
+
+_COLUMNS_DECODER = msgspec.json.Decoder(_ColumnsDoc)
+
+
+@dataclass(slots=True)
+class ManifestColumns:
+    """A valid manifest of format 2023-03-03 held column by column, as a mount needs it: no
+    Python object per entry but its path. ``hashes`` are the 16-byte digests, concatenated;
+    ``sizes`` (``array("Q")``) and ``mtimes`` (``array("q")``) one per entry, in the
+    manifest's order. Made by :func:`decode_manifest_columns`; :meth:`to_manifest` gives the
+    :class:`Manifest` that :func:`decode_manifest` gives for the same text.
+    """
+
+    paths: list[str]
+    hashes: bytes
+    sizes: array[int]
+    mtimes: array[int]
+    total_size: int
+
+    def to_manifest(self) -> Manifest:
+        """The same manifest as a :class:`Manifest`."""
+        digests = self.hashes
+        return Manifest(
+            paths=[
+                ManifestPath(p, digests[16 * i : 16 * i + 16].hex(), s, m)
+                for i, (p, s, m) in enumerate(zip(self.paths, self.sizes, self.mtimes, strict=True))
+            ],
+            total_size=self.total_size,
+        )
+
+
+def decode_manifest_columns(data: str | bytes) -> ManifestColumns | None:
+    """Decode a valid manifest of format 2023-03-03 that starts as vfs and deadline write it
+    into columns, or ``None`` for anything else (decode it with
+    :func:`~vfs.manifest.decode_any_manifest`, which then reads it or explains what is
+    wrong; also for sizes or mtimes beyond 64 bits).
+
+    Accepts what :func:`_decode_canonical` accepts; 1M entries take 0.8 s instead of the
+    1.1 s of :func:`decode_manifest` (no :class:`ManifestPath` built, nor freed).
+    """
+    if isinstance(data, str):
+        if not data.startswith(_CANONICAL_HEAD):
+            return None
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    elif not data.startswith(_CANONICAL_HEAD_BYTES):
+        return None
+    with gc_paused():
+        try:
+            doc = _COLUMNS_DECODER.decode(data)
+        except msgspec.MsgspecError:
+            return None
+        entries = doc.paths
+        if (
+            doc.hashAlg != HASH_ALG_XXH128
+            or doc.manifestVersion != MANIFEST_VERSION_V1
+            or not entries
+        ):
+            return None
+        paths, hashes = list(map(_PATH_OF, entries)), list(map(_HASH_OF, entries))
+        try:
+            # msgspec gives exact ints: no type checks. _valid_columns' checks otherwise.
+            sizes = array("Q", map(_SIZE_OF, entries))  # OverflowError when negative
+            mtimes = array("q", map(_MTIME_OF, entries))
+        except OverflowError:
+            return None
+        total_size = doc.totalSize
+        del entries, doc
+        if set(map(len, hashes)) != {32}:
+            return None
+        joined = "".join(hashes)
+        del hashes
+        if not joined.isascii() or joined.encode("ascii").translate(None, _LOWER_HEX):
+            return None
+        if not _valid_paths(paths) or not _all_distinct(paths):
+            return None
+        return ManifestColumns(paths, bytes.fromhex(joined), sizes, mtimes, total_size)
 
 
 def load_manifest_json(data: str | bytes, *, source: str | None = None) -> dict[str, Any]:
@@ -327,6 +440,15 @@ def _valid_columns(
         if not joined.isascii() or joined.encode("ascii").translate(None, _LOWER_HEX):
             return False
         del joined
+    except TypeError:
+        return False
+    return _valid_paths(paths)
+
+
+def _valid_paths(paths: list[Any]) -> bool:
+    """Whether :func:`~vfs.manifest.paths.path_problem` accepts every one of ``paths`` (all
+    strings), checked in C-level passes."""
+    try:
         # path_problem() for every path at once: each path is written as "/path/" between
         # NUL separators. A path is empty, absolute, ends with "/" or has an empty component
         # exactly when its wrapped form contains "//"; has a "." or ".." component exactly

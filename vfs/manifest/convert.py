@@ -14,9 +14,11 @@ import xxhash
 
 from vfs.errors import ManifestError
 from vfs.manifest.codec import (
+    _decode_canonical,
     canonical_path_key,
     decode_manifest_doc,
     encode_manifest,
+    gc_paused,
     load_manifest_json,
 )
 from vfs.manifest.model import MANIFEST_VERSION_V1, MANIFEST_VERSION_V2, Manifest, ManifestPath
@@ -42,6 +44,10 @@ def decode_any_manifest(data: str | bytes, *, source: str | None = None) -> AnyM
     ``source``) for invalid JSON, any other version (the later drafts' ``specificationVersion``
     documents included) or an invalid manifest.
     """
+    with gc_paused():
+        manifest = _decode_canonical(data)  # the common case, without a dict per entry
+    if manifest is not None:
+        return manifest
     doc = load_manifest_json(data, source=source)
     version = doc.get("manifestVersion")
     if version == MANIFEST_VERSION_V1:

@@ -9,6 +9,7 @@ own error message.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import gc
 import logging
@@ -25,6 +26,7 @@ import trio
 
 from vfs.errors import MountError, VfsError
 from vfs.manifest import Manifest
+from vfs.manifest.codec import ManifestColumns, decode_manifest_columns
 from vfs.manifest.convert import decode_any_manifest
 from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
@@ -83,16 +85,30 @@ class MountConfig:
 
 def load_manifests(
     locations: Sequence[str], s3: S3Options | None = None
-) -> tuple[list[Manifest | ManifestV2], list[str]]:
+) -> tuple[list[Manifest | ManifestV2 | ManifestColumns], list[str]]:
     """Read and decode each manifest (either format); return them with their names.
 
     Raises :class:`VfsError` (``StoreError``, ``ManifestError``) naming the manifest.
     """
-    manifests: list[Manifest | ManifestV2] = []
+    manifests: list[Manifest | ManifestV2 | ManifestColumns] = []
     for location in locations:
         data = read_location(location, s3)
-        manifests.append(decode_any_manifest(data, source=location))
+        # A canonical v1 manifest (the common case) is held column by column, without an
+        # object per entry; anything else is decoded (or explained) in full.
+        manifests.append(
+            decode_manifest_columns(data) or decode_any_manifest(data, source=location)
+        )
+        del data
     return manifests, list(locations)
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the kernel (glibc
+    ``malloc_trim``): decoding a large manifest leaves hundreds of MB freed but resident
+    between the tree's few surviving blocks (1M entries: VmRSS 270 -> 150 MB)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def check_mountpoint(mountpoint: str) -> str:
@@ -188,6 +204,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             del manifests
         finally:
             gc.enable()
+        release_freed_memory()
         for warning in tree.warnings:
             log.warning("%s", warning)
             if ready_fd is not None:

@@ -3,18 +3,30 @@
 The base tree never changes while mounted, so it is stored compactly: one inode space in
 which directories and files are numbered in the order the merged manifest first names them
 (the root is inode 1), so the same manifests always give the same inode numbers. Per inode
-there is a slot in a few flat arrays (size, mtime, parent, source manifest, 16-byte hash);
-each directory owns a ``dict`` from its entries' names (bytes, as the kernel sends them) to
-their inode numbers. No Python object is kept per file.
+there is a slot in a few flat arrays (size, mtime, parent, source manifest, 16-byte hash,
+offset of its name); all names (bytes, as the kernel sends them) are one ``bytes`` blob in
+inode order; each directory owns an ``array`` of its entries' inode numbers. A directory's
+lookup index (its names' hashes, sorted, next to the inode numbers) is built when it is
+first looked up in. No Python object is kept per file: about 50 bytes per entry plus the
+name (and 12 more once its directory is indexed); 1M entries: 117 bytes of daemon RSS each.
+
+A single manifest of format 2023-03-03 (the common mount) is built column by column with
+C-level passes and no merge (:meth:`InodeTree._build_single_v1`); everything else, and any
+single manifest that might be malformed, goes through :func:`merge_layers` and the general
+build, which gives the same tree (or explains the problem).
 """
 
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from itertools import accumulate, chain, compress, repeat
+from operator import attrgetter, itemgetter, ne
 
 from vfs.errors import ManifestError
 from vfs.manifest import Manifest, ManifestPath
+from vfs.manifest.codec import ManifestColumns, _all_distinct
 from vfs.manifest.merge import merge_layers
 from vfs.manifest.v2 import ManifestFilePath, ManifestV2
 from vfs.mount.objects import CHUNK_SIZE, ObjectRef
@@ -26,6 +38,13 @@ MAX_SIZE = 2**63 - 1
 
 MAX_MTIME_US = (2**63 - 1) // 1000
 """Largest mtime magnitude in microseconds whose nanoseconds fit ``st_mtime_ns`` (int64)."""
+
+_PATH = attrgetter("path")
+_HASH = attrgetter("hash")
+_SIZE = attrgetter("size")
+_MTIME = attrgetter("mtime")
+_FIRST = itemgetter(0)
+_THIRD = itemgetter(2)
 
 MAX_SYMLINK_HOPS = 40
 """Links followed while resolving one path, as the kernel does (``MAXSYMLINKS``); more is
@@ -57,7 +76,10 @@ class InodeTree:
     """
 
     def __init__(self) -> None:
-        self.children: dict[int, dict[bytes, int]] = {ROOT_INODE: {}}
+        self.children: dict[int, array[int]] = {ROOT_INODE: array("I")}
+        self.names = b""
+        self.name_off: array[int] = array("I", [0, 0, 0])
+        self._index: dict[int, tuple[array[int], array[int]]] = {}
         self.size = array("Q", [0, 0])
         self.mtime = array("q", [0, 0])
         self.parent = array("I", [0, ROOT_INODE])
@@ -76,29 +98,58 @@ class InodeTree:
 
     @classmethod
     def from_manifests(
-        cls, manifests: Sequence[Manifest | ManifestV2], sources: Sequence[str] | None = None
+        cls,
+        manifests: Sequence[Manifest | ManifestV2 | ManifestColumns],
+        sources: Sequence[str] | None = None,
     ) -> InodeTree:
         """Merge ``manifests`` with :func:`~vfs.manifest.merge.merge_layers` (last wins per
         path; across manifests a file replaces a directory and a directory a file) and build
         the tree.
 
-        Manifests of both formats may be mixed. Of format 2025-12-04-beta the tree also
-        takes chunked files, symbolic links, the execute bit, explicit (also empty)
-        directories, and delete markers, which remove what earlier manifests listed.
-        ``sources`` names each manifest (file path or URI) for error messages and for
-        provenance. Raises :class:`ManifestError` naming the manifest and entry when within
-        one manifest a path is both a file and a directory, a name cannot be a Linux file
-        name, or a size or mtime is out of range.
+        Manifests of both formats may be mixed; a v1 manifest may also be given as
+        :class:`~vfs.manifest.codec.ManifestColumns` (what a mount decodes). Of format
+        2025-12-04-beta the tree also takes chunked files, symbolic links, the execute bit,
+        explicit (also empty) directories, and delete markers, which remove what earlier
+        manifests listed. ``sources`` names each manifest (file path or URI) for error
+        messages and for provenance. Raises :class:`ManifestError` naming the manifest and
+        entry when within one manifest a path is both a file and a directory, a name cannot
+        be a Linux file name, or a size or mtime is out of range.
         """
         names = list(sources) if sources is not None else [f"#{i}" for i in range(len(manifests))]
-        tree = cls()
-        tree.sources = names
+        tree = None
+        only = manifests[0] if len(manifests) == 1 else None
+        if isinstance(only, (Manifest, ManifestColumns)):
+            tree = cls()
+            tree.sources = names
+            if not tree._build_single_v1(only):
+                tree = None  # might be malformed: the general build explains it
+        if tree is None:
+            tree = cls()
+            tree.sources = names
+            tree._build_general(
+                [m.to_manifest() if isinstance(m, ManifestColumns) else m for m in manifests],
+                names,
+            )
+        tree._check_ranges()
+        tree._drop_escaping_symlinks()
+        # Directories were created before their children: walk them backwards so that each
+        # directory's mtime reaches its parent.
+        parent, mtime = tree.parent, tree.mtime
+        for ino in sorted(tree.children, reverse=True):
+            up = parent[ino]
+            if ino != ROOT_INODE and mtime[ino] > mtime[up]:
+                mtime[up] = mtime[ino]
+        return tree
+
+    def _build_general(self, manifests: Sequence[Manifest | ManifestV2], names: list[str]) -> None:
+        """Build from :func:`merge_layers`' result, entry by entry, with a ``dict`` of names
+        per directory; then store the names compactly (:meth:`_store_names`)."""
         layers = merge_layers(manifests, sources=names)
         merged, explicit_dirs = layers.files, layers.dirs
         dir_by_path: dict[str, int] = {"": ROOT_INODE}
-        children = tree.children
-        size, mtime, parent, source = tree.size, tree.mtime, tree.parent, tree.source
-        hashes = tree.hashes
+        children: dict[int, dict[bytes, int]] = {ROOT_INODE: {}}
+        size, mtime, parent, source = self.size, self.mtime, self.parent, self.source
+        hashes = self.hashes
         path, src = "", 0
         try:
             if merged:
@@ -110,13 +161,13 @@ class InodeTree:
                 dirpath, _, name = path.rpartition("/")
                 dir_ino = dir_by_path.get(dirpath)
                 if dir_ino is None:
-                    dir_ino = tree._make_dirs(
-                        dirpath, dir_by_path, names[src], path, entry.mtime or 0
+                    dir_ino = self._make_dirs(
+                        children, dirpath, dir_by_path, names[src], path, entry.mtime or 0
                     )
                 bname = _name_bytes(name, names[src], path)
                 siblings = children[dir_ino]
                 if bname in siblings:
-                    raise tree._conflict(path, names[src])
+                    raise self._conflict(path, names[src])
                 ino = len(size)
                 siblings[bname] = ino
                 parent.append(dir_ino)
@@ -126,15 +177,17 @@ class InodeTree:
                     size.append(entry.size)
                     mtime.append(entry_mtime)
                     hashes += bytes.fromhex(entry.hash)
-                    tree.total_size += entry.size
+                    self.total_size += entry.size
                 else:
                     assert isinstance(entry, ManifestFilePath)
-                    entry_mtime = tree._add_v2_file(ino, entry)
+                    entry_mtime = self._add_v2_file(ino, entry)
                 if entry_mtime > mtime[dir_ino]:
                     mtime[dir_ino] = entry_mtime
             for path, (_, src) in explicit_dirs.items():
                 if path not in dir_by_path:
-                    tree._make_dirs(path, dir_by_path, names[src], path, mtime[ROOT_INODE])
+                    self._make_dirs(
+                        children, path, dir_by_path, names[src], path, mtime[ROOT_INODE]
+                    )
         except OverflowError:
             raise ManifestError(
                 "the size or mtime is out of range (size 0 to 2**64-1, mtime a signed 64-bit "
@@ -142,16 +195,139 @@ class InodeTree:
                 source=names[src],
                 entry=repr(path),
             ) from None
-        tree.file_count = len(merged)
-        tree._check_ranges()
-        tree._drop_escaping_symlinks()
-        # Directories were created before their children: walk them backwards so that each
-        # directory's mtime reaches its parent.
-        for ino in sorted(children, reverse=True):
-            up = parent[ino]
-            if ino != ROOT_INODE and mtime[ino] > mtime[up]:
-                mtime[up] = mtime[ino]
-        return tree
+        self.file_count = len(merged)
+        del merged, explicit_dirs, layers, dir_by_path
+        by_ino = [b""] * len(size)
+        for entries in children.values():
+            for bname, ino in entries.items():
+                by_ino[ino] = bname
+        self.children = {d: array("I", entries.values()) for d, entries in children.items()}
+        del children
+        self._store_names(by_ino, array("I", map(len, by_ino)))
+
+    def _store_names(self, parts: list[bytes], lengths: array[int]) -> None:
+        """Keep the names (``parts`` joined, in inode order; ``lengths`` one per inode, 0 for
+        inodes 0 and 1) as one blob and the offset of each inode's name."""
+        self.names = b"".join(parts)
+        off_type = "I" if len(self.names) < 2**32 else "Q"
+        self.name_off = array(off_type, accumulate(lengths, initial=0))
+
+    def _build_single_v1(self, manifest: Manifest | ManifestColumns) -> bool:
+        """Build from one v1 manifest without a merge, run by run of entries that share a
+        directory, with C-level passes over the columns; the same tree as
+        :meth:`_build_general` gives (inode numbers, mtimes and all).
+
+        Returns ``False`` (the tree is then half built and must be discarded) when the
+        manifest might be one the general build refuses or treats specially: empty, a path
+        listed twice, a path that is both a file and a directory, a name that is not strict
+        UTF-8 (surrogates), a size or mtime out of range, a malformed hash.
+        """
+        if isinstance(manifest, ManifestColumns):
+            paths = manifest.paths
+            sizes, mtimes, hash_blob = manifest.sizes, manifest.mtimes, manifest.hashes
+        else:
+            entries = manifest.paths
+            paths = list(map(_PATH, entries))
+            try:
+                sizes = array("Q", map(_SIZE, entries))
+                mtimes = array("q", map(_MTIME, entries))
+                hash_blob = bytes.fromhex("".join(map(_HASH, entries)))
+            except (OverflowError, TypeError, ValueError):
+                return False
+            del entries
+        n = len(paths)
+        if not n or len(hash_blob) != 16 * n or len(sizes) != n or len(mtimes) != n:
+            return False
+        if not isinstance(manifest, ManifestColumns):  # columns were decoded valid
+            try:
+                joined = "".join(paths)
+                if not joined.isascii():
+                    joined.encode("utf-8")  # surrogates: the general build's rules apply
+                del joined
+            except (UnicodeEncodeError, TypeError):
+                return False
+            if not _all_distinct(paths):
+                return False
+        split = list(map(str.rpartition, paths, repeat("/")))
+        dirpaths = list(map(_FIRST, split))
+        bnames = list(map(str.encode, map(_THIRD, split)))
+        del split
+        blens = array("I", map(len, bnames))
+        starts = list(compress(range(n), map(ne, dirpaths, chain((None,), dirpaths))))
+        starts.append(n)
+        dir_by_path: dict[str, int] = {"": ROOT_INODE}
+        size, mtime, parent, source = self.size, self.mtime, self.parent, self.source
+        children = self.children
+        parts: list[bytes] = []
+        hash_parts: list[bytes] = [bytes(self.hashes)]
+        lengths = array("I", [0, 0])
+        mtime[ROOT_INODE] = mtimes[0]
+        for r in range(len(starts) - 1):
+            start, end = starts[r], starts[r + 1]
+            dirpath = dirpaths[start]
+            d = dir_by_path.get(dirpath)
+            if d is None:
+                d = self._fast_make_dirs(
+                    dirpath, dir_by_path, parts, hash_parts, lengths, mtimes[start]
+                )
+            first = len(size)
+            k = end - start
+            children[d].extend(range(first, first + k))
+            size.extend(sizes[start:end])
+            run_mtimes = mtimes[start:end]
+            mtime.extend(run_mtimes)
+            parent.extend(array("I", (d,)) * k)
+            source.extend(array("H", (0,)) * k)
+            hash_parts.append(hash_blob[16 * start : 16 * end])
+            parts.append(b"".join(bnames[start:end]))
+            lengths.extend(blens[start:end])
+            newest = max(run_mtimes)
+            if newest > mtime[d]:
+                mtime[d] = newest
+        if not dir_by_path.keys().isdisjoint(paths):
+            return False  # a path is both a file and a directory
+        self.file_count = n
+        self.total_size = sum(sizes)
+        self.hashes = bytearray(b"".join(hash_parts))
+        del bnames, dirpaths, paths
+        self._store_names(parts, lengths)
+        return True
+
+    def _fast_make_dirs(
+        self,
+        dirpath: str,
+        dir_by_path: dict[str, int],
+        parts: list[bytes],
+        hash_parts: list[bytes],
+        lengths: array[int],
+        mtime: int,
+    ) -> int:
+        """:meth:`_make_dirs` for :meth:`_build_single_v1` (names known to be strict UTF-8,
+        conflicts checked afterwards)."""
+        components = dirpath.split("/")
+        current = ROOT_INODE
+        for depth in range(len(components)):
+            prefix = "/".join(components[: depth + 1])
+            found = dir_by_path.get(prefix)
+            if found is not None:
+                current = found
+                continue
+            bname = components[depth].encode()
+            ino = len(self.size)
+            self.children[current].append(ino)
+            self.children[ino] = array("I")
+            parts.append(bname)
+            lengths.append(len(bname))
+            self.size.append(0)
+            self.mtime.append(mtime)
+            self.parent.append(current)
+            self.source.append(0)
+            hash_parts.append(bytes(16))
+            self.subdirs.extend([0] * (ino + 1 - len(self.subdirs)))
+            self.subdirs[current] += 1
+            dir_by_path[prefix] = ino
+            current = ino
+        return current
 
     def _check_ranges(self) -> None:
         """Refuse sizes and mtimes the kernel cannot represent (:data:`MAX_SIZE`,
@@ -181,14 +357,14 @@ class InodeTree:
         ``L -> ../..``)."""
         escaping = [ino for ino in self.symlinks if self._escapes(ino)]
         for ino in escaping:
-            name = next(n for n, i in self.children[self.parent[ino]].items() if i == ino)
             path = self.path_of(ino)
             self.warnings.append(
                 f"dropped symlink {path!r} -> "
                 f"{self.symlinks[ino].decode('utf-8', 'backslashreplace')!r} "
                 f"(from {self.source_of(ino)}): it leads outside the mount"
             )
-            del self.children[self.parent[ino]][name]
+            self.children[self.parent[ino]].remove(ino)
+            self._index.pop(self.parent[ino], None)
             del self.symlinks[ino]
             self.file_count -= 1
 
@@ -212,7 +388,7 @@ class InodeTree:
                         raise _Escape
                     current = self.parent[current]
                     continue
-                child = self.children[current].get(part)
+                child = self.lookup(current, part)
                 if child is None:
                     return None  # ENOENT: nothing after this resolves
                 if child in self.symlinks:
@@ -256,7 +432,13 @@ class InodeTree:
         return entry_mtime
 
     def _make_dirs(
-        self, dirpath: str, dir_by_path: dict[str, int], src: str, path: str, mtime: int
+        self,
+        children: dict[int, dict[bytes, int]],
+        dirpath: str,
+        dir_by_path: dict[str, int],
+        src: str,
+        path: str,
+        mtime: int,
     ) -> int:
         """Create ``dirpath`` and its missing ancestors for the file ``path`` whose mtime is
         ``mtime`` (the starting mtime of the new directories); return its inode."""
@@ -269,12 +451,12 @@ class InodeTree:
                 current = found
                 continue
             bname = _name_bytes(parts[depth], src, path)
-            siblings = self.children[current]
+            siblings = children[current]
             if bname in siblings:  # a file of that name exists already
                 raise self._conflict(prefix, src, inside=path)
             ino = len(self.size)
             siblings[bname] = ino
-            self.children[ino] = {}
+            children[ino] = {}
             self.size.append(0)
             self.mtime.append(mtime)
             self.parent.append(current)
@@ -311,10 +493,36 @@ class InodeTree:
 
     def lookup(self, parent_ino: int, name: bytes) -> int | None:
         """Inode of ``name`` in directory ``parent_ino``, or ``None``."""
-        entries = self.children.get(parent_ino)
-        if entries is None:
-            return None
-        return entries.get(name)
+        index = self._index.get(parent_ino)
+        if index is None:
+            if parent_ino not in self.children:
+                return None
+            index = self._build_index(parent_ino)
+        keys, inodes = index
+        key = hash(name)
+        i = bisect_left(keys, key)
+        names, off = self.names, self.name_off
+        while i < len(keys) and keys[i] == key:
+            ino = inodes[i]
+            if names[off[ino] : off[ino + 1]] == name:
+                return ino
+            i += 1
+        return None
+
+    def _build_index(self, dir_ino: int) -> tuple[array[int], array[int]]:
+        """The lookup index of a directory: its names' ``hash()`` values, sorted, and the
+        inode numbers in the same order (kept until unmount: 12 bytes per entry)."""
+        names, off = self.names, self.name_off
+        kids = self.children[dir_ino]
+        keys = [hash(names[off[i] : off[i + 1]]) for i in kids]
+        order = sorted(range(len(kids)), key=keys.__getitem__)
+        index = (array("q", map(keys.__getitem__, order)), array("I", map(kids.__getitem__, order)))
+        self._index[dir_ino] = index
+        return index
+
+    def name_of(self, ino: int) -> bytes:
+        """The name of ``ino`` in its directory (``b""`` for the root)."""
+        return self.names[self.name_off[ino] : self.name_off[ino + 1]]
 
     def hash_hex(self, ino: int) -> str:
         """Content hash of file ``ino`` as 32 hex digits."""
@@ -347,10 +555,8 @@ class InodeTree:
         """Path of ``ino`` relative to the root (slow: for messages and xattrs only)."""
         parts: list[str] = []
         while ino != ROOT_INODE:
-            up = self.parent[ino]
-            name = next(n for n, i in self.children[up].items() if i == ino)
-            parts.append(name.decode("utf-8", "surrogateescape"))
-            ino = up
+            parts.append(self.name_of(ino).decode("utf-8", "surrogateescape"))
+            ino = self.parent[ino]
         return "/".join(reversed(parts))
 
     def source_of(self, ino: int) -> str:
@@ -372,7 +578,8 @@ class InodeTree:
 
     def entries(self, dir_ino: int) -> Iterator[tuple[bytes, int]]:
         """``(name, inode)`` of a directory's entries, in a stable order."""
-        return iter(self.children[dir_ino].items())
+        names, off = self.names, self.name_off
+        return ((names[off[i] : off[i + 1]], i) for i in self.children[dir_ino])
 
     def __len__(self) -> int:
         """Number of inodes, the root included."""
