@@ -528,3 +528,32 @@ def test_pages_of_an_unverified_file_are_not_kept_across_opens(
         f.read(4096)
     trusted = stats(m)["req.read"]
     assert read_page0() == trusted  # kept: served by the kernel
+
+
+def test_remount_right_after_unmount_while_cache_writes_finish(
+    tmp_path: Path,
+    vfs_mount,  # type: ignore[no-untyped-def]
+    local_store: tuple[Path, str],
+) -> None:
+    """The daemon finishes its cache writes after the unmount (up to 10 s); the mount point
+    is free for a new mount at once."""
+    import fcntl
+
+    data = os.urandom(2 * BLOCK_SIZE)
+    put_local(local_store[0], {"a": data})
+    manifest = write_manifest(tmp_path / "m", {"a": data})
+    cache = tmp_path / "cache"
+    m = vfs_mount(tmp_path / "mnt", [manifest], local_store[1], cache_dir=cache)
+    m.expect_log(r"WARNING vfs\.mount\.blockcache: cache .*: cannot store .*busy")
+    time.sleep(0.5)  # the start-up reconciliation has had the cache lock
+    fd = os.open(cache / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the daemon's cache writes now wait 5 s for it
+        assert (m.path / "a").read_bytes() == data
+        run_vfs("unmount", str(m.path))
+        assert pid_alive(m.pid)  # still finishing its cache writes
+        again = vfs_mount(tmp_path / "mnt", [manifest], local_store[1],
+                          cache_dir=tmp_path / "cache2")  # fmt: skip
+        assert (again.path / "a").read_bytes() == data
+    finally:
+        os.close(fd)

@@ -193,7 +193,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
     """
     try:
         mountpoint = check_mountpoint(config.mountpoint)
-        lock_mountpoint(mountpoint)
+        point_lock = lock_mountpoint(mountpoint)
         started = time.monotonic()
         # Decoding and building allocate millions of objects and no garbage cycles; the
         # cyclic GC's repeated scans of them cost about 20 % of a 1M-entry start-up.
@@ -282,6 +282,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             nursery.start_soon(failsafe, "reconciling the cache index", cache.reconcile)
             # pyfuse3.main returns when the file system is unmounted or terminated.
             await pyfuse3.main()
+            # Unmounted: a new mount may take the point while the cache writes finish.
+            os.close(point_lock)
             await fetcher.drain(DRAIN_TIMEOUT)
             nursery.cancel_scope.cancel()
 
