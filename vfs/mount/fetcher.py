@@ -240,6 +240,8 @@ class ContentFetcher:
     async def _produce_whole(self, obj: ObjectRef) -> bytes | memoryview:
         data: bytes | memoryview
         try:
+            if not self.cache.has_object(obj):  # one stat: no thread hop for a miss
+                raise FileNotFoundError
             data = await self._thread(self.cache.load_object, obj)
             self.stats.add("cache.hits")
             self._remember((obj.hash, 0), data, 0)
