@@ -106,7 +106,11 @@ def test_large_file_is_fetched_in_blocks_and_read_exactly(
     assert (m.path / "big.bin").read_bytes() == big
     s = stats(m)
     assert s["fetch.blocks"] == nblocks(len(big))  # every block fetched exactly once
-    assert os.getxattr(m.path / "big.bin", "user.vfs.cached") == b"1.0000"
+    # cache writes follow the reads (in the background)
+    deadline = time.monotonic() + 10
+    while os.getxattr(m.path / "big.bin", "user.vfs.cached") != b"1.0000":
+        assert time.monotonic() < deadline, os.getxattr(m.path / "big.bin", "user.vfs.cached")
+        time.sleep(0.05)
     assert s.get("eio", 0) == 0
     assert "ERROR" not in m.log_text()
 
