@@ -241,6 +241,7 @@ def test_corrupt_cache_entries_are_fetched_again(
     first = vfs_mount(tmp_path / "a", [manifest], local_store[1], cache_dir=cache)
     for name, data in files.items():
         assert (first.path / name).read_bytes() == data
+    wait_for_entries(cache, sum(nblocks(len(d)) for d in files.values()))
     run_vfs("unmount", str(first.path))
 
     def flip(path: Path, at: int) -> None:
