@@ -456,9 +456,7 @@ class ContentFetcher:
             if not self._judge(obj, hasher):
                 where = self.store.describe(data_key(obj.hash))
                 error = CorruptObjectError(
-                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}",
-                    key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
+                    f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}", key=where
                 )
                 self._failed[(obj.hash, -1)] = error
                 raise error
@@ -525,9 +523,7 @@ class ContentFetcher:
             for run in contiguous_runs(wanted, RUN_BLOCKS):
                 if self._runs >= self.slots.total_tokens - 1:
                     return  # one slot is always left for readers
-                jobs = {i: _Job(demand=False) for i in run}
-                for i, job in jobs.items():
-                    self._inflight[(part.hash, i)] = job
+                jobs = self._register(part, run)
                 self._runs += 1
                 self.stats.add("readahead.blocks", len(run))
                 self._nursery.start_soon(self._readahead_run, part, run[0], len(run), jobs)
@@ -554,20 +550,14 @@ class ContentFetcher:
                     loads.start_soon(load, index)
             todo = sorted(todo + missing)
             for run in contiguous_runs(todo, RUN_BLOCKS):
-                sub = {i: jobs[i] for i in run}
-                with trio.fail_after(self.policy.fetch_timeout):
-                    await self._attempts(obj, self._fetch_run_sync, obj, run[0], len(run), sub)
+                await self._fetch_run(obj, {i: jobs[i] for i in run})
                 self.stats.add("fetch.runs")
         except Exception as e:  # a reader that needs one of the blocks fetches it itself
             self.stats.add("readahead.errors")
             log.debug("readahead of %s blocks %d+%d failed: %s", obj.hash, first, count, e)
         finally:
             self._runs -= 1
-            for index, job in jobs.items():
-                key = (obj.hash, index)
-                if self._inflight.get(key) is job:
-                    del self._inflight[key]
-                job.done.set()
+            self._finish(obj, jobs)
 
     # -- background prefetch ----------------------------------------------------------------
 
@@ -610,22 +600,20 @@ class ContentFetcher:
             key = (obj.hash, 0)
             if key in self.memory or key in self._inflight or obj.size == 0:
                 return
-            if await self._thread(self.cache.has_object, obj):
+            if self.cache.has_object(obj):
                 return
             await self._spare_slot()
             if key in self._inflight:
                 return
-            job = self._inflight[key] = _Job(demand=False, keep=False)
+            jobs = self._register(obj, [0], keep=False)
             try:
                 with trio.fail_after(self.policy.fetch_timeout):
                     data = await self._attempts(obj, fetch_object, self.store, obj)
-                job.data = data
+                jobs[0].data = data
                 self.stats.add("prefetch.bytes", len(data))
                 self._background(self.cache.store_object, obj, data)
             finally:
-                if self._inflight.get(key) is job:
-                    del self._inflight[key]
-                job.done.set()
+                self._finish(obj, jobs)
             return
         present = await self._thread(self.cache.present_blocks, obj.hash)
         missing = [
@@ -638,18 +626,12 @@ class ContentFetcher:
             run = [i for i in run if (obj.hash, i) not in self._inflight]
             if not run:
                 continue
-            jobs = {i: _Job(demand=False, keep=False) for i in run}
-            for i, job in jobs.items():
-                self._inflight[(obj.hash, i)] = job
+            jobs = self._register(obj, run, keep=False)
             try:
-                with trio.fail_after(self.policy.fetch_timeout):
-                    await self._attempts(obj, self._fetch_run_sync, obj, run[0], len(run), jobs)
+                await self._fetch_run(obj, jobs)
                 self.stats.add("prefetch.bytes", sum(block_length(obj, i) for i in run))
             finally:
-                for i, job in jobs.items():
-                    if self._inflight.get((obj.hash, i)) is job:
-                        del self._inflight[(obj.hash, i)]
-                    job.done.set()
+                self._finish(obj, jobs)
 
     async def _prefetch_cached(self, obj: ObjectRef, index: int, job: _Job) -> bool:
         """Load a cached block ahead of the reader (checked like any load) and hand it to the
@@ -665,11 +647,34 @@ class ContentFetcher:
         self.stats.add("cache.hits")
         self._arrived(obj, index, data, checksum)
         job.data = data
-        key = (obj.hash, index)
-        if self._inflight.get(key) is job:
-            del self._inflight[key]
-        job.done.set()
+        self._finish(obj, {index: job})  # readers go on with it before the rest of the run
         return True
+
+    def _register(
+        self, obj: ObjectRef, indices: Sequence[int], *, keep: bool = True
+    ) -> dict[int, _Job]:
+        """Register background jobs for blocks ``indices`` of ``obj`` as in flight (kept in
+        memory when delivered if ``keep``), so that readers of them wait instead of fetching."""
+        jobs = {i: _Job(demand=False, keep=keep) for i in indices}
+        for i, job in jobs.items():
+            self._inflight[(obj.hash, i)] = job
+        return jobs
+
+    def _finish(self, obj: ObjectRef, jobs: dict[int, _Job]) -> None:
+        """``jobs`` of ``obj`` are over (delivered or not): off the in-flight map (unless a
+        newer job took the key), their readers woken."""
+        for index, job in jobs.items():
+            key = (obj.hash, index)
+            if self._inflight.get(key) is job:
+                del self._inflight[key]
+            job.done.set()
+
+    async def _fetch_run(self, obj: ObjectRef, jobs: dict[int, _Job]) -> None:
+        """Fetch the consecutive blocks of ``jobs`` with one ranged GET (retried), delivering
+        each to its job, within ``fetch_timeout``."""
+        first = min(jobs)
+        with trio.fail_after(self.policy.fetch_timeout):
+            await self._attempts(obj, self._fetch_run_sync, obj, first, len(jobs), jobs)
 
     # -- coalescing, retries, threads -------------------------------------------------------
 
@@ -726,9 +731,7 @@ class ContentFetcher:
             job.demand = False  # waiters with time left go on alone
             raise
         finally:
-            if self._inflight.get(key) is job:
-                del self._inflight[key]
-            job.done.set()
+            self._finish(obj, {index: job})
 
     async def _attempts(self, obj: ObjectRef, download: Callable[..., T], *args: object) -> T:
         """``download(*args, abort)`` in a worker thread on a download slot, retried with
