@@ -7,7 +7,7 @@ only be checked once every block has been seen. What this module keeps per objec
   shared with every process through the cache index), so a block loaded from disk or fetched
   again later must have the same checksum, and no process hashes the object again.
 * **bad**: the object hashed wrong; its blocks were dropped and every read of it fails until
-  a full refetch verifies (what :func:`hash_blocks` decides).
+  a refetch from the store hashes right.
 
 Which guarantee a reader gets is the mount's ``--verify`` mode (README, "Integrity"):
 ``block`` serves blocks of a large object before its whole hash is known (each block is
@@ -17,12 +17,9 @@ known); ``strict`` serves no byte of an object before its whole hash was checked
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import xxhash
 
 from vfs.mount.blockfile import block_checksum
-from vfs.mount.blocks import nblocks
 from vfs.mount.objects import ObjectRef
 
 VERIFY_MODES = ("block", "strict")
@@ -46,20 +43,6 @@ class ObjectHasher:
     def hexdigest(self) -> str:
         """The xxh128 (hex) of the blocks fed so far."""
         return self._hasher.hexdigest()
-
-
-def hash_blocks(
-    obj: ObjectRef, get: Callable[[int], bytes | memoryview | None]
-) -> ObjectHasher | None:
-    """Hash ``obj``'s blocks in order, each got by ``get(index)``; ``None`` when ``get``
-    lacks one (returns ``None``). Raises what ``get`` raises."""
-    hasher = ObjectHasher()
-    for index in range(nblocks(obj)):
-        data = get(index)
-        if data is None:
-            return None
-        hasher.add(data)
-    return hasher
 
 
 class VerifyState:
