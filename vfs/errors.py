@@ -65,17 +65,19 @@ class AccessDeniedError(StoreError):
 
 
 class CorruptObjectError(StoreError):
-    """An object's content does not match its content hash or its expected size."""
+    """An object's content does not match its content hash or its expected size. The hint
+    says what to do unless another is given."""
+
+    HINT = "the store holds wrong data for this hash; re-upload the file"
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = HINT) -> None:
+        super().__init__(message, key=key, hint=hint)
 
 
 class RangeNotHonoredError(StoreError):
     """A ranged GET was answered with something other than the requested range (status 200
     with the whole object, or a ``Content-Range`` for other bytes): typically a proxy that
     drops the ``Range`` header. Never retried: the answer would be the same."""
-
-
-class CacheFullError(VfsError):
-    """The block cache cannot make room: every entry is in use, or the disk is full."""
 
 
 class StoreUriError(VfsError):

@@ -26,8 +26,6 @@ from vfs.mount.blocks import BLOCK_SIZE, block_length
 from vfs.mount.objects import ObjectRef
 from vfs.storage import ObjectStore, Readable, data_key
 
-_WRONG_DATA = "the store holds wrong data for this hash; re-upload the file"
-
 
 class Abort:
     """A cancellation flag for one download, with the stream to shut when fired."""
@@ -83,13 +81,10 @@ def fetch_object(store: ObjectStore, obj: ObjectRef, abort: Abort) -> bytes:
             f"object {where} has {len(data)}{'+' if len(data) > obj.size else ''} bytes, "
             f"the manifest says {obj.size}",
             key=where,
-            hint=_WRONG_DATA,
         )
     actual = xxhash.xxh3_128_hexdigest(data)
     if actual != obj.hash:
-        raise CorruptObjectError(
-            f"object {where} hashes to {actual}, not {obj.hash}", key=where, hint=_WRONG_DATA
-        )
+        raise CorruptObjectError(f"object {where} hashes to {actual}, not {obj.hash}", key=where)
     return data
 
 
@@ -122,7 +117,6 @@ def fetch_blocks(
                     f"object {where} ended {length - len(data)} bytes early in block {index}: "
                     "it is shorter than the manifest says",
                     key=where,
-                    hint=_WRONG_DATA,
                 )
             abort.check(where)
             deliver(index, data, block_checksum(data))

@@ -166,7 +166,6 @@ def _warm_one(
             f"object {where} hashes to {hasher.hexdigest()}, not {obj.hash}; "
             "its blocks were removed from the cache",
             key=where,
-            hint="the store holds wrong data for this hash; re-upload the file",
         )
     if known is None:
         cache.record_verified(obj, hasher.sums)

@@ -82,16 +82,19 @@ class LocalStore:
             raise self._error(e, key) from None
         return st.st_size
 
+    def _open_file(self, key: str) -> BinaryIO:
+        """The object's file, open for reading; the store's errors naming the key."""
+        try:
+            return open(self._path(key), "rb")
+        except OSError as e:
+            raise self._error(e, key) from None
+
     def open_read(self, key: str) -> AbstractContextManager[Readable]:
         return self._open(key)
 
     @contextmanager
     def _open(self, key: str) -> Iterator[Readable]:
-        try:
-            f: BinaryIO = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
-        except OSError as e:
-            raise self._error(e, key) from None
-        with f:
+        with self._open_file(key) as f:
             yield f
 
     def open_range(
@@ -103,25 +106,18 @@ class LocalStore:
     def _open_range(
         self, key: str, start: int, length: int, size: int | None
     ) -> Iterator[RangeStream]:
-        try:
-            f: BinaryIO = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
-        except OSError as e:
-            raise self._error(e, key) from None
-        with f:
+        with self._open_file(key) as f:
             actual = os.fstat(f.fileno()).st_size
             where = self._path(key)
             if size is not None and actual != size:
                 raise CorruptObjectError(
-                    f"object {where} has {actual} bytes, the manifest says {size}",
-                    key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
+                    f"object {where} has {actual} bytes, the manifest says {size}", key=where
                 )
             if start + length > actual:
                 raise CorruptObjectError(
                     f"object {where} has {actual} bytes, shorter than the range "
                     f"{start}-{start + length - 1} asked for",
                     key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
                 )
             f.seek(start)
             yield _FileRange(f, length)
@@ -131,11 +127,7 @@ class LocalStore:
             return f.read()
 
     def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str], float]:
-        try:
-            f = open(self._path(key), "rb")  # noqa: SIM115 (closed below)
-        except OSError as e:
-            raise self._error(e, key) from None
-        with f:
+        with self._open_file(key) as f:
             data = f.read()
             mtime = os.fstat(f.fileno()).st_mtime
         try:

@@ -151,7 +151,6 @@ class S3Store:
                     f"than {start + length} bytes"
                     + (f" (the manifest says {size})" if size else ""),
                     key=where,
-                    hint="the store holds wrong data for this hash; re-upload the file",
                 ) from None
             raise self._error(e, key, "GET") from None
         except BotoCoreError as e:
@@ -164,11 +163,7 @@ class S3Store:
                 where = self.describe(key)
                 text, wrong_size = problem
                 if wrong_size:
-                    raise CorruptObjectError(
-                        f"GET {where}: {text}",
-                        key=where,
-                        hint="the store holds wrong data for this hash; re-upload the file",
-                    )
+                    raise CorruptObjectError(f"GET {where}: {text}", key=where)
                 raise RangeNotHonoredError(
                     f"GET {where} bytes {start}-{start + length - 1}: {text}",
                     key=where,
