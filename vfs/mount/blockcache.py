@@ -328,18 +328,27 @@ class BlockCache:
         system keeps ``min_free_ratio`` free. Raises :class:`CacheBusy`, ``sqlite3.Error``,
         ``OSError``, or :class:`_NoRoom` when that much cannot be freed."""
         with self._locked():
-            live, dead = self.index.live_reservations()
-            over = max(
-                self.index.used() + live + nbytes - self.max_size, self._free_deficit(nbytes)
-            )
-            victims = self._pick_victims(over) if over > 0 else []
-            freed = sum(size for _, size in victims)
-            if freed < over:
-                raise _NoRoom()
-            self.index.reserve(nbytes, [n for n, _ in victims], dead)
-            for name, _ in victims:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path(name))
+            self._evict_locked(self.max_size, nbytes)
+
+    def _evict_locked(self, target: int, nbytes: int) -> int:
+        """Under the lock: evict least recently used entries until entries, live
+        reservations and ``nbytes`` more fit in ``target`` bytes (and, when ``nbytes``, the
+        file system keeps ``min_free_ratio`` free), then reserve ``nbytes``; dead owners'
+        reservations are dropped on the way. Returns the bytes freed. Raises
+        :class:`_NoRoom` when ``nbytes`` cannot be made room for."""
+        live, dead = self.index.live_reservations()
+        over = self.index.used() + live + nbytes - target
+        if nbytes:
+            over = max(over, self._free_deficit(nbytes))
+        victims = self._pick_victims(over) if over > 0 else []
+        freed = sum(size for _, size in victims)
+        if nbytes and freed < over:
+            raise _NoRoom()
+        self.index.reserve(nbytes, [n for n, _ in victims], dead)
+        for name, _ in victims:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+        return freed
 
     def _pick_victims(self, need: int) -> list[tuple[str, int]]:
         victims: list[tuple[str, int]] = []
@@ -381,16 +390,8 @@ class BlockCache:
         """Evict least recently used entries until entries plus live reservations fit in
         ``max_size`` bytes (default: the cache's limit). Returns the bytes freed. Raises
         :class:`CacheBusy` or ``sqlite3.Error``."""
-        target = self.max_size if max_size is None else max_size
         with self._locked():
-            live, dead = self.index.live_reservations()
-            over = self.index.used() + live - target
-            victims = self._pick_victims(over) if over > 0 else []
-            self.index.reserve(0, [n for n, _ in victims], dead)
-            for name, _ in victims:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path(name))
-        return sum(size for _, size in victims)
+            return self._evict_locked(self.max_size if max_size is None else max_size, 0)
 
     # -- after a crash ----------------------------------------------------------------------
 
