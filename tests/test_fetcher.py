@@ -196,3 +196,40 @@ def test_object_failing_its_hash_is_condemned_then_recovered(tmp_path: Path) -> 
     stats = run_with_fetcher(tmp_path / "c", store, body, on_bad=on_bad)
     assert bad == [obj.hash]
     assert stats.counters["verify.failed"] == 2  # the background check, the strict refetch
+
+
+@pytest.mark.parametrize("order", ["forward", "shuffled"])
+def test_large_object_is_hashed_as_its_blocks_arrive(tmp_path: Path, order: str) -> None:
+    """Read in order, an object is verified by the time its last block is served, without
+    reading a block again; read out of order with a memory of two blocks, the blocks that
+    left memory are re-read from disk once all were seen."""
+    store = LocalStore(str(tmp_path / "store"))
+    count = 6
+    data = os.urandom(count * BLOCK_SIZE - 5)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    store.put_bytes(data_key(obj.hash), data)
+    indices = list(range(count))
+    if order == "shuffled":
+        random.Random(5).shuffle(indices)
+        indices.remove(0)
+        indices.append(0)  # block 0 last: nothing can be hashed before the end
+
+    async def body(f: ContentFetcher) -> None:
+        for i in indices:  # a new state per read: no readahead
+            off = i * BLOCK_SIZE
+            got = await f.read([obj], off, BLOCK_SIZE, ReadaheadState())
+            assert bytes(got) == data[off : off + BLOCK_SIZE]
+        if order == "forward":
+            assert f.is_trusted([obj])  # judged with the last block, nothing re-read
+        with trio.fail_after(10):
+            while not f.is_trusted([obj]):
+                await trio.sleep(0.01)
+
+    policy = FetchPolicy(max_memory=2 * BLOCK_SIZE)
+    stats = run_with_fetcher(tmp_path / "c", store, body, policy=policy)
+    assert stats.counters["verify.objects"] == 1
+    if order == "forward":
+        assert stats.counters["verify.streamed"] == 1
+        assert stats.counters.get("cache.hits", 0) == 0  # no block loaded again
+    else:
+        assert "verify.streamed" not in stats.counters

@@ -8,8 +8,10 @@ CernVM-FS's verified cache are the models):
   again on every load.
 * A larger object (a big v1 file, a 256 MiB chunk of a v2 file) is served block by block:
   ranged GETs whose answers are checked to be the range asked for, blocks checked against
-  the checksum taken on arrival on every load from disk. Once every block has been seen its
-  whole hash is checked in the background (:mod:`vfs.mount.verify`); once verified, every
+  the checksum taken on arrival on every load from disk. Its whole hash is computed as its
+  blocks arrive in order and checked when the last one arrives; blocks that arrived out of
+  order and left memory are re-read from disk in the background once every block has been
+  seen (:mod:`vfs.mount.verify`). Once verified, every
   block must match the verified checksums. An object whose hash fails is marked bad: its
   blocks are dropped from memory and disk, ``on_bad`` is told (the FUSE layer invalidates
   the kernel's pages of every file using it), and each read fails until a full refetch
@@ -79,6 +81,9 @@ PERMANENT_ERRORS = (
 
 PREFETCH_WORKERS = 4
 """Objects prefetched at once (each on one download slot, only while one is spare)."""
+
+STREAMS = 256
+"""Large objects hashed as their blocks arrive, at most, at once."""
 
 _Key = tuple[str, int]  # (object hash, block index); index 0 for a whole object
 
@@ -162,6 +167,9 @@ class ContentFetcher:
         self._seen: dict[str, set[int]] = {}
         self._contact: dict[str, trio.Event] = {}
         self._verifying: set[str] = set()
+        # Objects being hashed as their blocks arrive in order (bounded: a stream dropped
+        # leaves the check to a re-read once every block was seen).
+        self._streams: cachetools.LRUCache[str, ObjectHasher] = cachetools.LRUCache(maxsize=STREAMS)
         self._object_locks: dict[str, trio.Lock] = {}
         self._runs = 0
         self._pending = 0
@@ -348,6 +356,7 @@ class ContentFetcher:
             self._remember((obj.hash, index), data, checksum)
         seen = self._seen.setdefault(obj.hash, set())
         seen.add(index)
+        self._stream_hash(obj, index, data, checksum)
         if (
             len(seen) == nblocks(obj)
             and obj.hash not in self.verify.sums
@@ -358,6 +367,33 @@ class ContentFetcher:
             self._nursery.start_soon(self._verify_in_background, obj)
 
     # -- verification -----------------------------------------------------------------------
+
+    def _stream_hash(
+        self, obj: ObjectRef, index: int, data: bytes | memoryview, checksum: int
+    ) -> None:
+        """Hash a large object as its blocks arrive: block ``index`` is fed when it is the
+        next in order, then the following ones still in memory. When the last block is fed
+        the object is judged at once, without reading it again (blocks that arrive out of
+        order and leave memory first leave that to :meth:`_verify_in_background`)."""
+        if obj.hash in self.verify.sums or obj.hash in self._verifying:
+            return
+        hasher = self._streams.get(obj.hash)
+        if hasher is None:
+            if index != 0:
+                return
+            hasher = self._streams[obj.hash] = ObjectHasher()
+        if index != hasher.blocks:
+            return
+        count = nblocks(obj)
+        hasher.add(data, checksum)
+        while hasher.blocks < count:
+            hit = self.memory.get((obj.hash, hasher.blocks))
+            if hit is None:
+                return
+            hasher.add(hit[0], hit[1])
+        del self._streams[obj.hash]
+        self.stats.add("verify.streamed")
+        self._judge(obj, hasher)
 
     async def _first_contact(self, obj: ObjectRef) -> None:
         """Once per process and object: learn from the index whether some process verified
@@ -480,6 +516,7 @@ class ContentFetcher:
         first = obj.hash not in self.verify.bad
         self.verify.mark_bad(obj)
         self._seen.pop(obj.hash, None)
+        self._streams.pop(obj.hash, None)
         for key in [k for k in self.memory if k[0] == obj.hash]:
             self.memory.pop(key, None)
         self._background(self.cache.forget_object, obj)

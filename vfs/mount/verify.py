@@ -33,12 +33,19 @@ class ObjectHasher:
         self._hasher = xxhash.xxh3_128()
         self.sums: list[int] = []
 
-    def add(self, data: bytes | memoryview) -> int:
-        """Feed the next block; returns its checksum."""
+    def add(self, data: bytes | memoryview, checksum: int | None = None) -> int:
+        """Feed the next block (its checksum, when already taken, is not taken again);
+        returns its checksum."""
         self._hasher.update(data)
-        checksum = block_checksum(data)
+        if checksum is None:
+            checksum = block_checksum(data)
         self.sums.append(checksum)
         return checksum
+
+    @property
+    def blocks(self) -> int:
+        """How many blocks were fed."""
+        return len(self.sums)
 
     def hexdigest(self) -> str:
         """The xxh128 (hex) of the blocks fed so far."""
