@@ -261,3 +261,32 @@ def test_a_removed_cache_directory_is_recreated(tmp_path: Path) -> None:
     assert cache.store_object(obj, data)
     assert cache.load_object(obj) == data
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_present_map_follows_this_process_and_another_within_its_ttl(tmp_path: Path) -> None:
+    """Readahead asks which blocks are cached without listing the directory each time: the
+    map follows this process's writes, removals and evictions at once, another process's
+    once its entry expires; a block the map still names after another process evicted it is
+    a plain miss."""
+    root = str(tmp_path / "c")
+    entry = HEADER_SIZE + BLOCK_SIZE
+    cache = BlockCache(root, 3 * entry, min_free_ratio=0)
+    obj, data = big_object(nblocks=4)
+    assert cache.present_blocks(obj.hash) == set()  # listed: nothing yet
+    assert cache.known_blocks(obj.hash) == set()
+    for i in range(3):
+        assert cache.store_block(obj, i, block(data, i))
+    assert cache.known_blocks(obj.hash) == {0, 1, 2}
+    cache.remove([BlockCache.block_name(obj.hash, 1)])
+    assert cache.present_blocks(obj.hash) == {0, 2}
+    assert cache.store_block(obj, 3, block(data, 3))
+    assert cache.store_block(obj, 1, block(data, 1))  # evicts the least recently used: 0
+    assert cache.present_blocks(obj.hash) == {1, 2, 3}
+
+    other = BlockCache(root, 3 * entry, min_free_ratio=0)  # stands for another process
+    other.remove([BlockCache.block_name(obj.hash, 2)])
+    assert cache.present_blocks(obj.hash) == {1, 2, 3}  # not seen yet
+    with pytest.raises(FileNotFoundError):
+        cache.load_block(obj, 2)
+    cache._present.expire(time.monotonic() + 60)  # the TTL passes
+    assert cache.present_blocks(obj.hash) == {1, 3}

@@ -43,6 +43,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import cachetools
+
 from vfs.errors import VfsError
 from vfs.mount.blockfile import (
     HEADER_SIZE,
@@ -61,6 +63,11 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 5.0
 """How long reserving or committing waits for another process's cache lock (seconds)."""
+
+PRESENT_TTL_S = 5.0
+"""How long this process trusts its map of a large object's present blocks (seconds): its
+own writes and removals keep the map right; another process's show after at most this long
+(a block stored elsewhere is fetched again meanwhile, one evicted elsewhere is a miss)."""
 
 RETRY_AFTER_S = 10.0
 """After the cache could not be written, skip writing it for this many seconds."""
@@ -120,6 +127,11 @@ class BlockCache:
         self._touched_lock = threading.Lock()
         self._skip_until = 0.0
         self._warned = False
+        # hash -> indices of its block files, as listed or since written/removed here
+        self._present: cachetools.TTLCache[str, set[int]] = cachetools.TTLCache(
+            maxsize=4096, ttl=PRESENT_TTL_S
+        )
+        self._present_lock = threading.Lock()
         try:
             self._ensure_dirs()
         except OSError as e:
@@ -197,12 +209,42 @@ class BlockCache:
         return loaded
 
     def present_blocks(self, hash_: str) -> set[int]:
-        """Indices of the blocks of ``hash_`` that have a file (not checked)."""
+        """Indices of the blocks of ``hash_`` that have a file (not checked; a copy). Listed
+        at most once per :data:`PRESENT_TTL_S` seconds, kept up to date with this process's
+        writes and removals in between."""
+        known = self.known_blocks(hash_)
+        if known is not None:
+            return known
+        present = self._list_blocks(hash_)
+        with self._present_lock:
+            self._present[hash_] = present
+            return set(present)
+
+    def _list_blocks(self, hash_: str) -> set[int]:
         try:
             names = os.listdir(self.path(self.block_dir(hash_)))
         except OSError:
             return set()
         return {int(n) for n in names if n.isdigit()}
+
+    def known_blocks(self, hash_: str) -> set[int] | None:
+        """:meth:`present_blocks` when known without touching the disk (a copy), else
+        ``None``; never blocks on I/O, so the event loop may call it."""
+        with self._present_lock:
+            present = self._present.get(hash_)
+            return None if present is None else set(present)
+
+    def _note_blocks(self, names: Iterable[str], present: bool) -> None:
+        """Update the present map for entries written (``present``) or removed."""
+        with self._present_lock:
+            for name in names:
+                parts = name.split("/")  # b/{h[:2]}/{h}/{i}
+                if len(parts) != 4 or parts[0] != "b" or not parts[3].isdigit():
+                    continue
+                known = self._present.get(parts[2])
+                index = int(parts[3])
+                if known is not None:
+                    (known.add if present else known.discard)(index)
 
     def has_object(self, obj: ObjectRef) -> bool:
         """True when a whole object's file exists with the right size (not checked)."""
@@ -252,6 +294,7 @@ class BlockCache:
                 tmp = None
                 self.index.commit(name, size, reserved)
                 reserved = 0
+            self._note_blocks([name], True)
         except _NoRoom:
             log.debug("cache %s: no room for %s beside the writes under way", self.root, name)
             return False
@@ -348,6 +391,7 @@ class BlockCache:
         for name, _ in victims:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path(name))
+        self._note_blocks((n for n, _ in victims), False)
         return freed
 
     def _pick_victims(self, need: int) -> list[tuple[str, int]]:
@@ -381,6 +425,7 @@ class BlockCache:
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(self.path(name))
+        self._note_blocks(names, False)
         try:
             self.index.remove(names)
         except sqlite3.Error as e:
@@ -481,7 +526,7 @@ class BlockCache:
     def forget_object(self, obj: ObjectRef) -> None:
         """Remove every block and the verified record of a large object (it failed
         verification). Never raises."""
-        names = [self.block_name(obj.hash, i) for i in self.present_blocks(obj.hash)]
+        names = [self.block_name(obj.hash, i) for i in self._list_blocks(obj.hash)]
         self.remove(names)
         with contextlib.suppress(sqlite3.Error):
             self.index.forget_verified(obj.hash)

@@ -565,6 +565,14 @@ class ContentFetcher:
                 self.stats.add("readahead.blocks", len(run))
                 self._nursery.start_soon(self._readahead_run, part, run[0], len(run), jobs)
 
+    async def _present(self, obj: ObjectRef) -> set[int]:
+        """Indices of the cached blocks of ``obj`` (from the cache's map, else listed in a
+        worker thread)."""
+        present = self.cache.known_blocks(obj.hash)
+        if present is None:
+            present = await self._thread(self.cache.present_blocks, obj.hash)
+        return present
+
     def _may_prefetch(self, obj: ObjectRef) -> bool:
         return obj.hash not in self.verify.bad and (
             self.policy.verify != "strict" or obj.hash in self.verify.sums
@@ -574,7 +582,7 @@ class ContentFetcher:
         self, obj: ObjectRef, first: int, count: int, jobs: dict[int, _Job]
     ) -> None:
         try:
-            present = await self._thread(self.cache.present_blocks, obj.hash)
+            present = await self._present(obj)
             todo = [i for i in jobs if i not in present]
             missing: list[int] = []
 
@@ -652,7 +660,7 @@ class ContentFetcher:
             finally:
                 self._finish(obj, jobs)
             return
-        present = await self._thread(self.cache.present_blocks, obj.hash)
+        present = await self._present(obj)
         missing = [
             i for i in range(nblocks(obj))
             if i not in present and (obj.hash, i) not in self._inflight
