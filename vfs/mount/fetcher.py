@@ -11,12 +11,11 @@ CernVM-FS's verified cache are the models):
   the checksum taken on arrival on every load from disk. Its whole hash is computed as its
   blocks arrive in order and checked when the last one arrives; blocks that arrived out of
   order and left memory are re-read from disk in the background once every block has been
-  seen (:mod:`vfs.mount.verify`). Once verified, every
-  block must match the verified checksums. An object whose hash fails is marked bad: its
-  blocks are dropped from memory and disk, ``on_bad`` is told (the FUSE layer invalidates
-  the kernel's pages of every file using it), and each read fails until a full refetch
-  verifies. With ``verify="strict"`` no byte of an object is served before its hash is
-  checked.
+  seen (:mod:`vfs.mount.verify`). Once verified, every block must match the verified
+  checksums. An object whose hash fails is marked bad: its blocks are dropped from memory
+  and disk, ``on_bad`` is told (the FUSE layer invalidates the kernel's pages of every file
+  using it), and each read fails until a full refetch verifies. With ``verify="strict"`` no
+  byte of an object is served before its hash is checked.
 * Verified blocks are kept in a bounded memory LRU (``max_memory`` bytes, cachetools).
 * One fetch per block is in flight at a time; readers of that block wait for it (request
   coalescing). Sequential reads through one handle grow a readahead window
