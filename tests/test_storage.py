@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError, StoreUriError
+from vfs.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CredentialsError,
+    EndpointError,
+    ObjectNotFoundError,
+    StoreError,
+    StoreUriError,
+)
 from vfs.storage import (
     LocalStore,
     ObjectStore,
@@ -121,10 +131,82 @@ def test_s3_list_keys_stays_inside_the_root_prefix(
 
 
 def test_s3_missing_bucket(s3_endpoint: str) -> None:
+    """A missing bucket is named as such, by GET and by HEAD (whose bare 404 cannot say
+    which is missing), so that callers stop at the first object instead of the last."""
     store = S3Store("no-such-bucket-vfs", "p", S3Options(endpoint_url=s3_endpoint))
-    with pytest.raises(ObjectNotFoundError) as info:
+    with pytest.raises(BucketNotFoundError) as info:
         store.get_bytes("Data/x")
     assert "s3://no-such-bucket-vfs/p/Data/x" in str(info.value)
+    assert "bucket 'no-such-bucket-vfs' does not exist" in str(info.value)
+    with pytest.raises(BucketNotFoundError, match="does not exist"):
+        store.head("Data/x")
+
+
+def test_s3_head_of_a_missing_key_in_an_existing_bucket_is_none(
+    s3_endpoint: str, s3_bucket: str
+) -> None:
+    store = S3Store(s3_bucket, "p", S3Options(endpoint_url=s3_endpoint))
+    assert store.head("Data/x") is None
+    assert store.head("Data/y") is None
+
+
+def test_s3_without_credentials_says_so(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = S3Store("bucket", "p", S3Options(endpoint_url=s3_endpoint))
+    with pytest.raises(CredentialsError, match="no AWS credentials found") as info:
+        store.get_bytes("Data/x")
+    assert "AWS_PROFILE" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("deny", "error", "text", "hint"),
+    [
+        ((403, "InvalidAccessKeyId", "The key does not exist"), CredentialsError,
+         "credentials were rejected (InvalidAccessKeyId)", "access key"),
+        ((403, "SignatureDoesNotMatch", "bad signature"), CredentialsError,
+         "credentials were rejected (SignatureDoesNotMatch)", "access key"),
+        ((400, "ExpiredToken", "The provided token has expired"), CredentialsError,
+         "credentials were rejected (ExpiredToken)", "session token"),
+        ((403, "AccessDenied", "User is not authorized to perform kms:Decrypt"),
+         AccessDeniedError, "access denied by the KMS key", "kms:Decrypt"),
+        ((403, "AccessDenied", "Access Denied"), AccessDeniedError, "access denied",
+         "ExpectedBucketOwner"),
+    ],
+)  # fmt: skip
+def test_s3_refusals_name_their_cause(
+    s3_relay: S3Relay,
+    s3_bucket: str,
+    deny: tuple[int, str, str],
+    error: type[Exception],
+    text: str,
+    hint: str,
+) -> None:
+    s3_relay.deny = deny
+    store = S3Store(s3_bucket, "p", S3Options(endpoint_url=s3_relay.url, max_attempts=1))
+    with pytest.raises(error, match=re.escape(text)) as info:
+        store.get_bytes("Data/x")
+    assert store.describe("Data/x") in str(info.value)
+    assert hint in (getattr(info.value, "hint", "") or "")
+
+
+def test_s3_unreachable_endpoint_and_malformed_url(s3_bucket: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    store = S3Store(
+        s3_bucket, "p", S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
+    )
+    with pytest.raises(EndpointError, match=f"cannot reach http://127.0.0.1:{port}"):
+        store.get_bytes("Data/x")
+    with pytest.raises(EndpointError, match="'not-a-url' is not a URL") as info:
+        S3Store(s3_bucket, "p", S3Options(endpoint_url="not-a-url"))
+    assert "--endpoint-url" in (info.value.hint or "")
 
 
 def test_local_store_layout_and_keys(tmp_path: Path) -> None:

@@ -320,3 +320,18 @@ def test_s3_check_cache_skips_heads_and_survives_a_deleted_object(
     assert third["uploaded"] == 40
     body = s3_client.get_object(Bucket=s3_bucket, Key=f"ja/{gone}")["Body"].read()
     assert body == files["f0.bin"]
+
+
+def test_missing_bucket_stops_the_upload_at_once(s3_relay: S3Relay, tmp_path: Path) -> None:
+    """Errors every object would meet are reported once, not per object, and the upload
+    stops instead of trying the remaining objects."""
+    files = {f"f{i:03d}.bin": random.Random(i).randbytes(100) for i in range(200)}
+    m = make_root(tmp_path / "root", files)
+    store = S3Store("no-such-bucket-vfs", "r", S3Options(endpoint_url=s3_relay.url))
+    with pytest.raises(UploadError) as info:
+        upload_manifest_files(m, str(tmp_path / "root"), store, workers=8)
+    text = str(info.value)
+    assert "upload stopped after 0 of 200 objects" in text
+    assert "bucket 'no-such-bucket-vfs' does not exist" in text
+    assert text.count("check the bucket name") == 1  # the hint, once
+    assert len(s3_relay.seen) <= 3 * 8, len(s3_relay.seen)

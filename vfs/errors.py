@@ -64,6 +64,21 @@ class AccessDeniedError(StoreError):
     """The store refused access (S3 403, or a local permission error)."""
 
 
+class BucketNotFoundError(ObjectNotFoundError):
+    """The bucket itself does not exist (S3 ``NoSuchBucket``): every key of it would fail
+    the same way, so callers stop at the first."""
+
+
+class CredentialsError(AccessDeniedError):
+    """No credentials were found, or the store rejected them (unknown access key, bad
+    signature, expired token): every request would fail the same way."""
+
+
+class EndpointError(StoreError):
+    """The endpoint could not be reached (refused, unresolvable, timed out), or its URL is
+    malformed."""
+
+
 class CorruptObjectError(StoreError):
     """An object's content does not match its content hash or its expected size. The hint
     says what to do unless another is given."""

@@ -19,8 +19,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from vfs.errors import (
-    AccessDeniedError,
     CorruptObjectError,
+    EndpointError,
     ObjectNotFoundError,
     RangeNotHonoredError,
     StoreError,
@@ -29,13 +29,15 @@ from vfs.storage.base import RangeStream, Readable, normalize_metadata
 from vfs.storage.layout import join_key
 from vfs.storage.options import S3Options
 from vfs.storage.ranges import content_range_problem
+from vfs.storage.s3errors import classify
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
 def make_s3_client(options: S3Options) -> S3Client:
-    """A thread-safe S3 client configured like deadline's (s3v4, standard retries)."""
+    """A thread-safe S3 client configured like deadline's (s3v4, standard retries). Raises
+    :class:`EndpointError` when the endpoint URL is malformed."""
     config = Config(
         signature_version="s3v4",
         # total_max_attempts counts the first request; botocore's max_attempts does not.
@@ -45,7 +47,15 @@ def make_s3_client(options: S3Options) -> S3Client:
         max_pool_connections=options.max_pool_connections,
         user_agent_extra="vfs",
     )
-    client = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
+    try:
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=options.endpoint_url, config=config
+        )
+    except ValueError as e:  # botocore: "Invalid endpoint: ..."
+        raise EndpointError(
+            f"S3 endpoint {options.endpoint_url!r} is not a URL ({e})",
+            hint="give --endpoint-url as http(s)://HOST[:PORT]",
+        ) from None
     owner = options.expected_bucket_owner
     if owner:
 
@@ -66,6 +76,7 @@ class S3Store:
         self.options = options or S3Options()
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.client = make_s3_client(self.options)
+        self._bucket_exists = False
 
     def full_key(self, key: str) -> str:
         """The object key in the bucket: ``{prefix}/{key}``."""
@@ -74,32 +85,15 @@ class S3Store:
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.full_key(key)}"
 
-    def _error(self, e: Exception, key: str, action: str) -> StoreError:
-        where = self.describe(key)
-        if isinstance(e, ClientError):
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
-                return ObjectNotFoundError(
-                    f"{action} {where}: the object does not exist",
-                    key=where,
-                    hint="check the store's root prefix and that the data was uploaded",
-                )
-            if code == "NoSuchBucket":
-                return ObjectNotFoundError(
-                    f"{action} {where}: bucket {self.bucket!r} does not exist",
-                    key=where,
-                    hint="check the bucket name and the endpoint URL",
-                )
-            if status == 403 or code in ("403", "AccessDenied", "Forbidden"):
-                return AccessDeniedError(
-                    f"{action} {where}: access denied",
-                    key=where,
-                    hint="check the credentials, the ExpectedBucketOwner account id and "
-                    "KMS key permissions",
-                )
-            return StoreError(f"{action} {where}: {code or status}: {e}", key=where)
-        return StoreError(f"{action} {where}: {e}", key=where, hint="check the network/endpoint")
+    def _error(self, e: ClientError | BotoCoreError, key: str, action: str) -> StoreError:
+        return classify(
+            e,
+            action=action,
+            where=self.describe(key),
+            bucket=self.bucket,
+            endpoint=self.options.endpoint_url,
+            expected_owner=self.options.expected_bucket_owner,
+        )
 
     def head(self, key: str) -> int | None:
         try:
@@ -107,11 +101,32 @@ class S3Store:
         except ClientError as e:
             err = self._error(e, key, "HEAD")
             if isinstance(err, ObjectNotFoundError):
+                self._check_bucket(key)
                 return None
             raise err from None
         except BotoCoreError as e:
             raise self._error(e, key, "HEAD") from None
         return int(resp["ContentLength"])
+
+    def _check_bucket(self, key: str) -> None:
+        """After a bare 404 to HEAD (which cannot say whether the key or the bucket is
+        missing): raise :class:`BucketNotFoundError` when the bucket is missing. Asked once
+        per store; other errors leave the answer to later calls."""
+        if self._bucket_exists:
+            return
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            err = self._error(e, key, "HEAD")
+            if type(err) is ObjectNotFoundError:
+                err = self._error(
+                    ClientError({"Error": {"Code": "NoSuchBucket"}}, "HeadBucket"), key, "HEAD"
+                )
+                raise err from None
+            return
+        except BotoCoreError:
+            return
+        self._bucket_exists = True
 
     def open_read(self, key: str) -> AbstractContextManager[Readable]:
         return self._open(key)

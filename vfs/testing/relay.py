@@ -65,6 +65,8 @@ class S3Relay:
     * ``stall``: wait that many seconds before answering.
     * ``expected_owner``: when set, a request whose ``x-amz-expected-bucket-owner`` header
       differs (or is missing) gets 403 ``AccessDenied``, like S3 does.
+    * ``deny``: ``(status, code, message)``: answer every request with that S3 error (an
+      invalid access key, a KMS key policy refusing decryption…).
     * ``drop_range``: forward GETs without their ``Range`` header, so the server answers 200
       with the whole body (a proxy that ignores Range).
     * ``rewrite``: ``f(path, body) -> body`` replaces the body of a GET answered 200/206
@@ -91,6 +93,7 @@ class S3Relay:
         self.rewrite: Callable[[str, bytes], bytes] | None = None
         self.reset_after: int | None = None
         self.expected_owner: str | None = None
+        self.deny: tuple[int, str, str] | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -171,6 +174,10 @@ class S3Relay:
             raise _Reset
         if self.down or (self.fail_ratio and random.random() < self.fail_ratio):
             self._error(h, 503, "Service Unavailable", "ServiceUnavailable", "Please retry")
+            return
+        if self.deny is not None:
+            status, code, message = self.deny
+            self._error(h, status, "Error", code, message)
             return
         expected = self.expected_owner
         if expected is not None and owner != expected:

@@ -16,13 +16,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vfs.errors import UploadError, VfsError
+from vfs.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    EndpointError,
+    StoreError,
+    UploadError,
+    VfsError,
+)
 from vfs.hashing import hash_file
 from vfs.manifest import Manifest, ManifestPath
 from vfs.storage import ObjectStore, data_key
 from vfs.storage.check_cache import S3CheckCache, check_cache_key, reset_check_cache_if_stale
 
 log = logging.getLogger(__name__)
+
+FATAL_ERRORS = (BucketNotFoundError, AccessDeniedError, EndpointError)
+"""Store errors every other object would meet too: the upload stops at the first."""
 
 
 @dataclass(slots=True)
@@ -57,6 +67,9 @@ def upload_manifest_files(
     reset), and every object confirmed or uploaded is recorded. Raises
     :class:`UploadError` listing the files that failed (missing, changed since the manifest
     was made, unreadable, or refused by the store); the other objects are still uploaded.
+    An error every object would meet (:data:`FATAL_ERRORS`: no such bucket, access denied,
+    no or rejected credentials, endpoint unreachable) stops the upload at once instead:
+    :class:`UploadError` then names that one cause.
     """
     by_hash: dict[str, list[ManifestPath]] = {}
     for entry in manifest.paths:
@@ -71,8 +84,11 @@ def upload_manifest_files(
         known = {cache_keys[c] for c in check_cache.fresh_keys(cache_keys)}
     lock = threading.Lock()
     failures: list[str] = []
+    fatal: list[StoreError] = []
 
     def one(copies: list[ManifestPath]) -> None:
+        if fatal:
+            return
         entry = copies[0]
         key = keys[entry.hash]
         try:
@@ -81,6 +97,10 @@ def upload_manifest_files(
             else:
                 _upload_any(copies, root, store, key)
                 uploaded = True
+        except FATAL_ERRORS as e:
+            with lock:
+                fatal.append(e)
+            return
         except (VfsError, OSError) as e:
             with lock:
                 failures.append(str(e))
@@ -100,6 +120,12 @@ def upload_manifest_files(
         list(pool.map(one, by_hash.values()))
     if check_cache is not None:
         check_cache.put_many(check_cache_key(store, k) for k in confirmed)
+    if fatal:
+        first = fatal[0]
+        raise UploadError(
+            f"upload stopped after {len(confirmed)} of {summary.objects} objects: {first.message}",
+            hint=first.hint,
+        )
     if failures:
         shown = "\n  ".join(failures[:10])
         more = f"\n  … and {len(failures) - 10} more" if len(failures) > 10 else ""
