@@ -16,6 +16,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "vfs.cli.cache:cache",
         "Inspect, prune and warm the block cache shared by the node's mounts.",
     ),
+    "doctor": (
+        "vfs.cli.doctor:doctor",
+        "Check that this node can mount (FUSE, permissions, cache dir, store) and say what to fix.",
+    ),
     "manifest": (
         "vfs.cli.manifest:manifest",
         "Create, compare, merge, inspect and move manifests.",
