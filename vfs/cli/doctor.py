@@ -43,8 +43,7 @@ def doctor(
     expected_bucket_owner: str | None,
     as_json: bool,
 ) -> None:
-    """Check that this node can mount (FUSE, permissions, cache dir, store) and say what to
-    fix.
+    """Check this node can mount; say what to fix.
 
     Checks /dev/fuse, fusermount3, pyfuse3, user_allow_other, the permission to tune the
     kernel's readahead, the cache directory and its free space, and (with --store) the

@@ -18,7 +18,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "doctor": (
         "vfs.cli.doctor:doctor",
-        "Check that this node can mount (FUSE, permissions, cache dir, store) and say what to fix.",
+        "Check this node can mount; say what to fix.",
+    ),
+    "install-deadline-vfs": (
+        "vfs.cli.install:install_deadline_vfs",
+        "Install vfs as the worker agent's deadline_vfs.",
     ),
     "manifest": (
         "vfs.cli.manifest:manifest",
