@@ -154,6 +154,7 @@ def test_missing_object_fails_that_read_only(
     (local_store[0] / key).unlink()
     m = vfs_mount(tmp_path / "mnt", [manifest], local_store[1])
     m.expect_log(r"ERROR vfs\.mount\.fs: read of gone\.bin failed: object .* does not exist")
+    m.expect_log(r"WARNING vfs\.mount\.service: gone\.bin: its content .* is not in the store")
     with pytest.raises(OSError) as e:
         (m.path / "gone.bin").read_bytes()
     assert e.value.errno == errno.EIO
@@ -181,6 +182,7 @@ def test_corrupt_object_is_refused(
     obj.write_bytes(bytes(data))
     m = vfs_mount(tmp_path / "mnt", [manifest], local_store[1])
     m.expect_log(r"ERROR vfs\.mount\.fs: read of bad\.bin failed: .*the store holds wrong data")
+    m.expect_log(r"WARNING vfs\.mount\.service: bad\.bin: .* has \d+ bytes, the manifest says")
     with pytest.raises(OSError) as e:
         (m.path / "bad.bin").read_bytes()
     assert e.value.errno == errno.EIO
@@ -261,7 +263,8 @@ def test_mount_errors_are_clear(
     r = run_vfs("mount", str(missing), "--manifest", str(manifest), "--store", local_store[1],
                 "--cache-dir", cache, check=False)  # fmt: skip
     assert r.returncode != 0 and "not a directory" in r.stderr and str(missing) in r.stderr
-    r = run_vfs("mount", str(tmp_path), "--manifest", str(tmp_path / "nope.manifest"),
+    (tmp_path / "empty").mkdir()
+    r = run_vfs("mount", str(tmp_path / "empty"), "--manifest", str(tmp_path / "nope.manifest"),
                 "--store", local_store[1], "--cache-dir", cache, check=False)  # fmt: skip
     assert r.returncode != 0 and "nope.manifest" in r.stderr
     m = vfs_mount(tmp_path / "mnt", [manifest], local_store[1])

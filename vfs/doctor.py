@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 
 from vfs.errors import VfsError
+from vfs.mount.preflight import FUSE_CONF, allow_other_permitted
 from vfs.storage import S3Options, open_store
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -68,18 +69,13 @@ def check_fusermount() -> Finding:
     return Finding("fusermount3", OK, found)
 
 
-def check_allow_other(conf: str = "/etc/fuse.conf", euid: int | None = None) -> Finding:
+def check_allow_other(conf: str = FUSE_CONF, euid: int | None = None) -> Finding:
     """``allow_other`` (which the worker agent passes) is permitted for the user ``euid``
     (default: this process's): always for root, else only with ``user_allow_other`` in
     ``/etc/fuse.conf``."""
     if (os.geteuid() if euid is None else euid) == 0:
         return Finding("allow_other", OK, "running as root: permitted")
-    try:
-        with open(conf, encoding="utf-8", errors="replace") as f:
-            lines = [line.split("#", 1)[0].strip() for line in f]
-    except OSError:
-        lines = []
-    if "user_allow_other" in lines:
+    if allow_other_permitted(conf, euid):
         return Finding("allow_other", OK, f"user_allow_other set in {conf}")
     return Finding("allow_other", WARN, f"user_allow_other not set in {conf}",
                    f"add the line user_allow_other to {conf} if mounts use -o allow_other "

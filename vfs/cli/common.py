@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -20,7 +21,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class VfsGroup(click.Group):
-    """A click group that turns :class:`VfsError` into a one-line message and exit code 1."""
+    """A click group that turns :class:`VfsError` into a one-line message and exit code 1,
+    and gives each of its commands ``-v`` (so ``vfs mount -v …`` works like ``vfs -v mount
+    …``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -28,9 +31,60 @@ class VfsGroup(click.Group):
         except VfsError as e:
             raise click.ClickException(str(e)) from None
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, click.Group):
+            add_verbose_option(command)
+        return command
+
+
+def _more_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """``-v`` given after the command: add to the group's count and set logging up again."""
+    if not value:
+        return
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {}
+    root.obj["verbose"] = root.obj.get("verbose", 0) + value
+    setup_logging(root.obj["verbose"])
+
+
+def add_verbose_option(command: click.Command) -> None:
+    """Give ``command`` a ``-v/--verbose`` counting option (once)."""
+    if any(p.name == "verbose_after" for p in command.params):
+        return
+    command.params.append(
+        click.Option(
+            ["-v", "--verbose", "verbose_after"],
+            count=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_more_verbose,
+            help="More log output (-v info, -vv debug).",
+        )
+    )
+
+
+def _set_env(name: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ[name] = value  # read by boto3 here and in a spawned mount daemon
+
+    return callback
+
 
 def s3_options(func: F) -> F:
-    """Add ``--endpoint-url`` and ``--expected-bucket-owner`` to a command."""
+    """Add ``--endpoint-url``, ``--expected-bucket-owner``, ``--profile`` and ``--region``
+    to a command (the last two set ``AWS_PROFILE`` and ``AWS_DEFAULT_REGION``, which boto3
+    reads, also in a mount daemon started from the command)."""
+    func = click.option(
+        "--region", metavar="REGION", expose_value=False, callback=_set_env("AWS_DEFAULT_REGION"),
+        help="AWS region of the bucket (default: the profile's or AWS_DEFAULT_REGION).",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--profile", metavar="NAME", expose_value=False, callback=_set_env("AWS_PROFILE"),
+        help="AWS profile of the credentials (default: AWS_PROFILE or boto3's chain).",
+    )(func)  # fmt: skip
     func = click.option(
         "--expected-bucket-owner",
         envvar="VFS_EXPECTED_BUCKET_OWNER",

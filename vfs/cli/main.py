@@ -8,7 +8,12 @@ from typing import Any
 
 import click
 
-from vfs.cli.common import VfsGroup, escape_unencodable_output, setup_logging
+from vfs.cli.common import (
+    VfsGroup,
+    add_verbose_option,
+    escape_unencodable_output,
+    setup_logging,
+)
 
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "attachment": ("vfs.cli.attachment:attachment", "Upload and download job attachment data."),
@@ -68,6 +73,8 @@ class LazyGroup(VfsGroup):
         command = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(command, click.Command):
             raise TypeError(f"{module_name}:{attribute} is not a click command")
+        if not isinstance(command, click.Group):
+            add_verbose_option(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -113,7 +113,16 @@ VERIFY_MODES = ("block", "strict")
     metavar="OPTION",
     help="FUSE mount option, e.g. -o allow_other (repeatable, comma-separated).",
 )
-@click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option(
+    "--allow-other", is_flag=True, help="Let other users read the mount (-o allow_other)."
+)
+@click.option("--allow-root", is_flag=True, help="Let root read the mount (-o allow_root).")
+@click.option(
+    "--allow-non-empty",
+    is_flag=True,
+    help="Mount over a directory that has files (hidden while mounted).",
+)
 @click.option(
     "--log-file",
     default=None,
@@ -139,6 +148,9 @@ def mount(
     prefetch: tuple[str, ...],
     fuse_options: tuple[str, ...],
     foreground: bool,
+    allow_other: bool,
+    allow_root: bool,
+    allow_non_empty: bool,
     log_file: str | None,
     ready_fd: int | None,
     endpoint_url: str | None,
@@ -150,6 +162,7 @@ def mount(
     when it cannot mount); the daemon keeps running until `vfs unmount MOUNTPOINT`.
     """
     prefetch = prefetch or DEFAULT_PREFETCH
+    fuse_options += ("allow_other",) * allow_other + ("allow_root",) * allow_root
     prefetch_policy = PrefetchPolicy.parse(prefetch)  # refuse a bad value before forking
     cache = os.path.abspath(cache_dir or default_cache_dir())
     locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
@@ -181,6 +194,7 @@ def mount(
                 verify=verify,
             ),
             prefetch=prefetch_policy,
+            allow_non_empty=allow_non_empty,
         )
         run_mount(config, ready_fd)
         return
@@ -194,6 +208,8 @@ def mount(
         argv += ["--manifest", m]
     for o in fuse_options:
         argv += ["-o", o]
+    if allow_non_empty:
+        argv.append("--allow-non-empty")
     for p in prefetch:
         argv += ["--prefetch", p]
     if endpoint_url:

@@ -37,7 +37,14 @@ def start_mount(argv: Sequence[str], log_file: str, timeout: float = READY_TIMEO
     Returns the daemon's pid once the mount answers. Raises :class:`MountError` with the
     daemon's own message when it exits or fails to answer within ``timeout`` seconds.
     """
-    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise MountError(
+            f"cannot write the log file {log_file}: {e.strerror}",
+            hint="pass --cache-dir with a writable directory, or --log-file",
+        ) from None
     read_end, write_end = os.pipe()
     log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(log_fd, "ab") as log_out:

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import pyfuse3
@@ -40,6 +40,7 @@ from vfs.mount.launch import python_argv as python_argv
 from vfs.mount.launch import start_mount as start_mount
 from vfs.mount.launch import unmount as unmount
 from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
+from vfs.mount.preflight import check_fuse_options, check_mountpoint, check_store
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 from vfs.storage import S3Options, open_store, read_location
@@ -51,6 +52,9 @@ DRAIN_TIMEOUT = 10.0
 
 DEFAULT_CACHE_SIZE = 20 * 1024**3
 """Default bound of the block cache, in bytes."""
+
+LOAD_TIMEOUT_US = 300_000_000
+"""Time asked of systemd (``EXTEND_TIMEOUT_USEC``) for loading the manifests."""
 
 READ_AHEAD_KB = 1024
 """Kernel readahead for the mount's bdi: 1 MiB requests instead of 128 KiB
@@ -81,6 +85,7 @@ class MountConfig:
     min_free_ratio: float = 0.05
     policy: FetchPolicy = field(default_factory=FetchPolicy)
     prefetch: PrefetchPolicy = field(default_factory=PrefetchPolicy)
+    allow_non_empty: bool = False
 
 
 def load_manifests(
@@ -109,23 +114,6 @@ def release_freed_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
-
-
-def check_mountpoint(mountpoint: str) -> str:
-    """Return the absolute mount point after checking it is an existing, unmounted directory.
-
-    Raises :class:`MountError` naming the path.
-    """
-    path = os.path.abspath(mountpoint)
-    if is_mounted(path):
-        raise MountError(
-            f"{path} is already a mount point", hint=f"unmount it first: vfs unmount {path}"
-        )
-    if not os.path.isdir(path):
-        raise MountError(
-            f"mount point {path} is not a directory", hint="create it first (mkdir -p)"
-        )
-    return path
 
 
 def lock_mountpoint(path: str) -> int:
@@ -192,9 +180,11 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
     Raises :class:`VfsError` for anything that prevents mounting.
     """
     try:
-        mountpoint = check_mountpoint(config.mountpoint)
+        mountpoint = check_mountpoint(config.mountpoint, config.allow_non_empty)
         point_lock = lock_mountpoint(mountpoint)
         started = time.monotonic()
+        # A large manifest may take longer than systemd's start timeout to load.
+        _sd_notify(f"STATUS=loading manifests\nEXTEND_TIMEOUT_USEC={LOAD_TIMEOUT_US}")
         # Decoding and building allocate millions of objects and no garbage cycles; the
         # cyclic GC's repeated scans of them cost about 20 % of a 1M-entry start-up.
         gc.disable()
@@ -213,20 +203,41 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                         ready_fd, WARNING_PREFIX + warning.encode(errors="backslashreplace") + b"\n"
                     )
         store = open_store(config.store_uri, mount_s3_options(config.s3, config.policy))
-        cache = BlockCache(config.cache_dir, config.cache_size, config.min_free_ratio)
         options = fuse_options(config.fuse_options)
+        check_fuse_options(options)
+        first = tree.first_file()
+        problem = check_store(
+            store,
+            None if first is None else tree.file_parts(first)[0],
+            None if first is None else tree.path_of(first),
+        )
+        if problem is not None:
+            log.warning("%s", problem)
+            if ready_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.write(
+                        ready_fd, WARNING_PREFIX + problem.encode(errors="backslashreplace") + b"\n"
+                    )
+        cache = BlockCache(config.cache_dir, config.cache_size, config.min_free_ratio)
         stats = MountStats()
         fetcher = ContentFetcher(cache, store, stats, config.policy)
         planner = PrefetchPlanner(tree, config.prefetch)
         ops = ReadOnlyOperations(tree, fetcher, stats, planner)
         fetcher.on_bad = ops.invalidate_object
-        try:
-            pyfuse3.init(ops, mountpoint, options)
-        except RuntimeError as e:
+        failed: RuntimeError | None = None
+        with captured_stderr() as libfuse:
+            try:
+                pyfuse3.init(ops, mountpoint, options)
+            except RuntimeError as e:
+                failed = e
+        if failed is not None:
+            said = " ".join(libfuse.text().split())  # libfuse's own reason, e.g. an option
             raise MountError(
-                f"cannot mount on {mountpoint}: {e}",
-                hint="check that /dev/fuse exists, fuse3 is installed, and you may mount",
-            ) from None
+                f"cannot mount on {mountpoint}: {said or failed}",
+                hint="check the -o options"
+                if "option" in said
+                else "run vfs doctor: /dev/fuse, fusermount3 and the permission to mount",
+            )
         log.info(
             "tree of %d files (%d bytes) from %d manifest(s) built in %.2f s",
             tree.file_count,
@@ -252,7 +263,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                 st = await trio.to_thread.run_sync(os.stat, mountpoint)
                 log.info("mounted %s (store %s, cache %s)", mountpoint, store.uri, cache.root)
                 await trio.to_thread.run_sync(tune_kernel, st.st_dev)
-                _sd_notify("READY=1")
+                _sd_notify(f"READY=1\nSTATUS=serving {mountpoint} from {store.uri}")
                 if ready_fd is not None:
                     with contextlib.suppress(OSError):
                         os.write(ready_fd, READY_PREFIX + f"{os.getpid()}\n".encode())
@@ -294,6 +305,43 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         pyfuse3.close(unmount=terminated)
         cache.close()
         log.info("unmounted %s", mountpoint)
+
+
+class _Captured:
+    """What was written to fd 2 inside :func:`captured_stderr` (after it ended)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace").strip()
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[_Captured]:
+    """Capture what C code (libfuse) writes to fd 2 meanwhile, e.g. "fuse: unknown
+    option(s): `-o bogus'", which would otherwise reach only the log; it is also written
+    to the real stderr afterwards."""
+    captured = _Captured()
+    read_end, write_end = os.pipe()
+    saved = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield captured
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.set_blocking(read_end, False)
+        chunks = []
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read_end, 65536):
+                chunks.append(chunk)
+        os.close(read_end)
+        captured.data = b"".join(chunks)
+        if captured.data:
+            with contextlib.suppress(OSError):
+                os.write(2, captured.data)
 
 
 async def failsafe(what: str, fn: Callable[[], object]) -> None:

@@ -581,6 +581,13 @@ class InodeTree:
         names, off = self.names, self.name_off
         return ((names[off[i] : off[i + 1]], i) for i in self.children[dir_ino])
 
+    def first_file(self) -> int | None:
+        """The inode of the first regular file with content, or ``None`` (no such file)."""
+        for ino in range(1, len(self.size)):
+            if self.size[ino] and ino not in self.children and ino not in self.symlinks:
+                return ino
+        return None
+
     def __len__(self) -> int:
         """Number of inodes, the root included."""
         return len(self.size) - 1

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from vfs.errors import (
     CorruptObjectError,
+    CredentialsError,
     EndpointError,
     ObjectNotFoundError,
     RangeNotHonoredError,
@@ -51,6 +52,10 @@ def make_s3_client(options: S3Options) -> S3Client:
         client = boto3.session.Session().client(
             "s3", endpoint_url=options.endpoint_url, config=config
         )
+    except ProfileNotFound as e:
+        raise CredentialsError(
+            f"{e}", hint="check --profile / AWS_PROFILE against ~/.aws/config and credentials"
+        ) from None
     except ValueError as e:  # botocore: "Invalid endpoint: ..."
         raise EndpointError(
             f"S3 endpoint {options.endpoint_url!r} is not a URL ({e})",
