@@ -159,3 +159,28 @@ def test_read_only_cache_dir(tmp_path: Path, point: Path, local_store: tuple[Pat
     finally:
         force_unmount(str(ro))
         subprocess.run(["umount", "-l", str(ro)], check=False, timeout=30)
+
+
+def test_mount_conventions_of_mount_s3_and_rclone(
+    tmp_path: Path, local_store: tuple[Path, str], vfs_mount: Callable[..., Mounted]
+) -> None:
+    """--uid/--gid/--dir-mode/--file-mode, --allow-other, --read-only, --log-level and -v
+    after the command, as mount-s3 and rclone spell them."""
+    put_local(local_store[0], FILES)
+    manifest = write_manifest(tmp_path / "m", FILES)
+    m = vfs_mount(
+        tmp_path / "mnt", [manifest], local_store[1], "--uid", "1234", "--gid", "5678",
+        "--dir-mode", "0750", "--file-mode", "0o640", "--allow-other", "--read-only",
+        "--log-level", "debug",
+    )  # fmt: skip
+    st = os.stat(m.path / "a")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o750)
+    st = os.stat(m.path / "a/one.bin")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o640)
+    with open("/proc/self/mountinfo") as f:
+        line = next(x for x in f if f" {m.path} " in x)
+    assert "allow_other" in line and " ro," in line
+    assert " DEBUG " in m.log.read_text()
+    result = run_vfs("mount", str(tmp_path / "x"), "--manifest", str(manifest), "--store",
+                     local_store[1], "--dir-mode", "999", check=False)  # fmt: skip
+    assert result.returncode == 2 and "'999' is not an octal mode" in result.stderr

@@ -130,12 +130,18 @@ def escape_unencodable_output() -> None:
 
 
 def setup_logging(verbose: int, log_file: str | None = None) -> None:
-    """Log to stderr (or ``log_file``): warnings by default, info with -v, debug with -vv.
+    """Log to stderr (or ``log_file``): warnings by default, info with -v, debug with -vv,
+    errors only when ``verbose`` is negative (``--log-level error``).
 
     Log records with characters the file cannot hold (lone surrogates in paths) are written
     with backslash escapes.
     """
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    level = (
+        logging.ERROR if verbose < 0
+        else logging.WARNING if verbose == 0
+        else logging.INFO if verbose == 1
+        else logging.DEBUG
+    )  # fmt: skip
     handler: logging.Handler = (
         logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         if log_file

@@ -27,6 +27,17 @@ DEFAULT_VERIFY = "block"
 VERIFY_MODES = ("block", "strict")
 
 
+def _octal(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``--dir-mode``/``--file-mode``: permission bits in octal (``0755``, ``0o755``)."""
+    try:
+        mode = int(value.removeprefix("0o"), 8)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an octal mode like 0755") from None
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"{value!r}: permission bits only (0000-0777)")
+    return mode
+
+
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option(
@@ -118,6 +129,22 @@ VERIFY_MODES = ("block", "strict")
     "--allow-other", is_flag=True, help="Let other users read the mount (-o allow_other)."
 )
 @click.option("--allow-root", is_flag=True, help="Let root read the mount (-o allow_root).")
+@click.option("--uid", type=int, default=None, help="Owner of the files (default: yours).")
+@click.option("--gid", type=int, default=None, help="Group of the files (default: yours).")
+@click.option(
+    "--dir-mode", default="0755", show_default=True, callback=_octal, help="Directory permissions."
+)
+@click.option(
+    "--file-mode", default="0644", show_default=True, callback=_octal,
+    help="File permissions (runnable files add x where this has r).",
+)  # fmt: skip
+@click.option(
+    "--read-only", is_flag=True, help="Mount read-only (the default: nothing can be written)."
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+    help="Log level (default: warning; info in the foreground or with -v).",
+)  # fmt: skip
 @click.option(
     "--allow-non-empty",
     is_flag=True,
@@ -150,6 +177,12 @@ def mount(
     foreground: bool,
     allow_other: bool,
     allow_root: bool,
+    uid: int | None,
+    gid: int | None,
+    dir_mode: int,
+    file_mode: int,
+    read_only: bool,
+    log_level: str | None,
     allow_non_empty: bool,
     log_file: str | None,
     ready_fd: int | None,
@@ -167,13 +200,17 @@ def mount(
     cache = os.path.abspath(cache_dir or default_cache_dir())
     locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
     verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
+    if log_level is not None:
+        verbose = {"debug": 2, "info": 1, "warning": 0, "error": -1}[log_level]
     if foreground:
         from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
         from vfs.mount.service import MountConfig, run_mount
 
         # What the daemon writes (cache entries, index, logs) is nobody else's business.
         os.umask(0o077)
-        if log_file:
+        if log_level is not None:
+            setup_logging(verbose, log_file)
+        elif log_file:
             setup_logging(max(verbose, 1), log_file)
         elif verbose == 0:
             setup_logging(1 if ready_fd is None else 0)
@@ -195,10 +232,14 @@ def mount(
             ),
             prefetch=prefetch_policy,
             allow_non_empty=allow_non_empty,
+            uid=uid,
+            gid=gid,
+            dir_mode=dir_mode,
+            file_mode=file_mode,
         )
         run_mount(config, ready_fd)
         return
-    argv = [*python_argv(), *(["-" + "v" * verbose] if verbose else []), "mount",
+    argv = [*python_argv(), *(["-" + "v" * verbose] if verbose > 0 else []), "mount",
             os.path.abspath(mountpoint), "--store", store_uri, "--cache-dir", cache,
             "--cache-size", str(cache_size), "--min-free-ratio", str(min_free_ratio),
             "--max-memory", str(max_memory), "--max-fetches", str(max_fetches),
@@ -210,6 +251,11 @@ def mount(
         argv += ["-o", o]
     if allow_non_empty:
         argv.append("--allow-non-empty")
+    argv += ["--dir-mode", oct(dir_mode), "--file-mode", oct(file_mode)]
+    argv += ["--uid", str(uid)] if uid is not None else []
+    argv += ["--gid", str(gid)] if gid is not None else []
+    if log_level is not None:
+        argv += ["--log-level", log_level]
     for p in prefetch:
         argv += ["--prefetch", p]
     if endpoint_url:

@@ -114,8 +114,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.fetcher = fetcher
         self.stats = stats
         self.prefetch = prefetch
+        # Owner and permission bits of the base tree (--uid, --gid, --dir-mode, --file-mode);
+        # runnable files get x where file_mode has r.
         self.uid = os.getuid()
         self.gid = os.getgid()
+        self.dir_mode = 0o755
+        self.file_mode = 0o644
         self._handles: dict[int, _Handle] = {}
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._next_fh = 1
@@ -130,16 +134,16 @@ class ReadOnlyOperations(pyfuse3.Operations):
         a.entry_timeout = CACHE_TIMEOUT
         a.attr_timeout = CACHE_TIMEOUT
         if ino in tree.children:
-            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_mode = stat.S_IFDIR | self.dir_mode
             a.st_size = 4096
             a.st_nlink = tree.nlink(ino)
         else:
             if ino in tree.symlinks:
                 a.st_mode = stat.S_IFLNK | 0o777
             elif ino in tree.runnable:
-                a.st_mode = stat.S_IFREG | 0o755
+                a.st_mode = stat.S_IFREG | self.file_mode | (self.file_mode & 0o444) >> 2
             else:
-                a.st_mode = stat.S_IFREG | 0o644
+                a.st_mode = stat.S_IFREG | self.file_mode
             a.st_size = tree.size[ino]
             a.st_nlink = 1
         a.st_uid = self.uid

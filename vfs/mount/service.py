@@ -71,6 +71,8 @@ class MountConfig:
     ``manifests``: local paths or ``s3://bucket/key`` URIs, merged in order (last wins).
     ``store_uri``: where CAS objects are (``s3://BUCKET/PREFIX`` or ``file:///DIR``).
     ``fuse_options``: extra ``-o`` mount options (e.g. ``allow_other``).
+    ``uid``/``gid`` (default: the daemon's) own the files; ``dir_mode``/``file_mode`` are
+    their permission bits (runnable files add x where ``file_mode`` has r).
     ``cache_size``: bound of the shared block cache in bytes; ``min_free_ratio``: share of
     the cache's file system kept free; ``policy``: fetch limits and timeouts.
     """
@@ -86,6 +88,10 @@ class MountConfig:
     policy: FetchPolicy = field(default_factory=FetchPolicy)
     prefetch: PrefetchPolicy = field(default_factory=PrefetchPolicy)
     allow_non_empty: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    dir_mode: int = 0o755
+    file_mode: int = 0o644
 
 
 def load_manifests(
@@ -224,6 +230,9 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         planner = PrefetchPlanner(tree, config.prefetch)
         ops = ReadOnlyOperations(tree, fetcher, stats, planner)
         fetcher.on_bad = ops.invalidate_object
+        ops.uid = os.getuid() if config.uid is None else config.uid
+        ops.gid = os.getgid() if config.gid is None else config.gid
+        ops.dir_mode, ops.file_mode = config.dir_mode, config.file_mode
         failed: RuntimeError | None = None
         with captured_stderr() as libfuse:
             try:
