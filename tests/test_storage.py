@@ -6,6 +6,8 @@ import os
 import random
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +223,25 @@ def test_local_store_layout_and_keys(tmp_path: Path) -> None:
         with pytest.raises(StoreError):
             store.put_bytes(bad, b"x")
     assert not (tmp_path / "escape").exists()
+
+
+def test_local_store_writes_objects_with_the_umasks_modes(tmp_path: Path) -> None:
+    """A file:// store is shared like the bucket it stands for: objects and metadata get
+    the mode a new file gets (not mkstemp's 0600)."""
+    script = (
+        "import os, sys; os.umask(int(sys.argv[2], 8)); from vfs.storage import LocalStore; "
+        "s = LocalStore(sys.argv[1]); s.put_bytes('Data/a', b'x', {'k': 'v'}); "
+        "s.put_file('Data/b', sys.argv[3])"
+    )
+    (tmp_path / "src").write_bytes(b"y")
+    for umask, mode in (("022", 0o644), ("077", 0o600), ("002", 0o664)):
+        root = tmp_path / f"store{umask}"
+        subprocess.run([sys.executable, "-c", script, str(root), umask, str(tmp_path / "src")],
+                       check=True, timeout=60)  # fmt: skip
+        written = [p for p in root.rglob("*") if p.is_file()]
+        assert len(written) >= 3, written  # two objects and the metadata of one
+        for p in written:
+            assert p.stat().st_mode & 0o777 == mode, (p, oct(p.stat().st_mode))
 
 
 def test_put_file_missing_source_names_it(store: ObjectStore, tmp_path: Path) -> None:

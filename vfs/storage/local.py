@@ -32,6 +32,21 @@ METADATA_DIR = ".vfs-meta"
 """Directory under the store root that holds the user-metadata sidecar of each object."""
 
 
+def _umask() -> int:
+    """The process umask, from /proc (setting and restoring it would race with other
+    threads creating files), else by setting it and putting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class LocalStore:
     """An :class:`~vfs.storage.base.ObjectStore` on a local directory ``root``.
 
@@ -42,6 +57,7 @@ class LocalStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.uri = "file://" + self.root
+        self._file_mode = 0o666 & ~_umask()
 
     def _path(self, key: str) -> str:
         if key.startswith("/") or "/../" in f"/{key}/":
@@ -170,6 +186,9 @@ class LocalStore:
         except OSError as e:
             raise self._error(e, key) from None
         try:
+            # mkstemp makes 0600; a store is shared like the bucket it stands for, so the
+            # object gets the mode any new file gets here (0666 less the umask).
+            os.fchmod(fd, self._file_mode)
             with os.fdopen(fd, "wb") as f:
                 fill(f)
             os.replace(tmp, dest)
