@@ -13,7 +13,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from vfs.errors import StoreError
+from vfs.errors import AccessDeniedError, ObjectNotFoundError, StoreError
+
+
+class BucketNotFoundError(ObjectNotFoundError):
+    """The store's bucket (or a local store's root directory) does not exist: no object of
+    it can be read, so a transfer stops at the first one (S3 ``NoSuchBucket``)."""
+
+
+class NoCredentialsError(AccessDeniedError):
+    """No credentials were found to sign requests (botocore ``NoCredentialsError``)."""
 
 
 class Readable(Protocol):

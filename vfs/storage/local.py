@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import BinaryIO
 
 from vfs.errors import AccessDeniedError, CorruptObjectError, ObjectNotFoundError, StoreError
-from vfs.storage.base import RangeStream, Readable, normalize_metadata
+from vfs.storage.base import BucketNotFoundError, RangeStream, Readable, normalize_metadata
 
 BinaryIOWriter = Callable[[BinaryIO], object]
 
@@ -59,6 +59,12 @@ class LocalStore:
 
     def _error(self, e: OSError, key: str) -> StoreError:
         where = self._path(key)
+        if e.errno == errno.ENOENT and not os.path.isdir(self.root):
+            return BucketNotFoundError(
+                f"object {where}: the store directory {self.root} does not exist",
+                key=where,
+                hint="check the file:// store URI",
+            )
         if e.errno == errno.ENOENT:
             return ObjectNotFoundError(
                 f"object {where} does not exist",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import NoCredentialsError as BotoNoCredentialsError
 
 from vfs.errors import (
     AccessDeniedError,
@@ -25,7 +26,13 @@ from vfs.errors import (
     RangeNotHonoredError,
     StoreError,
 )
-from vfs.storage.base import RangeStream, Readable, normalize_metadata
+from vfs.storage.base import (
+    BucketNotFoundError,
+    NoCredentialsError,
+    RangeStream,
+    Readable,
+    normalize_metadata,
+)
 from vfs.storage.layout import join_key
 from vfs.storage.options import S3Options
 from vfs.storage.ranges import content_range_problem
@@ -79,17 +86,17 @@ class S3Store:
         if isinstance(e, ClientError):
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                return BucketNotFoundError(
+                    f"{action} {where}: bucket {self.bucket!r} does not exist",
+                    key=where,
+                    hint="check the bucket name and the endpoint URL",
+                )
             if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
                 return ObjectNotFoundError(
                     f"{action} {where}: the object does not exist",
                     key=where,
                     hint="check the store's root prefix and that the data was uploaded",
-                )
-            if code == "NoSuchBucket":
-                return ObjectNotFoundError(
-                    f"{action} {where}: bucket {self.bucket!r} does not exist",
-                    key=where,
-                    hint="check the bucket name and the endpoint URL",
                 )
             if status == 403 or code in ("403", "AccessDenied", "Forbidden"):
                 return AccessDeniedError(
@@ -99,6 +106,13 @@ class S3Store:
                     "KMS key permissions",
                 )
             return StoreError(f"{action} {where}: {code or status}: {e}", key=where)
+        if isinstance(e, BotoNoCredentialsError):
+            return NoCredentialsError(
+                f"{action} {where}: no AWS credentials found",
+                key=where,
+                hint="set AWS_PROFILE or pass --profile, or set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY",
+            )
         return StoreError(f"{action} {where}: {e}", key=where, hint="check the network/endpoint")
 
     def head(self, key: str) -> int | None:
