@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from botocore.exceptions import NoCredentialsError as BotoNoCredentialsError
 
 from vfs.errors import (
@@ -52,7 +52,14 @@ def make_s3_client(options: S3Options) -> S3Client:
         max_pool_connections=options.max_pool_connections,
         user_agent_extra="vfs",
     )
-    client = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
+    try:
+        session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
+    except ProfileNotFound:
+        raise StoreError(
+            f"the AWS profile {options.profile!r} does not exist",
+            hint="check --profile and ~/.aws/config (or AWS_CONFIG_FILE)",
+        ) from None
+    client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
     owner = options.expected_bucket_owner
     if owner:
 

@@ -322,13 +322,18 @@ class _Run:
         ):
             self.range_pool = rp
             pending: set[Future[None]] = {pool.submit(self.one, item) for item in self.items}
-            while pending:
-                _, pending = wait(pending, timeout=0.1)
-                if self.stopped():
-                    for f in pending:
-                        f.cancel()
-                    wait(pending)
-                    break
+            try:
+                while pending:
+                    _, pending = wait(pending, timeout=0.1)
+                    if self.stopped():
+                        break
+            except BaseException:  # Ctrl-C: stop the workers, let them remove temp files
+                self.tracker.cancel()
+                raise
+            finally:
+                for f in pending:
+                    f.cancel()
+                wait(pending)
         self.stats.elapsed = time.monotonic() - start
         self.stats.cancelled = self.tracker.cancelled.is_set() and self.fatal is None
         if self.fatal is not None:
