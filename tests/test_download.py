@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import S3Relay
 from test_compat_deadline import ROOT_PREFIX, oracle
 
+from vfs.errors import StoreError
 from vfs.hashing import hash_bytes
 from vfs.manifest import (
+    FILE_CHUNK_SIZE_BYTES,
     Manifest,
     ManifestDirectoryPath,
     ManifestFilePath,
@@ -506,3 +509,42 @@ def test_uploaded_by_vfs_downloaded(tmp_path: Path, s3_endpoint: str, s3_bucket:
     upload_manifest_files(m, str(src), store)
     DownloadOrchestrator(store).download_manifest(m, str(tmp_path / "d"))
     assert tree(tmp_path / "d") == {e.path: (src / e.path).read_bytes() for e in m.paths}
+
+
+def test_v2_chunked_file_from_chunk_objects(tmp_path: Path) -> None:
+    """A v2 file over 256 MiB is one CAS object per 256 MiB chunk (reference §2)."""
+    chunk = FILE_CHUNK_SIZE_BYTES
+    data = os.urandom(chunk + 100_000)
+    parts = [data[:chunk], data[chunk:]]
+    m = ManifestV2(
+        files=[
+            ManifestFilePath.chunked(
+                "huge.bin", [hash_bytes(p) for p in parts], len(data), MTIME_US
+            )
+        ]
+    )
+    store = LocalStore(str(tmp_path / "store"))
+    fill(store, {data_key(hash_bytes(p)): p for p in parts})
+    del parts
+    dest = tmp_path / "d"
+    stats = DownloadOrchestrator(store, verify_hash=True).download_manifest(m, str(dest))
+    assert stats.bytes_transferred == len(data)
+    assert hash_bytes((dest / "huge.bin").read_bytes()) == hash_bytes(data)
+    assert os.stat(dest / "huge.bin").st_mtime_ns == MTIME_US * 1000
+
+
+def test_broken_bodies_fetched_again_a_bounded_number_of_times(
+    tmp_path: Path, s3_relay: S3Relay, s3_bucket: str
+) -> None:
+    """One retry layer: a body cut off mid-read is fetched again ``retries`` times, then
+    the download stops with an error naming the object, and leaves nothing behind."""
+    m, objects = make_manifest({"cut.bin": random.Random(8).randbytes(300_000)})
+    store = s3_store(s3_relay.url, s3_bucket)
+    fill(store, objects)
+    s3_relay.reset_after = 100_000
+    with pytest.raises(StoreError) as e:
+        DownloadOrchestrator(store, retries=2).download_manifest(m, str(tmp_path / "d"))
+    [key] = objects
+    assert key in str(e.value)
+    assert len(s3_relay.gets(key)) == 3  # the first GET and 2 retries, nothing multiplied
+    assert tree(tmp_path / "d") == {} and leftovers(tmp_path / "d") == []
