@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import run_vfs
+from conftest import S3Relay, run_vfs
 from test_download import FILES, fill, make_manifest, tree
 
 from vfs.hashing import hash_string
@@ -101,3 +105,49 @@ def test_cli_download_missing_bucket_one_line(tmp_path: Path, s3_endpoint: str) 
     assert len(lines) == 1, result.stderr
     assert "vfs-missing-bucket" in lines[0] and "does not exist" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_cli_ctrl_c_leaves_no_partial_file(
+    tmp_path: Path, s3_relay: S3Relay, s3_bucket: str
+) -> None:
+    files = {"slow.bin": random.Random(9).randbytes(3_000_000), "quick.txt": b"quick"}
+    m, objects = make_manifest(files)
+    fill(S3Store(s3_bucket, "root", S3Options(endpoint_url=s3_relay.url)), objects)
+    mfile = tmp_path / "in.manifest"
+    mfile.write_bytes(encode_manifest(m))
+    dest = tmp_path / "d"
+    s3_relay.trickle = 300_000  # bytes per second: ~10 s for slow.bin
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vfs",
+            "attachment",
+            "download",
+            "-m",
+            str(mfile),
+            "--dest",
+            str(dest),
+            "--s3-root-uri",
+            f"s3://{s3_bucket}/root",
+            "--endpoint-url",
+            s3_relay.url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not list(dest.glob(".slow.bin.*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(dest.glob(".slow.bin.*.part")), "the download never started"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert not (dest / "slow.bin").exists()
+    assert not list(dest.glob("*.part")) and not list(dest.glob(".*.part"))
