@@ -17,7 +17,7 @@ import pytest
 from conftest import S3Relay
 from test_compat_deadline import ROOT_PREFIX, oracle
 
-from vfs.errors import StoreError
+from vfs.errors import AccessDeniedError, StoreError
 from vfs.hashing import hash_bytes
 from vfs.manifest import (
     FILE_CHUNK_SIZE_BYTES,
@@ -547,4 +547,22 @@ def test_broken_bodies_fetched_again_a_bounded_number_of_times(
     [key] = objects
     assert key in str(e.value)
     assert len(s3_relay.gets(key)) == 3  # the first GET and 2 retries, nothing multiplied
+    assert tree(tmp_path / "d") == {} and leftovers(tmp_path / "d") == []
+
+
+def test_access_denied_fails_fast(tmp_path: Path, s3_relay: S3Relay, s3_bucket: str) -> None:
+    """A 403 (here: the bucket owner check S3 makes) stops the download at the first one."""
+    files = {f"f{i}.txt": f"file {i}".encode() for i in range(200)}
+    m, objects = make_manifest(files)
+    fill(s3_store(s3_relay.url, s3_bucket), objects)
+    s3_relay.expected_owner = "111111111111"
+    store = S3Store(
+        s3_bucket,
+        "jobs/root",
+        S3Options(endpoint_url=s3_relay.url, expected_bucket_owner="222222222222"),
+    )
+    with pytest.raises(AccessDeniedError, match="access denied") as e:
+        DownloadOrchestrator(store, workers=8).download_manifest(m, str(tmp_path / "d"))
+    assert s3_bucket in str(e.value)
+    assert len(s3_relay.gets("/Data/")) <= 16
     assert tree(tmp_path / "d") == {} and leftovers(tmp_path / "d") == []
