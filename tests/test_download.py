@@ -43,6 +43,7 @@ from vfs.transfer import (
     DownloadError,
     DownloadOrchestrator,
     InsufficientSpaceError,
+    LowTransferRateDetector,
     PathEscapeError,
     TransferProgress,
     upload_manifest_files,
@@ -566,3 +567,34 @@ def test_access_denied_fails_fast(tmp_path: Path, s3_relay: S3Relay, s3_bucket: 
     assert s3_bucket in str(e.value)
     assert len(s3_relay.gets("/Data/")) <= 16
     assert tree(tmp_path / "d") == {} and leftovers(tmp_path / "d") == []
+
+
+def test_low_transfer_rate_detector_cancels_a_stalled_download(
+    tmp_path: Path, s3_relay: S3Relay, s3_bucket: str
+) -> None:
+    """The worker agent's policy as a progress callback: slow reports in a row with no file
+    completed cancel; reports keep coming while the body is stalled."""
+    m, objects = make_manifest({"stalled.bin": random.Random(10).randbytes(1_000_000)})
+    store = s3_store(s3_relay.url, s3_bucket)
+    fill(store, objects)
+    s3_relay.stall_body = 30  # the first 64 KiB, then nothing for 30 s
+    detector = LowTransferRateDetector(threshold=1_000_000, reports=10)
+    orch = DownloadOrchestrator(store, progress_interval=0.05)
+    t0 = time.monotonic()
+    stats = orch.download_manifest(m, str(tmp_path / "d"), progress=detector)
+    assert time.monotonic() - t0 < 10
+    assert detector.triggered and stats.cancelled and stats.files_transferred == 0
+    assert tree(tmp_path / "d") == {} and leftovers(tmp_path / "d") == []
+
+
+def test_low_transfer_rate_detector_counts() -> None:
+    d = LowTransferRateDetector(threshold=100, reports=3)
+
+    def report(rate: float, files: int) -> bool:
+        return d(TransferProgress(0, 0, files, 10, rate, 1.0))
+
+    assert report(10, 0) and report(10, 0)
+    assert report(10, 1)  # a completed file resets the count, then this one counts
+    assert report(500, 1)  # a good rate resets it
+    assert report(10, 1) and report(10, 1) and not report(10, 1)
+    assert d.triggered

@@ -3,7 +3,12 @@
 from vfs.transfer.conflicts import ConflictResolution
 from vfs.transfer.download import DownloadOrchestrator, is_fatal
 from vfs.transfer.localfs import DownloadError, InsufficientSpaceError, PathEscapeError
-from vfs.transfer.progress import ProgressCallback, TransferProgress, TransferStatistics
+from vfs.transfer.progress import (
+    LowTransferRateDetector,
+    ProgressCallback,
+    TransferProgress,
+    TransferStatistics,
+)
 from vfs.transfer.upload import UploadSummary, upload_manifest_files
 
 __all__ = [
@@ -11,6 +16,7 @@ __all__ = [
     "DownloadError",
     "DownloadOrchestrator",
     "InsufficientSpaceError",
+    "LowTransferRateDetector",
     "PathEscapeError",
     "ProgressCallback",
     "TransferProgress",

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -141,7 +141,9 @@ class DownloadOrchestrator:
     are fetched as ranges of ``part_size`` bytes, ``range_workers`` at once (on top of the
     file workers). ``retries``: new attempts of an object or range whose answer broke off.
     ``verify_hash``: hash each file (or chunk) before it gets its name and refuse a
-    mismatch. Thread-safe; one orchestrator may run several downloads at a time.
+    mismatch. ``progress_interval``: seconds between progress reports (also while nothing
+    moves; a report is also made whenever a file completes). Thread-safe; one orchestrator
+    may run several downloads at a time.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class DownloadOrchestrator:
         multipart_threshold: int = 32 * 1024 * 1024,
         retries: int = 3,
         verify_hash: bool = False,
+        progress_interval: float = 0.1,
     ) -> None:
         self.store = store
         self.workers = workers
@@ -162,6 +165,7 @@ class DownloadOrchestrator:
         self.multipart_threshold = multipart_threshold
         self.retries = retries
         self.verify_hash = verify_hash
+        self.progress_interval = progress_interval
 
     # -- entry points --------------------------------------------------------------------
 
@@ -301,12 +305,16 @@ class _Run:
         self.stats = stats
         self.items = items
         self.tracker = ProgressTracker(
-            progress, bytes_total=sum(i.size for i in items), files_total=len(items)
+            progress,
+            bytes_total=sum(i.size for i in items),
+            files_total=len(items),
+            interval=orch.progress_interval,
         )
         self.mode_mask = ~current_umask() & 0o777
         self.lock = threading.Lock()
         self.abort = threading.Event()
         self.fatal: BaseException | None = None
+        self.streams: set[Readable] = set()
         self.range_pool: ThreadPoolExecutor | None = None
         if self.hash_alg != HASH_ALG_XXH128 and self.o.verify_hash:
             raise DownloadError(f"cannot verify hashes of algorithm {self.hash_alg!r}")
@@ -324,11 +332,14 @@ class _Run:
             pending: set[Future[None]] = {pool.submit(self.one, item) for item in self.items}
             try:
                 while pending:
-                    _, pending = wait(pending, timeout=0.1)
+                    _, pending = wait(pending, timeout=min(0.1, self.o.progress_interval))
+                    self.tracker.tick()
                     if self.stopped():
+                        self.abort_streams()
                         break
             except BaseException:  # Ctrl-C: stop the workers, let them remove temp files
                 self.tracker.cancel()
+                self.abort_streams()
                 raise
             finally:
                 for f in pending:
@@ -346,6 +357,16 @@ class _Run:
                 f"downloaded:\n  {shown}" + (f"\n  … and {more} more" if more > 0 else "")
             )
         return self.stats
+
+    def abort_streams(self) -> None:
+        """Make reads blocked on a stalled connection return now (``RangeStream.abort``),
+        so that a cancelled or failed download stops promptly."""
+        with self.lock:
+            streams = list(self.streams)
+        for stream in streams:
+            abort = getattr(stream, "abort", None)
+            if abort is not None:
+                abort()
 
     # -- one file ------------------------------------------------------------------------
 
@@ -522,6 +543,19 @@ class _Run:
                 log.info("%s: %s; fetching it again", self.store.describe(key), e)
                 time.sleep(min(0.1 * 2**attempt, 2.0))
 
+    @contextlib.contextmanager
+    def registered(self, stream: Readable) -> Iterator[None]:
+        """Keep ``stream`` in :attr:`streams` (for :meth:`abort_streams`) while in use."""
+        with self.lock:
+            self.streams.add(stream)
+        try:
+            if self.stopped():
+                raise _Cancelled
+            yield
+        finally:
+            with self.lock:
+                self.streams.discard(stream)
+
     def fetch_once(
         self,
         item: _Item,
@@ -538,7 +572,7 @@ class _Run:
         else:
             opened = self.store.open_range(key, start, length, size=object_size)
         where = self.store.describe(key)
-        with opened as stream:
+        with opened as stream, self.registered(stream):
             pos = 0
             while True:
                 if self.stopped():
@@ -546,6 +580,8 @@ class _Run:
                 try:
                     data = stream.read(READ_SIZE)
                 except StoreError as e:
+                    if self.stopped():  # the read was aborted
+                        raise _Cancelled from None
                     raise _BodyBroken(e) from None
                 if not data:
                     break
@@ -559,6 +595,8 @@ class _Run:
                 pos += len(data)
                 counted[0] += len(data)
                 self.tracker.add_bytes(len(data), item.local_path)
+        if self.stopped():  # an aborted read may end like a short body
+            raise _Cancelled
         if pos != length:
             raise CorruptObjectError(
                 f"{where} has {pos} bytes, the manifest gives {length} for {item.source}",

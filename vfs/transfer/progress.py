@@ -106,6 +106,7 @@ class ProgressTracker:
         self.bytes_done = 0
         self.files_done = 0
         self.cancelled = threading.Event()
+        self._current = ""
 
     @property
     def elapsed(self) -> float:
@@ -128,7 +129,13 @@ class ProgressTracker:
             self.files_done += 1
         self._maybe_report(current, force=True)
 
+    def tick(self) -> None:
+        """Report if one is due, even though nothing moved (a stalled transfer still
+        reports, so that a callback such as :class:`LowTransferRateDetector` can act)."""
+        self._maybe_report(self._current, force=False)
+
     def _maybe_report(self, current: str, *, force: bool) -> None:
+        self._current = current
         if self._callback is None:
             return
         now = time.monotonic()
@@ -154,3 +161,50 @@ class ProgressTracker:
                 self.cancelled.set()
         finally:
             self._report_lock.release()
+
+
+LOW_TRANSFER_RATE_THRESHOLD = 10_000
+"""Bytes per second below which the worker agent counts a report as slow (10 KB/s)."""
+
+LOW_TRANSFER_COUNT_THRESHOLD = 60
+"""Consecutive slow reports after which the worker agent cancels (60, ~1 minute)."""
+
+
+class LowTransferRateDetector:
+    """A progress callback that cancels a transfer stuck at a low rate: the worker agent's
+    policy (seed 002 §2, ``attachment_download.py``'s progress handler).
+
+    Each report whose overall ``rate`` (bytes per second since the start) is below
+    ``threshold`` counts one; a report at or above it resets the count, and so does a
+    report with more files done than the previous one (file completion is a heartbeat)
+    before the rate is judged. At ``reports`` counts the detector returns ``False``
+    (cancel) and sets ``triggered``. Reports come every ``progress_interval`` seconds of
+    the orchestrator (1 s gives the worker's one minute). ``then`` is called on every
+    report too, and its answer returned while the rate is fine.
+    """
+
+    def __init__(
+        self,
+        threshold: float = LOW_TRANSFER_RATE_THRESHOLD,
+        reports: int = LOW_TRANSFER_COUNT_THRESHOLD,
+        then: ProgressCallback | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.reports = reports
+        self.then = then
+        self.low_count = 0
+        self.last_files = 0
+        self.triggered = False
+
+    def __call__(self, progress: TransferProgress) -> bool:
+        if progress.files_done > self.last_files:
+            self.low_count = 0
+        self.last_files = progress.files_done
+        if progress.rate < self.threshold:
+            self.low_count += 1
+        else:
+            self.low_count = 0
+        if self.low_count >= self.reports:
+            self.triggered = True
+            return False
+        return True if self.then is None else self.then(progress)
