@@ -151,3 +151,27 @@ def test_cli_ctrl_c_leaves_no_partial_file(
     assert "Traceback" not in err
     assert not (dest / "slow.bin").exists()
     assert not list(dest.glob("*.part")) and not list(dest.glob(".*.part"))
+
+
+def test_cli_download_without_credentials_one_line(tmp_path: Path, s3_endpoint: str) -> None:
+    m, _ = make_manifest({f"f{i}": f"{i}".encode() for i in range(200)})
+    mfile = tmp_path / "in.manifest"
+    mfile.write_bytes(encode_manifest(m))
+    result = run_vfs(
+        "attachment",
+        "download",
+        "-m",
+        str(mfile),
+        "--dest",
+        str(tmp_path / "d"),
+        "--s3-root-uri",
+        "s3://some-bucket/root",
+        "--endpoint-url",
+        s3_endpoint,
+        env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no AWS credentials found" in lines[0], result.stderr
+    assert "--profile" in lines[0]
