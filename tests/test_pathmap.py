@@ -236,3 +236,9 @@ def test_root_path_hash_matches_deadline(location: str | None, root: str) -> Non
     # deadline asset_sync.py::_upload_output_manifest_to_s3
     theirs = hash_data(f"{location or ''}{root}".encode(), HashAlgorithm.XXH128)
     assert compute_root_path_hash(root, location) == theirs
+    # Without a location, the same as deadline's rule.get_hashed_source_path (attachment
+    # download matches manifest file names with it).
+    rule = dl_models.PathMappingRule("posix", root, "/dest")
+    ours = PathMappingRule(PathFormat.POSIX, root, "/dest")
+    assert ours.hashed_source_path() == rule.get_hashed_source_path(HashAlgorithm.XXH128)
+    assert compute_root_path_hash(root, None) == ours.hashed_source_path()

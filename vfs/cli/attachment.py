@@ -162,9 +162,7 @@ def download_destinations(
     pairs: list[tuple[str, str]] = []
     for m in manifests:
         name = os.path.basename(m.rstrip("/"))
-        mapped = next(
-            (r.destination_path for r in rules if hash_string(r.source_path) in name), None
-        )
+        mapped = next((r.destination_path for r in rules if r.hashed_source_path() in name), None)
         if mapped is not None:
             target = mapped
         elif dest is not None and len(manifests) == 1:

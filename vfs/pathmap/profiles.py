@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from vfs.errors import VfsError
+from vfs.hashing import hash_string
 from vfs.storage.manifests import PathFormat
 
 
@@ -140,6 +141,12 @@ class PathMappingRule:
             get("source_path", "sourcePath"),
             get("destination_path", "destinationPath"),
         )
+
+    def hashed_source_path(self) -> str:
+        """xxh128 of ``source_path`` (UTF-8): how deadline recognises the manifest of this
+        rule's root by its file name (``models.py::PathMappingRule.get_hashed_source_path``,
+        used by ``api/attachment.py::_attachment_download``)."""
+        return hash_string(self.source_path)
 
     def to_dict(self) -> dict[str, str]:
         """The rules-file shape: ``{source_path_format, source_path, destination_path}``."""
