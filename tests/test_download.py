@@ -598,3 +598,19 @@ def test_low_transfer_rate_detector_counts() -> None:
     assert report(500, 1)  # a good rate resets it
     assert report(10, 1) and report(10, 1) and not report(10, 1)
     assert d.triggered
+
+
+def test_overwrite_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    m, objects = make_manifest({"a.txt": b"downloaded"})
+    store = LocalStore(str(tmp_path / "store"))
+    fill(store, objects)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "a.txt").symlink_to(outside)
+    DownloadOrchestrator(store).download_manifest(
+        m, str(dest), conflict_resolution=ConflictResolution.OVERWRITE
+    )
+    assert outside.read_bytes() == b"precious"
+    assert not (dest / "a.txt").is_symlink() and (dest / "a.txt").read_bytes() == b"downloaded"
