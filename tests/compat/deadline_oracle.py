@@ -26,6 +26,9 @@ Subcommands:
   [--task-id T] --endpoint URL``: deadline's ``download.get_output_manifests_by_asset_root``
   against the S3 server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints
   ``{"endpoint": URL, "roots": {root: [encoded merged manifest, ...]}}``.
+* ``download --bucket B --root-prefix P --endpoint URL --dest D [--conflict-resolution C]
+  MANIFEST``: deadline's ``download.download_files_from_manifests`` of the manifest file
+  into D (CAS prefix ``P/Data``); prints the processed and skipped file counts.
 * ``manifest-upload --bucket B --root-prefix P [--s3-key-prefix K] --endpoint URL FILE``:
   deadline's ``api.manifest._manifest_upload`` (what ``deadline manifest upload`` runs) to
   the S3 server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints ``{"endpoint": URL}``.
@@ -202,6 +205,28 @@ def cmd_manifest_upload(args: argparse.Namespace) -> dict[str, object]:
     return {"endpoint": endpoint_used}
 
 
+def cmd_download(args: argparse.Namespace) -> dict[str, object]:
+    from deadline.job_attachments.asset_manifests.decode import decode_manifest
+    from deadline.job_attachments.download import download_files_from_manifests
+    from deadline.job_attachments.models import FileConflictResolution
+
+    session, endpoint_used = _local_session(args.endpoint)
+    with open(args.manifest, encoding="utf-8") as f:
+        manifest = decode_manifest(f.read())
+    stats = download_files_from_manifests(
+        s3_bucket=args.bucket,
+        manifests_by_root={args.dest: manifest},
+        cas_prefix=f"{args.root_prefix}/Data",
+        session=session,
+        conflict_resolution=FileConflictResolution[args.conflict_resolution],
+    )
+    return {
+        "endpoint": endpoint_used,
+        "processed_files": stats.processed_files,
+        "skipped_files": stats.skipped_files,
+    }
+
+
 def main(argv: list[str]) -> None:
     _require_isolated_env()
     parser = argparse.ArgumentParser(prog="deadline_oracle")
@@ -250,6 +275,15 @@ def main(argv: list[str]) -> None:
     p.add_argument("--endpoint", required=True)
     p.add_argument("file")
     p.set_defaults(func=cmd_manifest_upload)
+
+    p = sub.add_parser("download")
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--root-prefix", required=True)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--dest", required=True)
+    p.add_argument("--conflict-resolution", default="CREATE_COPY")
+    p.add_argument("manifest")
+    p.set_defaults(func=cmd_download)
 
     args = parser.parse_args(argv)
     result = args.func(args)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 
 import click
 
-from vfs.cli.common import VfsGroup, emit_json, make_s3_options, s3_options
+from vfs.cli.common import VfsGroup, byte_progress, emit_json, make_s3_options, s3_options
 from vfs.defaults import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hashing import hash_string
-from vfs.manifest import decode_manifest
+from vfs.manifest import decode_any_manifest, decode_manifest
+from vfs.pathmap import PathMappingRule, parse_path_mapping_rules
 from vfs.storage import open_store, read_location
 from vfs.storage.check_cache import S3CheckCache
-from vfs.transfer import upload_manifest_files
+from vfs.transfer import (
+    ConflictResolution,
+    DownloadOrchestrator,
+    TransferProgress,
+    TransferStatistics,
+    upload_manifest_files,
+)
 
 
 @click.group(cls=VfsGroup)
@@ -122,5 +131,168 @@ def upload(
                 f"{s.skipped} already in {store.uri}"
             )
     check_cache.close()
+    if as_json:
+        emit_json(results)
+
+
+def download_destinations(
+    manifests: list[str],
+    roots: list[str],
+    dest: str | None,
+    rules: list[PathMappingRule],
+) -> list[tuple[str, str]]:
+    """Pair each manifest with the directory its files go to.
+
+    ``--root-dirs``: one per manifest, in order. Otherwise as ``deadline attachment
+    download`` (``api/attachment.py::_attachment_download``): the destination of the path
+    mapping rule whose hashed source path (xxh128 of ``source_path``) appears in the
+    manifest's file name, else ``{dest or cwd}/{manifest file name}``; with one manifest and
+    ``--dest`` and no matching rule, ``dest`` itself. Raises :class:`VfsError` when the
+    counts differ or two manifests would share a destination.
+    """
+    if roots:
+        if dest is not None or len(roots) != len(manifests):
+            raise VfsError(
+                f"{len(manifests)} manifests but {len(roots)} --root-dirs"
+                + (" and --dest" if dest else ""),
+                hint="give one --root-dirs per manifest, in order, or one --dest",
+            )
+        return list(zip(manifests, roots, strict=True))
+    pairs: list[tuple[str, str]] = []
+    for m in manifests:
+        name = os.path.basename(m.rstrip("/"))
+        mapped = next((r.destination_path for r in rules if r.hashed_source_path() in name), None)
+        if mapped is not None:
+            target = mapped
+        elif dest is not None and len(manifests) == 1:
+            target = dest
+        else:
+            target = os.path.join(dest or os.getcwd(), name)
+        if any(os.path.abspath(t) == os.path.abspath(target) for _, t in pairs):
+            raise VfsError(
+                f"{target} is the destination of two manifests",
+                hint="one destination per manifest: use --root-dirs",
+            )
+        pairs.append((m, target))
+    return pairs
+
+
+class _BarFeed:
+    """A progress callback feeding a byte progress bar (``advance(n)``) with the bytes
+    done since the last report; never cancels."""
+
+    def __init__(self, advance: Callable[[int], None] | None) -> None:
+        self.advance = advance
+        self.done = 0
+
+    def __call__(self, p: TransferProgress) -> bool:
+        if self.advance is not None:
+            self.advance(p.bytes_done - self.done)
+            self.done = p.bytes_done
+        return True
+
+
+def _summary_line(manifest: str, dest: str, s: TransferStatistics) -> str:
+    rate = s.rate / 1e6
+    line = (
+        f"{manifest} -> {dest}: {s.files_transferred} files downloaded "
+        f"({s.bytes_transferred} bytes, {rate:.1f} MB/s), {s.files_skipped} skipped"
+    )
+    return line + (" - cancelled" if s.cancelled else "")
+
+
+@attachment.command()
+@click.option(
+    "-m",
+    "--manifests",
+    "manifests",
+    multiple=True,
+    required=True,
+    help="Manifest file or s3:// URI (repeatable).",
+)
+@click.option(
+    "-r",
+    "--root-dirs",
+    "--root-dir",
+    "roots",
+    multiple=True,
+    help="Directory to download each manifest into, one per manifest, in order.",
+)
+@click.option(
+    "--dest",
+    default=None,
+    metavar="DIR",
+    help="Directory to download into (several manifests: DIR/<manifest file name>).",
+)
+@click.option(
+    "--s3-root-uri",
+    "--store",
+    "s3_root_uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
+)
+@click.option(
+    "--path-mapping-rules",
+    default=None,
+    metavar="FILE",
+    help="JSON rules file; a manifest whose name holds a rule's hashed source path goes to "
+    "that rule's destination (as deadline).",
+)
+@click.option(
+    "--conflict-resolution",
+    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
+    default=ConflictResolution.CREATE_COPY.value,
+    show_default=True,
+    help="When a file exists: skip it, overwrite it, or write 'name (1).ext'.",
+)
+@click.option("--verify-hash", is_flag=True, help="Hash every file before it gets its name.")
+@click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
+@s3_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def download(
+    manifests: tuple[str, ...],
+    roots: tuple[str, ...],
+    dest: str | None,
+    s3_root_uri: str,
+    path_mapping_rules: str | None,
+    conflict_resolution: str,
+    verify_hash: bool,
+    workers: int,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+    as_json: bool,
+) -> None:
+    """Download the files the manifests list from the content-addressed store.
+
+    Each file is written to a temporary file beside its destination and renamed once
+    complete, with the manifest's mtime; nothing partial is left on an error or Ctrl-C.
+    Free space is checked first, and the download stops at the first error that would
+    fail every file (no bucket, access denied, no credentials).
+    """
+    s3 = make_s3_options(endpoint_url, expected_bucket_owner)  # --profile/--region: env
+    rules: list[PathMappingRule] = []
+    if path_mapping_rules:
+        try:
+            with open(path_mapping_rules, encoding="utf-8") as f:
+                rules = parse_path_mapping_rules(json.load(f))
+        except (OSError, ValueError) as e:
+            raise VfsError(f"cannot read path mapping rules {path_mapping_rules}: {e}") from None
+    pairs = download_destinations(list(manifests), list(roots), dest, rules)
+    store = open_store(s3_root_uri, s3)
+    orch = DownloadOrchestrator(store, workers=workers, verify_hash=verify_hash)
+    resolution = ConflictResolution(conflict_resolution.lower())
+    results = []
+    for manifest_file, target in pairs:
+        m = decode_any_manifest(read_location(manifest_file, s3), source=manifest_file)
+        with byte_progress(
+            f"{os.path.basename(manifest_file)}", m.effective_total_size(), not as_json
+        ) as advance:
+            stats = orch.download_manifest(
+                m, target, conflict_resolution=resolution, progress=_BarFeed(advance)
+            )
+        results.append({"manifest": manifest_file, "dest": target, **stats.as_dict()})
+        if not as_json:
+            click.echo(_summary_line(manifest_file, target, stats))
     if as_json:
         emit_json(results)

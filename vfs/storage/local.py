@@ -23,7 +23,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import BinaryIO
 
-from vfs.errors import AccessDeniedError, CorruptObjectError, ObjectNotFoundError, StoreError
+from vfs.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CorruptObjectError,
+    ObjectNotFoundError,
+    StoreError,
+)
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
 
 BinaryIOWriter = Callable[[BinaryIO], object]
@@ -75,6 +81,12 @@ class LocalStore:
 
     def _error(self, e: OSError, key: str) -> StoreError:
         where = self._path(key)
+        if e.errno == errno.ENOENT and not os.path.isdir(self.root):
+            return BucketNotFoundError(
+                f"object {where}: the store directory {self.root} does not exist",
+                key=where,
+                hint="check the file:// store URI",
+            )
         if e.errno == errno.ENOENT:
             return ObjectNotFoundError(
                 f"object {where} does not exist",

@@ -49,12 +49,11 @@ def make_s3_client(options: S3Options) -> S3Client:
         user_agent_extra="vfs",
     )
     try:
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=options.endpoint_url, config=config
-        )
+        session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
+        client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
     except ProfileNotFound as e:
         raise CredentialsError(
-            f"{e}", hint="check --profile / AWS_PROFILE against ~/.aws/config and credentials"
+            f"{e}", hint="check --profile / AWS_PROFILE against ~/.aws/config (or AWS_CONFIG_FILE)"
         ) from None
     except ValueError as e:  # botocore: "Invalid endpoint: ..."
         raise EndpointError(
