@@ -113,6 +113,19 @@ VERIFY_MODES = ("block", "strict")
     metavar="OPTION",
     help="FUSE mount option, e.g. -o allow_other (repeatable, comma-separated).",
 )
+@click.option(
+    "--writable",
+    is_flag=True,
+    help="Writes land in a local overlay (copy-up on first write); without it the mount "
+    "is read-only (EROFS).",
+)
+@click.option(
+    "--overlay-dir",
+    default=None,
+    metavar="DIR",
+    help="The overlay of a --writable mount, kept across remounts (default: "
+    "CACHE_DIR/overlays/<mount point>).",
+)
 @click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
 @click.option(
     "--log-file",
@@ -138,13 +151,15 @@ def mount(
     verify: str,
     prefetch: tuple[str, ...],
     fuse_options: tuple[str, ...],
+    writable: bool,
+    overlay_dir: str | None,
     foreground: bool,
     log_file: str | None,
     ready_fd: int | None,
     endpoint_url: str | None,
     expected_bucket_owner: str | None,
 ) -> None:
-    """Mount the merged MANIFESTs read-only at MOUNTPOINT.
+    """Mount the merged MANIFESTs at MOUNTPOINT, read-only unless --writable.
 
     Without --foreground, returns once the mount answers (exit status 1 and the reason
     when it cannot mount); the daemon keeps running until `vfs unmount MOUNTPOINT`.
@@ -154,6 +169,10 @@ def mount(
     cache = os.path.abspath(cache_dir or default_cache_dir())
     locations = [m if m.startswith("s3://") else os.path.abspath(m) for m in manifests]
     verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
+    if overlay_dir is not None:
+        if not writable:
+            raise click.UsageError("--overlay-dir needs --writable")
+        overlay_dir = os.path.abspath(overlay_dir)
     if foreground:
         from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
         from vfs.mount.service import MountConfig, run_mount
@@ -181,6 +200,8 @@ def mount(
                 verify=verify,
             ),
             prefetch=prefetch_policy,
+            writable=writable,
+            overlay_dir=overlay_dir,
         )
         run_mount(config, ready_fd)
         return
@@ -196,6 +217,10 @@ def mount(
         argv += ["-o", o]
     for p in prefetch:
         argv += ["--prefetch", p]
+    if writable:
+        argv += ["--writable"]
+    if overlay_dir is not None:
+        argv += ["--overlay-dir", overlay_dir]
     if endpoint_url:
         argv += ["--endpoint-url", endpoint_url]
     if expected_bucket_owner:

@@ -32,6 +32,7 @@ from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.fetcher import ContentFetcher, FetchPolicy
 from vfs.mount.fs import ReadOnlyOperations
+from vfs.mount.fs_rw import WritableOperations
 from vfs.mount.launch import READY_PREFIX, WARNING_PREFIX
 from vfs.mount.launch import READY_TIMEOUT as READY_TIMEOUT  # re-exported (moved to launch)
 from vfs.mount.launch import default_log_file as default_log_file
@@ -39,7 +40,9 @@ from vfs.mount.launch import is_mounted as is_mounted
 from vfs.mount.launch import python_argv as python_argv
 from vfs.mount.launch import start_mount as start_mount
 from vfs.mount.launch import unmount as unmount
+from vfs.mount.overlay import BaseReader, Overlay
 from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
+from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 from vfs.storage import S3Options, open_store, read_location
@@ -69,6 +72,8 @@ class MountConfig:
     ``fuse_options``: extra ``-o`` mount options (e.g. ``allow_other``).
     ``cache_size``: bound of the shared block cache in bytes; ``min_free_ratio``: share of
     the cache's file system kept free; ``policy``: fetch limits and timeouts.
+    ``writable``: writes land in the overlay in ``overlay_dir`` (default: one per mount
+    point under ``cache_dir/overlays``, :func:`default_overlay_dir`).
     """
 
     mountpoint: str
@@ -81,6 +86,8 @@ class MountConfig:
     min_free_ratio: float = 0.05
     policy: FetchPolicy = field(default_factory=FetchPolicy)
     prefetch: PrefetchPolicy = field(default_factory=PrefetchPolicy)
+    writable: bool = False
+    overlay_dir: str | None = None
 
 
 def load_manifests(
@@ -152,13 +159,23 @@ def lock_mountpoint(path: str) -> int:
     return fd
 
 
-def fuse_options(extra: Sequence[str]) -> set[str]:
-    """Mount options: pyfuse3's defaults, read-only, named ``vfs``, plus ``extra``.
+def default_overlay_dir(cache_dir: str, mountpoint: str) -> str:
+    """The overlay of a writable mount without ``--overlay-dir``:
+    ``{cache_dir}/overlays/{mount point with / as _}``."""
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(cache_dir, "overlays", name)
+
+
+def fuse_options(extra: Sequence[str], writable: bool = False) -> set[str]:
+    """Mount options: pyfuse3's defaults, named ``vfs``, read-only unless ``writable``,
+    plus ``extra``.
 
     Raises :class:`MountError` for ``max_read``, which breaks pyfuse3 mounts
     (reference/test-environment.md, pitfall 4).
     """
-    options = set(pyfuse3.default_options) | {"fsname=vfs", "subtype=vfs", "ro"}
+    options = set(pyfuse3.default_options) | {"fsname=vfs", "subtype=vfs"}
+    if not writable:
+        options.add("ro")
     for item in extra:
         for opt in item.split(","):
             opt = opt.strip()
@@ -166,8 +183,11 @@ def fuse_options(extra: Sequence[str]) -> set[str]:
                 continue
             if opt.startswith("max_read"):
                 raise MountError("the mount option max_read is not supported (it breaks mounts)")
-            if opt == "rw":
-                raise MountError("this mount is read-only; the option rw is not supported yet")
+            if opt == "rw" and not writable:
+                raise MountError(
+                    "this mount is read-only; the option rw is not supported",
+                    hint="use --writable for a writable mount",
+                )
             options.add(opt)
     return options
 
@@ -214,15 +234,23 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                     )
         store = open_store(config.store_uri, mount_s3_options(config.s3, config.policy))
         cache = BlockCache(config.cache_dir, config.cache_size, config.min_free_ratio)
-        options = fuse_options(config.fuse_options)
+        options = fuse_options(config.fuse_options, config.writable)
         stats = MountStats()
         fetcher = ContentFetcher(cache, store, stats, config.policy)
         planner = PrefetchPlanner(tree, config.prefetch)
-        ops = ReadOnlyOperations(tree, fetcher, stats, planner)
+        overlay: Overlay | None = None
+        if config.writable:
+            overlay_dir = config.overlay_dir or default_overlay_dir(config.cache_dir, mountpoint)
+            overlay = Overlay.open(overlay_dir, tree, base_reader(tree, fetcher), stats)
+            ops: ReadOnlyOperations = WritableOperations(tree, fetcher, stats, overlay, planner)
+        else:
+            ops = ReadOnlyOperations(tree, fetcher, stats, planner)
         fetcher.on_bad = ops.invalidate_object
         try:
             pyfuse3.init(ops, mountpoint, options)
         except RuntimeError as e:
+            if overlay is not None:
+                overlay.close()
             raise MountError(
                 f"cannot mount on {mountpoint}: {e}",
                 hint="check that /dev/fuse exists, fuse3 is installed, and you may mount",
@@ -269,6 +297,15 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                         pyfuse3.terminate()
                         return
 
+            async def persist_overlay() -> None:
+                while overlay is not None:
+                    await trio.sleep(1)
+                    try:
+                        overlay.persist()
+                    except Exception as e:
+                        log.warning("saving sizes and mtimes in %s failed (%s: %s); retrying",
+                                    overlay.root, type(e).__name__, e)  # fmt: skip
+
             async def flush_cache_index() -> None:
                 while True:
                     await trio.sleep(5)
@@ -279,6 +316,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             nursery.start_soon(announce_ready)
             nursery.start_soon(watch_signals)
             nursery.start_soon(flush_cache_index)
+            nursery.start_soon(persist_overlay)
             nursery.start_soon(failsafe, "reconciling the cache index", cache.reconcile)
             # pyfuse3.main returns when the file system is unmounted or terminated.
             await pyfuse3.main()
@@ -292,6 +330,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
     finally:
         _sd_notify("STOPPING=1")
         pyfuse3.close(unmount=terminated)
+        if overlay is not None:
+            overlay.close()
         cache.close()
         log.info("unmounted %s", mountpoint)
 
@@ -303,6 +343,15 @@ async def failsafe(what: str, fn: Callable[[], object]) -> None:
         await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
     except Exception as e:
         log.warning("%s failed (%s: %s); the mount goes on", what, type(e).__name__, e)
+
+
+def base_reader(tree: InodeTree, fetcher: ContentFetcher) -> BaseReader:
+    """The overlay's reader of base content: file ``ino``'s bytes through the fetcher."""
+
+    async def read(ino: int, off: int, size: int, state: ReadaheadState) -> bytes | memoryview:
+        return await fetcher.read(tree.file_parts(ino), off, size, state)
+
+    return read
 
 
 def mount_s3_options(options: S3Options, policy: FetchPolicy) -> S3Options:
