@@ -43,6 +43,7 @@ import trio
 from vfs.errors import MountError
 from vfs.hashing import hash_bytes
 from vfs.mount.blocks import BLOCK_SIZE
+from vfs.mount.fetcher import ContentFetcher
 from vfs.mount.overlaydb import Node, OverlayDB
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
@@ -53,6 +54,17 @@ log = logging.getLogger(__name__)
 BaseReader = Callable[[int, int, int, ReadaheadState], Awaitable[bytes | memoryview]]
 """``(ino, offset, size, state) -> bytes``: base content of a base file (exactly ``size``
 bytes when within the base size); the mount passes the fetcher's read."""
+
+
+def fetcher_reader(tree: InodeTree, fetcher: ContentFetcher) -> BaseReader:
+    """The reader of base content a mount gives its overlay: file ``ino``'s bytes through
+    ``fetcher`` (block cache, then store)."""
+
+    async def read(ino: int, off: int, size: int, state: ReadaheadState) -> bytes | memoryview:
+        return await fetcher.read(tree.file_parts(ino), off, size, state)
+
+    return read
+
 
 DIR_SIZE = 4096
 """``st_size`` reported for directories."""

@@ -40,9 +40,8 @@ from vfs.mount.launch import is_mounted as is_mounted
 from vfs.mount.launch import python_argv as python_argv
 from vfs.mount.launch import start_mount as start_mount
 from vfs.mount.launch import unmount as unmount
-from vfs.mount.overlay import BaseReader, Overlay
+from vfs.mount.overlay import Overlay, fetcher_reader
 from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
-from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
 from vfs.storage import S3Options, open_store, read_location
@@ -241,7 +240,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         overlay: Overlay | None = None
         if config.writable:
             overlay_dir = config.overlay_dir or default_overlay_dir(config.cache_dir, mountpoint)
-            overlay = Overlay.open(overlay_dir, tree, base_reader(tree, fetcher), stats)
+            overlay = Overlay.open(overlay_dir, tree, fetcher_reader(tree, fetcher), stats)
             ops: ReadOnlyOperations = WritableOperations(tree, fetcher, stats, overlay, planner)
         else:
             ops = ReadOnlyOperations(tree, fetcher, stats, planner)
@@ -343,15 +342,6 @@ async def failsafe(what: str, fn: Callable[[], object]) -> None:
         await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
     except Exception as e:
         log.warning("%s failed (%s: %s); the mount goes on", what, type(e).__name__, e)
-
-
-def base_reader(tree: InodeTree, fetcher: ContentFetcher) -> BaseReader:
-    """The overlay's reader of base content: file ``ino``'s bytes through the fetcher."""
-
-    async def read(ino: int, off: int, size: int, state: ReadaheadState) -> bytes | memoryview:
-        return await fetcher.read(tree.file_parts(ino), off, size, state)
-
-    return read
 
 
 def mount_s3_options(options: S3Options, policy: FetchPolicy) -> S3Options:
