@@ -244,6 +244,7 @@ def test_a_killed_process_loses_nothing_that_returned(tmp_path: Path) -> None:
                     await o.write(big, 7, b"seven")
                     o.flush(big)
                     o.rename(w.ino(o, "d"), b"small.txt", ROOT_INODE, b"small", noreplace=False)
+                    await o.write(ino, 2000, b"late")  # written, never flushed
                     os.kill(os.getpid(), signal.SIGKILL)
 
             trio.run(main)
@@ -256,7 +257,8 @@ def test_a_killed_process_loses_nothing_that_returned(tmp_path: Path) -> None:
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
     async def after(o: Overlay) -> None:
-        assert await read_all(o, w.ino(o, "new")) == b"n" * 1000
+        # A write that returned is in the data file, whose size is taken as the file's.
+        assert await read_all(o, w.ino(o, "new")) == b"n" * 1000 + bytes(1000) + b"late"
         assert o.attr(w.ino(o, "new")).mtime_ns == mtime  # committed by flush
         big = w.ino(o, "d/big.bin")
         assert await read_all(o, big) == BIG[:7] + b"seven" + BIG[12:]
