@@ -141,6 +141,24 @@ def test_directories_rename_and_symlinks(rw: Mounted) -> None:
     assert errno_of(lambda: os.unlink(root / "out")) in (errno.EISDIR, errno.EPERM)
 
 
+def test_directory_renames_over_directories(rw: Mounted) -> None:
+    root = rw.path
+    (root / "empty").mkdir()
+    (root / "full").mkdir()
+    (root / "full" / "f").write_bytes(b"f")
+    ino = (root / "full").stat().st_ino
+    assert errno_of(lambda: os.rename(root / "empty", root / "full")) == errno.ENOTEMPTY
+    assert errno_of(lambda: os.rename(root / "full", root / "README")) == errno.ENOTDIR
+    assert errno_of(lambda: os.rename(root / "README", root / "full")) == errno.EISDIR
+    os.rename(root / "full", root / "empty")  # over an empty directory
+    assert (root / "empty").stat().st_ino == ino
+    assert (root / "empty" / "f").read_bytes() == b"f"
+    assert not (root / "full").exists()
+    os.rename(root / "empty", root / "scenes" / "moved")  # a new dir into a base dir
+    assert sorted(os.listdir(root / "scenes")) == ["comp.nk", "moved", "plates"]
+    assert (root / "scenes" / "moved" / "f").read_bytes() == b"f"
+
+
 def _renameat2(src: Path, dst: Path, flags: int) -> int:
     import ctypes
 
@@ -258,6 +276,34 @@ def test_kill_9_then_remount_keeps_everything(setup: Setup) -> None:
     assert os.readlink(root / "out" / "link") == "frame.exr"
     for p, ino in inos.items():
         assert (root / p).lstat().st_ino == ino, p
+
+
+def test_default_overlay_dir_survives_a_clean_remount(
+    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]
+) -> None:
+    setup = Setup(tmp_path, vfs_mount, local_store)
+    m = vfs_mount(setup.mnt, [setup.manifest], setup.store, "--writable")
+    with open(m.path / "out.txt", "wb") as f:
+        f.write(b"kept")
+        os.fdatasync(f.fileno())
+    with open(m.path / "scenes" / "comp.nk", "ab") as f:
+        f.write(b"appended")
+    unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
+    overlays = os.listdir(tmp_path / "cache" / "overlays")
+    assert overlays == [str(setup.mnt).strip("/").replace("/", "_")]
+    m2 = vfs_mount(setup.mnt, [setup.manifest], setup.store, "--writable")
+    assert (m2.path / "out.txt").read_bytes() == b"kept"
+    assert (m2.path / "scenes" / "comp.nk").read_bytes() == FILES["scenes/comp.nk"] + b"appended"
+    unmount_path(str(m2.path), m2.pid, vfs_unmount_command(str(m2.path)))
+    # Without --writable the same mount point is the base, read-only.
+    m3 = vfs_mount(setup.mnt, [setup.manifest], setup.store)
+    assert not (m3.path / "out.txt").exists()
+    assert errno_of(lambda: (m3.path / "new").write_bytes(b"x")) == errno.EROFS
+
+
+def test_overlay_dir_needs_writable(setup: Setup) -> None:
+    with pytest.raises(AssertionError, match="--overlay-dir needs --writable"):
+        setup.mount_fn(setup.mnt, [setup.manifest], setup.store, "--overlay-dir", "x")
 
 
 def test_other_base_manifest_is_refused(setup: Setup, tmp_path: Path) -> None:

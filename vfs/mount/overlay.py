@@ -124,6 +124,7 @@ class Overlay:
         self._fds: dict[int, int] = {}
         self._open: dict[int, int] = {}
         self._locks: dict[int, trio.Lock] = {}
+        self._dirty: set[int] = set()
 
     @classmethod
     def open(cls, root: str, tree: InodeTree, read_base: BaseReader, stats: MountStats) -> Overlay:
@@ -215,7 +216,8 @@ class Overlay:
 
     def persist(self) -> None:
         """Commit the in-memory size/mtime changes of files being written."""
-        dirty = [n for n in self.nodes.values() if n.dirty]
+        dirty = [n for n in map(self.nodes.get, self._dirty) if n is not None and n.dirty]
+        self._dirty.clear()
         if dirty:
             with self.db.transaction():
                 for node in dirty:
@@ -653,6 +655,7 @@ class Overlay:
         node.size = max(node.size, end)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         node.dirty = True
+        self._dirty.add(ino)
         self.stats.add("overlay.write.bytes", len(data))
         return len(data)
 
