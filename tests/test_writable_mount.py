@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -368,3 +369,30 @@ def test_fsx_random_ops_match_a_model(
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def test_disk_full_gives_enospc_and_the_mount_stays_up(setup: Setup) -> None:
+    """The overlay on a 3 MiB tmpfs: a write past the space fails with ENOSPC, what was
+    written before stays, and after a delete writing works again."""
+    disk = setup.tmp / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        setup.overlay = disk / "overlay"
+        m = setup.mount()
+        m.expect_log(r"No space left|database failed")
+        (m.path / "kept.txt").write_bytes(b"kept")
+        with pytest.raises(OSError) as e, open(m.path / "huge.bin", "wb") as f:
+            for _ in range(8):
+                f.write(b"h" * (1 << 20))
+                f.flush()
+        assert e.value.errno == errno.ENOSPC
+        assert (m.path / "kept.txt").read_bytes() == b"kept"
+        assert (m.path / "README").read_bytes() == FILES["README"]
+        os.unlink(m.path / "huge.bin")
+        (m.path / "after.txt").write_bytes(b"after")
+        assert (m.path / "after.txt").read_bytes() == b"after"
+        unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
+    finally:
+        if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -46,8 +47,9 @@ _Self = TypeVar("_Self", bound="WritableOperations")
 def _translated(
     handler: Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[_Self, _P], Coroutine[Any, Any, _R]]:
-    """Answer the overlay's ``OSError`` with its errno (disk trouble is also logged) and any
-    other unexpected exception with EIO and a log line: the mount stays up."""
+    """Answer the overlay's ``OSError`` with its errno (disk trouble is also logged), a
+    failed overlay database with ENOSPC (disk full) or EIO, and any other unexpected
+    exception with EIO and a log line: the mount stays up."""
 
     @functools.wraps(handler)
     async def wrapper(self: _Self, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -60,6 +62,11 @@ def _translated(
             if code in _DISK_ERRORS:
                 log.error("%s in %s: %s", handler.__name__, self.overlay.root, describe_error(e))
             raise pyfuse3.FUSEError(code) from None
+        except sqlite3.Error as e:  # the overlay's database: disk full, or worse
+            full = "full" in str(e)
+            log.error("%s in %s: the overlay database failed (%s)", handler.__name__,
+                      self.overlay.root, e)  # fmt: skip
+            raise pyfuse3.FUSEError(errno.ENOSPC if full else errno.EIO) from None
         except Exception:
             self.stats.add("eio")
             log.exception("internal error in %s%r", handler.__name__, args)

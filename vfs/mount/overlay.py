@@ -34,7 +34,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,7 @@ class Overlay:
         self._open: dict[int, int] = {}
         self._locks: dict[int, trio.Lock] = {}
         self._dirty: set[int] = set()
+        self._changing = 0
 
     @classmethod
     def open(cls, root: str, tree: InodeTree, read_base: BaseReader, stats: MountStats) -> Overlay:
@@ -217,11 +218,40 @@ class Overlay:
     def persist(self) -> None:
         """Commit the in-memory size/mtime changes of files being written."""
         dirty = [n for n in map(self.nodes.get, self._dirty) if n is not None and n.dirty]
-        self._dirty.clear()
         if dirty:
-            with self.db.transaction():
+            with self._change():
                 for node in dirty:
                     self.db.save_node(node)
+        self._dirty.clear()
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[None]:
+        """One committed transaction for a change; when it fails (disk full, I/O error) the
+        in-memory state is loaded again from the database, so both keep agreeing."""
+        self._changing += 1
+        try:
+            with self.db.transaction():
+                yield
+        except BaseException:
+            if self._changing == 1:
+                self._resync()
+            raise
+        finally:
+            self._changing -= 1
+
+    def _resync(self) -> None:
+        """Reload nodes and entries from the database; sizes from the data files."""
+        try:
+            self.next_ino = max(self.next_ino, int(self.db.get_meta("next_ino") or 0))
+            self.nodes = self.db.load_nodes()
+            self.dirents = self.db.load_dirents()
+            for node in self.nodes.values():
+                if node.data:
+                    with contextlib.suppress(OSError):
+                        node.size = os.stat(self._data_path(node.ino)).st_size
+                        node.base_limit = min(node.base_limit, node.size)
+        except Exception as e:  # the change's own error is the one to report
+            log.error("reloading the overlay in %s failed: %s", self.root, e)
 
     # -- namespace queries ------------------------------------------------------------------
 
@@ -364,7 +394,7 @@ class Overlay:
         if self.lookup(parent, name) is not None:
             raise _err(errno.EEXIST, self._child_path(parent, name))
         now = time.time_ns()
-        with self.db.transaction():
+        with self._change():
             ino = self.next_ino
             self.next_ino += 1
             self.db.set_meta("next_ino", str(self.next_ino))
@@ -408,7 +438,7 @@ class Overlay:
             raise _err(errno.ENOENT, self._child_path(parent, name))
         if self.is_dir(ino):
             raise _err(errno.EISDIR, self._child_path(parent, name))
-        with self.db.transaction():
+        with self._change():
             self._drop_entry(parent, name)
             self._dir_changed(parent, time.time_ns())
             self._unlinked(ino)
@@ -424,7 +454,7 @@ class Overlay:
             raise _err(errno.ENOTDIR, self._child_path(parent, name))
         if self.entries(ino):
             raise _err(errno.ENOTEMPTY, self._child_path(parent, name))
-        with self.db.transaction():
+        with self._change():
             self._drop_entry(parent, name)
             self._dir_changed(parent, time.time_ns())
             self._unlinked(ino)
@@ -491,7 +521,7 @@ class Overlay:
                     raise _err(errno.EINVAL, f"{self._child_path(parent, name)} into itself")
                 up = self.parent_of(up)
         now = time.time_ns()
-        with self.db.transaction():
+        with self._change():
             self._drop_entry(parent, name)
             self._set_entry(new_parent, new_name, ino)
             node = self._node(ino)
@@ -516,7 +546,8 @@ class Overlay:
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
-        self.db.save_node(node)
+        with self._change():
+            self.db.save_node(node)
         return self.attr(ino)
 
     # -- content ----------------------------------------------------------------------------
@@ -587,7 +618,8 @@ class Overlay:
             self._fds[ino] = fd
             os.ftruncate(fd, node.size)
             node.data = True
-            self.db.save_node(node)  # after the data file exists
+            with self._change():
+                self.db.save_node(node)  # after the data file exists
         return node
 
     async def read(self, ino: int, off: int, size: int, state: ReadaheadState) -> bytes:
@@ -692,7 +724,8 @@ class Overlay:
         self._pwrite(ino, data, off)
         if fresh:
             node.blocks.update(fresh)
-            self.db.add_blocks(ino, fresh)  # after the data is written
+            with self._change():
+                self.db.add_blocks(ino, fresh)  # after the data is written
             self.stats.add("overlay.copyup.blocks", len(fresh))
 
     async def truncate(self, ino: int, size: int) -> Attr:
@@ -706,7 +739,8 @@ class Overlay:
             node.base_limit = min(node.base_limit, size)
             node.size = size
             node.mtime_ns = node.ctime_ns = time.time_ns()
-            self.db.save_node(node)
+            with self._change():
+                self.db.save_node(node)
         return self.attr(ino)
 
     def statvfs(self) -> os.statvfs_result:
