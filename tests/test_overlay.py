@@ -281,3 +281,46 @@ def test_other_base_is_refused_and_a_dir_is_used_once(tmp_path: Path) -> None:
     with pytest.raises(MountError) as e:
         other.run(lambda o: trio.sleep(0))
     assert w.dir in str(e.value) and "other base manifests" in str(e.value)
+
+
+def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> None:
+    """The process dies while a write that spans blocks 0 (partly), 1 (whole) and 2 (partly)
+    copies up: block 0's base bytes are in the data file, block 2's are still being fetched.
+    After reopening the file is the base, unchanged (the write never returned)."""
+    w = World(tmp_path)
+    pid = os.fork()
+    if pid == 0:
+        try:
+
+            async def main() -> None:
+                fetcher = ContentFetcher(BlockCache(w.cache_dir, 1 << 30), w.store, w.stats)
+                real = fetcher_reader(w.tree, fetcher)
+                calls = 0
+
+                async def crash_on_second_fetch(
+                    ino: int, off: int, size: int, state: ReadaheadState
+                ) -> bytes | memoryview:
+                    nonlocal calls
+                    calls += 1
+                    if calls == 2:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return await real(ino, off, size, state)
+
+                o = Overlay.open(w.dir, w.tree, crash_on_second_fetch, w.stats)
+                async with trio.open_nursery() as nursery:
+                    fetcher.attach(nursery)
+                    big = w.ino(o, "d/big.bin")
+                    await o.write(big, 100, b"W" * (2 * BLOCK_SIZE))
+
+            trio.run(main)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+    async def after(o: Overlay) -> None:
+        big = w.ino(o, "d/big.bin")
+        assert o.nodes[big].blocks == set()
+        assert await read_all(o, big) == BIG
+
+    w.run(after)
