@@ -126,6 +126,8 @@ class Overlay:
         self._locks: dict[int, trio.Lock] = {}
         self._dirty: set[int] = set()
         self._changing = 0
+        self._nlinks: dict[int, int] = {}  # link counts of changed directories, until a
+        # subdirectory is added to or removed from them
 
     @classmethod
     def open(cls, root: str, tree: InodeTree, read_base: BaseReader, stats: MountStats) -> Overlay:
@@ -245,6 +247,7 @@ class Overlay:
             self.next_ino = max(self.next_ino, int(self.db.get_meta("next_ino") or 0))
             self.nodes = self.db.load_nodes()
             self.dirents = self.db.load_dirents()
+            self._nlinks.clear()
             for node in self.nodes.values():
                 if node.data:
                     with contextlib.suppress(OSError):
@@ -314,7 +317,10 @@ class Overlay:
             if node.nlink == 0 and not self._open.get(ino):
                 raise _err(errno.ENOENT, f"inode {ino}")
             if stat.S_ISDIR(node.mode):
-                nlink = 2 + sum(1 for _, i in self.entries(ino) if self.is_dir(i))
+                nlink = self._nlinks.get(ino)
+                if nlink is None:
+                    nlink = 2 + sum(1 for _, i in self.entries(ino) if self.is_dir(i))
+                    self._nlinks[ino] = nlink
                 size = DIR_SIZE
             else:
                 nlink, size = node.nlink, node.size
@@ -372,11 +378,16 @@ class Overlay:
         self.db.save_node(node)
 
     def _set_entry(self, parent: int, name: bytes, ino: int) -> None:
+        if ino and self.is_dir(ino):
+            self._nlinks.pop(parent, None)
         self.dirents.setdefault(parent, {})[name] = ino
         self.db.set_dirent(parent, name, ino)
 
     def _drop_entry(self, parent: int, name: bytes) -> None:
         """Remove ``name`` from ``parent``: a whiteout when the base has that name."""
+        gone = self.lookup(parent, name)
+        if gone is not None and self.is_dir(gone):
+            self._nlinks.pop(parent, None)
         if self._is_base_dir(parent) and self.tree.lookup(parent, name) is not None:
             self._set_entry(parent, name, 0)
         else:
