@@ -233,6 +233,11 @@ def test_copy_up_fetches_only_the_partly_written_block(setup: Setup) -> None:
 def test_base_files_keep_manifest_size_and_mtime(rw: Mounted) -> None:
     root = rw.path
     (root / "scenes" / "comp.nk").write_bytes(b"changed")
+    # The base hash no longer describes a changed file; an untouched one keeps it.
+    assert errno_of(lambda: os.getxattr(root / "scenes" / "comp.nk", "user.vfs.hash")) == (
+        errno.ENODATA
+    )
+    assert os.getxattr(root / "README", "user.vfs.hash")
     for i, (path, data) in enumerate(sorted(FILES.items())):
         st = (root / path).stat()
         if path == "scenes/comp.nk":

@@ -174,6 +174,7 @@ class Overlay:
             self.next_ino = int(self.db.get_meta("next_ino") or self.next_ino)
             self.nodes = self.db.load_nodes()
             self.dirents = self.db.load_dirents()
+            self._recover()
         except Exception as e:
             if isinstance(e, MountError):
                 raise
@@ -181,7 +182,6 @@ class Overlay:
                 f"cannot open the overlay in {self.root}: {e}",
                 hint="check the directory, or give a new --overlay-dir",
             ) from None
-        self._recover()
 
     def _recover(self) -> None:
         """After a crash: forget overlay inodes that were unlinked while open, drop data
@@ -752,6 +752,10 @@ class Overlay:
             node.mtime_ns = node.ctime_ns = time.time_ns()
             with self._change():
                 self.db.save_node(node)
+        if not self._open.get(ino):  # truncated by path: no handle keeps the file open
+            fd = self._fds.pop(ino, None)
+            if fd is not None:
+                os.close(fd)
         return self.attr(ino)
 
     def statvfs(self) -> os.statvfs_result:
