@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import random
 import signal
@@ -189,6 +190,19 @@ def test_attributes_and_refusals(rw: Mounted) -> None:
     assert sv.f_bavail > 0 and sv.f_blocks > 0
 
 
+def test_shared_writable_mmap(rw: Mounted) -> None:
+    p = rw.path / "scenes" / "plates" / "plate.0001.exr"  # a base file, copied up by mmap
+    with open(p, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        mm[10:20] = b"M" * 10
+        mm.flush()
+    expected = bytearray(FILES["scenes/plates/plate.0001.exr"])
+    expected[10:20] = b"M" * 10
+    assert p.read_bytes() == bytes(expected)
+    with open(p, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert f.read() == bytes(expected)  # from the daemon, not the kernel's pages
+
+
 def test_unlinked_file_stays_usable_through_open_handles(rw: Mounted) -> None:
     root = rw.path
     p = root / "tmpfile"
@@ -328,11 +342,24 @@ FSX_BASE = 16 * 4 * 1024 * 1024 + 777  # a base file of 17 blocks
 def test_fsx_random_ops_match_a_model(
     tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]
 ) -> None:
-    """pwrite / truncate / read / fsync / dropping the kernel's pages on a 17-block base
+    """pwrite / truncate / read / fsync / mmap / dropping the kernel's pages on a 17-block base
     file and on a new file through the mount, checked against bytearrays after every step
     (seeded: VFS_FSX_SEED, VFS_FSX_OPS)."""
-    rng = random.Random(int(os.environ.get("VFS_FSX_SEED", "9")))
-    ops = int(os.environ.get("VFS_FSX_OPS", "300"))
+    seed = int(os.environ.get("VFS_FSX_SEED", "9"))
+    fsx(tmp_path, vfs_mount, local_store, seed, int(os.environ.get("VFS_FSX_OPS", "300")))
+
+
+@pytest.mark.slow
+def test_fsx_long(tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]) -> None:
+    """The same, 20,000 operations."""
+    fsx(tmp_path, vfs_mount, local_store, 20_000, 20_000)
+
+
+def fsx(
+    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str], seed: int, ops: int
+) -> None:
+    """Run ``ops`` seeded random operations (see test_fsx_random_ops_match_a_model)."""
+    rng = random.Random(seed)
     base = rng.randbytes(FSX_BASE)
     rw = Setup(tmp_path, vfs_mount, local_store, {"fsx.base": base}).mount()
     files = {"fsx.base": bytearray(base), "fsx.new": bytearray()}
@@ -343,7 +370,9 @@ def test_fsx_random_ops_match_a_model(
         for step in range(ops):
             name = rng.choice(sorted(files))
             model, fd = files[name], fds[name]
-            op = rng.choices(["write", "truncate", "read", "fsync", "drop"], [5, 2, 4, 1, 2])[0]
+            op = rng.choices(
+                ["write", "truncate", "read", "fsync", "drop", "mmap"], [5, 2, 4, 1, 2, 2]
+            )[0]
             what = f"step {step}: {op} on {name}"
             if op == "write":
                 off = rng.randrange(0, limit)
@@ -363,6 +392,14 @@ def test_fsx_random_ops_match_a_model(
                 off = rng.randrange(0, max(1, len(model) + 10))
                 size = rng.choice([1, 4096, 100_000, 5 << 20])
                 assert os.pread(fd, size, off) == bytes(model[off : off + size]), what
+            elif op == "mmap" and model:  # shared writable mapping: read, write, msync
+                off = rng.randrange(0, len(model))
+                data = rng.randbytes(min(len(model) - off, rng.choice([1, 5000, 300_000])))
+                with mmap.mmap(fd, 0) as mm:
+                    assert mm[off : off + len(data)] == model[off : off + len(data)], what
+                    mm[off : off + len(data)] = data
+                    mm.flush()
+                model[off : off + len(data)] = data
             elif op == "drop":  # the kernel's clean pages go: the next read asks the daemon
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             else:
