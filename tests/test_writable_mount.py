@@ -438,3 +438,99 @@ def test_disk_full_gives_enospc_and_the_mount_stays_up(setup: Setup) -> None:
     finally:
         if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under ``root``: (kind, permission bits, size, content) for files,
+    (kind, permission bits) for directories, (kind, target) for symlinks."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+                if name in dirnames:
+                    dirnames.remove(name)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_size, p.read_bytes())
+    return out
+
+
+def test_random_namespace_ops_match_a_local_directory(setup: Setup) -> None:
+    """Seeded random create / write / truncate / mkdir / rmdir / unlink / rename / symlink /
+    chmod on the mount and on a local copy of the base: the same errors and the same tree
+    after every step, and again after kill -9 and a remount."""
+    rng = random.Random(int(os.environ.get("VFS_NS_SEED", "7")))
+    steps = int(os.environ.get("VFS_NS_OPS", "200"))
+    ref = setup.tmp / "ref"
+    for path, data in FILES.items():
+        (ref / path).parent.mkdir(parents=True, exist_ok=True)
+        (ref / path).write_bytes(data)
+    m = setup.mount()
+    names = ["a", "b", "c", "d"]
+
+    def paths() -> list[str]:
+        return sorted(snapshot(ref))
+
+    def pick_dir() -> str:
+        dirs = [p for p, v in snapshot(ref).items() if v[0] == "dir"]
+        return rng.choice(["", *dirs])
+
+    def target(existing: bool) -> str:
+        if existing and paths():
+            return rng.choice(paths())
+        d = pick_dir()
+        return f"{d}/{rng.choice(names)}" if d else rng.choice(names)
+
+    def apply(root: Path, op: str, a: str, b: str, data: bytes, n: int) -> int:
+        try:
+            if op == "create":
+                with open(root / a, "xb") as f:
+                    f.write(data)
+            elif op == "write":
+                fd = os.open(root / a, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, n)
+                finally:
+                    os.close(fd)
+            elif op == "truncate":
+                os.truncate(root / a, n)
+            elif op == "mkdir":
+                os.mkdir(root / a)
+            elif op == "rmdir":
+                os.rmdir(root / a)
+            elif op == "unlink":
+                os.unlink(root / a)
+            elif op == "rename":
+                os.rename(root / a, root / b)
+            elif op == "symlink":
+                os.symlink(b, root / a)
+            elif op == "chmod":
+                os.chmod(root / a, 0o700 | (n & 0o55), follow_symlinks=False)
+        except OSError as e:
+            return e.errno or -1
+        return 0
+
+    ops = ["create", "write", "truncate", "mkdir", "rmdir", "unlink", "rename", "symlink", "chmod"]
+    for step in range(steps):
+        op = rng.choice(ops)
+        a = target(existing=op not in ("create", "mkdir", "symlink") or rng.random() < 0.2)
+        b = target(existing=rng.random() < 0.5) if op == "rename" else rng.choice(names)
+        data = rng.randbytes(rng.choice([0, 10, 5000]))
+        n = rng.randrange(0, 400_000)
+        if op == "chmod" and (ref / a).is_symlink():
+            continue  # Linux has no lchmod
+        expected = apply(ref, op, a, b, data, n)
+        got = apply(m.path, op, a, b, data, n)
+        what = f"step {step}: {op} {a!r} {b!r}"
+        assert got == expected, f"{what}: errno {got} on the mount, {expected} locally"
+        assert snapshot(m.path) == snapshot(ref), what
+    os.kill(m.pid, signal.SIGKILL)
+    assert wait_exit(m.pid, 10)
+    unmount_path(str(m.path), None, None)
+    m2 = setup.mount()
+    assert snapshot(m2.path) == snapshot(ref)
