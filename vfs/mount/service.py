@@ -241,6 +241,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         if config.writable:
             overlay_dir = config.overlay_dir or default_overlay_dir(config.cache_dir, mountpoint)
             overlay = Overlay.open(overlay_dir, tree, fetcher_reader(tree, fetcher), stats)
+            log.info("writable: the overlay is %s (%d changed inodes)", overlay_dir,
+                     len(overlay.nodes))  # fmt: skip
             ops: ReadOnlyOperations = WritableOperations(tree, fetcher, stats, overlay, planner)
         else:
             ops = ReadOnlyOperations(tree, fetcher, stats, planner)

@@ -10,7 +10,10 @@ class MountStats:
     """Counters of one mount: FUSE requests by kind and cache/fetch outcomes.
 
     Keys: ``req.<op>`` per FUSE request kind, ``cache.hits``, ``cache.misses``,
-    ``fetch.objects``, ``fetch.bytes``, ``fetch.errors``, ``read.bytes``, ``eio``.
+    ``fetch.objects``, ``fetch.bytes``, ``fetch.errors``, ``read.bytes``, ``eio``; on a
+    writable mount also ``overlay.write.bytes``, ``overlay.copyup.blocks`` (blocks copied up),
+    ``overlay.copyup.fetched`` (of those, fetched because a write covered them partly) and
+    ``overlay.copyup.covered`` (overwritten whole, nothing fetched).
     """
 
     def __init__(self) -> None:
