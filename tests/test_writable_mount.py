@@ -534,3 +534,22 @@ def test_random_namespace_ops_match_a_local_directory(setup: Setup) -> None:
     unmount_path(str(m.path), None, None)
     m2 = setup.mount()
     assert snapshot(m2.path) == snapshot(ref)
+
+
+def test_missing_base_content_gives_eio_and_the_mount_stays_up(setup: Setup) -> None:
+    from vfs.hashing import hash_bytes
+    from vfs.storage import data_key
+
+    (setup.tmp / "store" / data_key(hash_bytes(FILES["big.bin"]))).unlink()
+    m = setup.mount()
+    m.expect_log(r"cannot read the base content of big\.bin")
+    m.expect_log(r"big\.bin|Data/")  # the fetcher's own account of the missing object
+    fd = os.open(m.path / "big.bin", os.O_RDWR)
+    try:
+        # Copy-up of block 0 needs its base bytes; reading needs them too.
+        assert errno_of(lambda: os.pwrite(fd, b"x", 5)) == errno.EIO
+        assert errno_of(lambda: os.pread(fd, 10, 8 * 1024 * 1024)) == errno.EIO
+    finally:
+        os.close(fd)
+    (m.path / "new").write_bytes(b"ok")
+    assert (m.path / "new").read_bytes() == b"ok"

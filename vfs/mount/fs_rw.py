@@ -18,13 +18,13 @@ import os
 import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import pyfuse3
 
 from vfs.mount.fetcher import ContentFetcher
 from vfs.mount.fs import BLOCK_SIZE, CACHE_TIMEOUT, ReadOnlyOperations, describe_error
-from vfs.mount.overlay import Attr, Overlay
+from vfs.mount.overlay import Attr, BaseContentError, Overlay
 from vfs.mount.prefetch import PrefetchPlanner
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
@@ -321,15 +321,10 @@ class WritableOperations(ReadOnlyOperations):
         handle = self._whandles[fh]
         try:
             data = await self.overlay.read(handle.inode, off, size, handle.state)
-        except OSError:
-            raise
-        except Exception as e:
-            self.stats.add("eio")
-            log.error("read of %s failed: %s", self.overlay.path_of(handle.inode),
-                      describe_error(e))  # fmt: skip
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except BaseContentError as e:
+            self._base_failed("read", e)
         self.stats.add("read.bytes", len(data))
-        return data
+        return data  # type: ignore[return-value]  # any buffer will do for pyfuse3
 
     @_translated
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -339,13 +334,13 @@ class WritableOperations(ReadOnlyOperations):
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
             return await self.overlay.write(handle.inode, off, buf)
-        except OSError:
-            raise
-        except Exception as e:
-            self.stats.add("eio")
-            log.error("copy-up of %s failed: %s", self.overlay.path_of(handle.inode),
-                      describe_error(e))  # fmt: skip
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except BaseContentError as e:
+            self._base_failed("write (copy-up)", e)
+
+    def _base_failed(self, what: str, error: BaseContentError) -> NoReturn:
+        self.stats.add("eio")
+        log.error("%s failed: %s", what, error.strerror)
+        raise pyfuse3.FUSEError(errno.EIO) from None
 
     @_translated
     async def flush(self, fh: int) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from vfs.errors import MountError
+from vfs.errors import MountError, VfsError
 from vfs.hashing import hash_bytes
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.fetcher import ContentFetcher
@@ -77,6 +77,11 @@ def base_fingerprint(tree: InodeTree) -> str:
     parts = [tree.names, bytes(tree.hashes), tree.size.tobytes(), tree.mtime.tobytes(),
              tree.parent.tobytes(), repr(extra).encode()]  # fmt: skip
     return hash_bytes(b"\0".join(parts))
+
+
+class BaseContentError(OSError):
+    """The base content of a file could not be read (store or block cache trouble); the
+    message names the file and the cause. Its errno is EIO."""
 
 
 def _err(code: int, what: str) -> OSError:
@@ -633,7 +638,9 @@ class Overlay:
                 self.db.save_node(node)  # after the data file exists
         return node
 
-    async def read(self, ino: int, off: int, size: int, state: ReadaheadState) -> bytes:
+    async def read(
+        self, ino: int, off: int, size: int, state: ReadaheadState
+    ) -> bytes | memoryview:
         """Bytes ``[off, off + size)`` of file ``ino``, fewer only at its end. Raises what
         the base reader raises (``StoreError``, ``OSError``) for base content."""
         node = self.nodes.get(ino)
@@ -644,7 +651,7 @@ class Overlay:
             end = min(off + size, length)
             if off >= end:
                 return b""
-            return bytes(await self.read_base(ino, off, end - off, state))
+            return await self._base(ino, off, end - off, state)  # no copy: base reads
         end = min(off + size, node.size)
         if off >= end:
             return b""
@@ -672,11 +679,23 @@ class Overlay:
         fd = self._fd(ino)
         for from_base, lo, hi in runs:
             if from_base:
-                pieces.append(bytes(await self.read_base(ino, lo, hi - lo, state)))
+                pieces.append(bytes(await self._base(ino, lo, hi - lo, state)))
             else:
                 data = os.pread(fd, hi - lo, lo)
                 pieces.append(data + bytes(hi - lo - len(data)) if len(data) < hi - lo else data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _base(
+        self, ino: int, off: int, size: int, state: ReadaheadState
+    ) -> bytes | memoryview:
+        """Base content of ``ino``; any failure becomes :class:`BaseContentError`."""
+        try:
+            return await self.read_base(ino, off, size, state)
+        except Exception as e:
+            cause = str(e) if isinstance(e, VfsError) else f"{type(e).__name__}: {e}"
+            raise BaseContentError(
+                errno.EIO, f"cannot read the base content of {self.path_of(ino)}: {cause}"
+            ) from None
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         """Write ``data`` at byte ``off`` of file ``ino``; returns ``len(data)``.
@@ -727,7 +746,7 @@ class Overlay:
             if off <= start and end >= stop:
                 self.stats.add("overlay.copyup.covered")
                 continue  # overwritten whole: nothing to fetch
-            content = await self.read_base(ino, start, stop - start, ReadaheadState())
+            content = await self._base(ino, start, stop - start, ReadaheadState())
             if len(content) != stop - start:
                 raise OSError(errno.EIO, f"short base read of {self.path_of(ino)}")
             self._pwrite(ino, content, start)
