@@ -1,6 +1,7 @@
 """The overlay as a library, without FUSE: over a real tree, block cache, fetcher and
-``file://`` store. Durability across reopen (also after the process is killed), copy-up that
-fetches only partly written blocks, whiteouts, and inode numbers that stay put."""
+``file://`` store. Durability across reopen (also after the process is killed), writes that
+fetch nothing (extents) and copy-up of crowded blocks, whiteouts, and inode numbers that stay
+put."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from vfs.manifest import Manifest, ManifestPath
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.fetcher import ContentFetcher
-from vfs.mount.overlay import Overlay, fetcher_reader
+from vfs.mount.overlay import MAX_EXTENTS, Overlay, fetcher_reader
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import ROOT_INODE, InodeTree
@@ -76,35 +77,44 @@ async def read_all(overlay: Overlay, ino: int) -> bytes:
     return await overlay.read(ino, 0, overlay.attr(ino).size + 10, ReadaheadState())
 
 
-def test_copy_up_fetches_only_partly_written_blocks(tmp_path: Path) -> None:
+def test_writes_fetch_nothing_and_crowded_blocks_are_copied_up(tmp_path: Path) -> None:
     w = World(tmp_path)
     expected = bytearray(BIG)
 
     async def body(o: Overlay) -> None:
         ino = w.ino(o, "d/big.bin")
-        # Block 1 overwritten whole: nothing fetched.
-        await o.write(ino, BLOCK_SIZE, b"A" * BLOCK_SIZE)
-        expected[BLOCK_SIZE : 2 * BLOCK_SIZE] = b"A" * BLOCK_SIZE
-        assert w.stats.counters["overlay.copyup.fetched"] == 0
+
+        async def write(off: int, data: bytes) -> None:
+            expected[off : off + len(data)] = data
+            assert await o.write(ino, off, data) == len(data)
+
+        # Block 1 overwritten whole in 1 MiB pieces (as the kernel sends them): no fetch.
+        for i in range(4):
+            await write(BLOCK_SIZE + i * (1 << 20), b"A" * (1 << 20))
+        assert o.nodes[ino].blocks == {1} and 1 not in o.nodes[ino].extents
+        # 10 bytes inside block 2: recorded as an extent, nothing fetched.
+        await write(2 * BLOCK_SIZE + 5, b"B" * 10)
+        assert o.nodes[ino].extents[2] == [(2 * BLOCK_SIZE + 5, 2 * BLOCK_SIZE + 15)]
         assert w.stats.counters["fetch.bytes"] == 0
-        # 10 bytes inside block 2: that block only is fetched.
-        await o.write(ino, 2 * BLOCK_SIZE + 5, b"B" * 10)
-        expected[2 * BLOCK_SIZE + 5 : 2 * BLOCK_SIZE + 15] = b"B" * 10
+        # Block 0 written in more than MAX_EXTENTS pieces: copied up (one block fetched).
+        for i in range(MAX_EXTENTS + 1):
+            await write(i * 1000, b"C")
         assert w.stats.counters["overlay.copyup.fetched"] == 1
         assert 0 < w.stats.counters["fetch.bytes"] <= BLOCK_SIZE
-        # Written again: already copied up, nothing more fetched.
-        await o.write(ino, 2 * BLOCK_SIZE + 100, b"C")
-        expected[2 * BLOCK_SIZE + 100] = ord("C")
-        assert w.stats.counters["overlay.copyup.fetched"] == 1
-        assert o.nodes[ino].blocks == {1, 2}
-        # Untouched blocks 0 and 3 still come from the base.
+        assert o.nodes[ino].blocks == {0, 1} and 0 not in o.nodes[ino].extents
+        # Reads compose base, extents and copied-up blocks.
         assert await read_all(o, ino) == bytes(expected)
+        assert await o.read(ino, 2 * BLOCK_SIZE, 20, ReadaheadState()) == bytes(
+            expected[2 * BLOCK_SIZE : 2 * BLOCK_SIZE + 20]
+        )
         assert o.attr(ino).size == len(BIG)
 
     w.run(body)
 
     async def reopened(o: Overlay) -> None:
-        assert await read_all(o, w.ino(o, "d/big.bin")) == bytes(expected)
+        ino = w.ino(o, "d/big.bin")
+        assert o.nodes[ino].blocks == {0, 1} and set(o.nodes[ino].extents) == {2}
+        assert await read_all(o, ino) == bytes(expected)
 
     w.run(reopened)
 
@@ -284,10 +294,13 @@ def test_other_base_is_refused_and_a_dir_is_used_once(tmp_path: Path) -> None:
 
 
 def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> None:
-    """The process dies while a write that spans blocks 0 (partly), 1 (whole) and 2 (partly)
-    copies up: block 0's base bytes are in the data file, block 2's are still being fetched.
-    After reopening the file is the base, unchanged (the write never returned)."""
+    """The process dies while block 0, written in too many pieces, is being copied up (its
+    base bytes being fetched). After reopening, every write that returned is there and the
+    rest of the block is the base's: nothing half copied shows."""
     w = World(tmp_path)
+    expected = bytearray(BIG)
+    for i in range(MAX_EXTENTS):
+        expected[i * 1000] = ord("C")
     pid = os.fork()
     if pid == 0:
         try:
@@ -295,32 +308,32 @@ def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> Non
             async def main() -> None:
                 fetcher = ContentFetcher(BlockCache(w.cache_dir, 1 << 30), w.store, w.stats)
                 real = fetcher_reader(w.tree, fetcher)
-                calls = 0
 
-                async def crash_on_second_fetch(
+                async def crash_on_fetch(
                     ino: int, off: int, size: int, state: ReadaheadState
                 ) -> bytes | memoryview:
-                    nonlocal calls
-                    calls += 1
-                    if calls == 2:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return await real(ino, off, size, state)
+                    data = await real(ino, off, size, state)
+                    os.kill(os.getpid(), signal.SIGKILL)  # the copy-up's fetch came back
+                    return data
 
-                o = Overlay.open(w.dir, w.tree, crash_on_second_fetch, w.stats)
+                o = Overlay.open(w.dir, w.tree, crash_on_fetch, w.stats)
                 async with trio.open_nursery() as nursery:
                     fetcher.attach(nursery)
                     big = w.ino(o, "d/big.bin")
-                    await o.write(big, 100, b"W" * (2 * BLOCK_SIZE))
+                    for i in range(MAX_EXTENTS + 1):
+                        await o.write(big, i * 1000, b"C")
 
             trio.run(main)
         finally:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    expected[MAX_EXTENTS * 1000] = ord("C")  # its write returned before the copy-up began
 
     async def after(o: Overlay) -> None:
         big = w.ino(o, "d/big.bin")
         assert o.nodes[big].blocks == set()
-        assert await read_all(o, big) == BIG
+        assert len(o.nodes[big].extents[0]) == MAX_EXTENTS + 1
+        assert await read_all(o, big) == bytes(expected)
 
     w.run(after)

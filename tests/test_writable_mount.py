@@ -228,19 +228,23 @@ def test_unlinked_file_stays_usable_through_open_handles(rw: Mounted) -> None:
     assert not (root / "big.bin").exists()
 
 
-def test_copy_up_fetches_only_the_partly_written_block(setup: Setup) -> None:
+def test_writes_into_a_base_file_fetch_nothing(setup: Setup) -> None:
     m = setup.mount()
     p = m.path / "big.bin"
-    before = stats(m)
+    block = 4 * 1024 * 1024
     with open(p, "r+b") as f:
-        f.seek(4 * 1024 * 1024 + 10)  # inside block 1
+        f.seek(block + 10)  # 100 bytes inside block 1
         f.write(b"X" * 100)
-    after = stats(m)
-    assert after.get("overlay.copyup.fetched", 0) - before.get("overlay.copyup.fetched", 0) == 1
-    assert after.get("fetch.blocks", 0) - before.get("fetch.blocks", 0) <= 1
+        f.flush()
+        f.seek(2 * block)  # block 2 (the last, partial one) overwritten whole
+        f.write(b"Y" * (BIG - 2 * block))
+    counters = stats(m)
+    assert counters.get("fetch.bytes", 0) == 0 and counters.get("fetch.blocks", 0) == 0
+    assert counters["overlay.blocks.written"] == 1
     data = bytearray(FILES["big.bin"])
-    data[4 * 1024 * 1024 + 10 : 4 * 1024 * 1024 + 110] = b"X" * 100
-    assert p.read_bytes() == bytes(data)
+    data[block + 10 : block + 110] = b"X" * 100
+    data[2 * block :] = b"Y" * (BIG - 2 * block)
+    assert p.read_bytes() == bytes(data)  # blocks 0 and 1 (around the extent) from the base
     assert p.stat().st_size == BIG
 
 
@@ -546,9 +550,13 @@ def test_missing_base_content_gives_eio_and_the_mount_stays_up(setup: Setup) -> 
     m.expect_log(r"big\.bin|Data/")  # the fetcher's own account of the missing object
     fd = os.open(m.path / "big.bin", os.O_RDWR)
     try:
-        # Copy-up of block 0 needs its base bytes; reading needs them too.
-        assert errno_of(lambda: os.pwrite(fd, b"x", 5)) == errno.EIO
-        assert errno_of(lambda: os.pread(fd, 10, 8 * 1024 * 1024)) == errno.EIO
+        # Writes need no base bytes; reading what was not written does.
+        assert os.pwrite(fd, b"x", 5) == 1
+        assert errno_of(lambda: os.pread(fd, 10, 0)) == errno.EIO
+        block = 4 * 1024 * 1024
+        assert os.pwrite(fd, b"w" * block, block) == block
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(fd, 10, block) == b"w" * 10
     finally:
         os.close(fd)
     (m.path / "new").write_bytes(b"ok")

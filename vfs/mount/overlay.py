@@ -4,16 +4,19 @@ The base :class:`~vfs.mount.tree.InodeTree` never changes; everything written th
 mount lands here, in an overlay directory ``DIR``:
 
 - ``DIR/overlay.db``: the namespace changes (:mod:`vfs.mount.overlaydb`): new inodes, changed
-  metadata, directory entries added, whiteouts of removed or renamed-away base names, and the
-  copied-up blocks of base files.
+  metadata, directory entries added, whiteouts of removed or renamed-away base names, and
+  which parts of base files the data files hold.
 - ``DIR/data/<ino>``: the content of a new or changed file, a sparse file of the file's
-  size. For a base file, copy-up is block-granular: block ``k`` (of
-  :data:`~vfs.mount.blocks.BLOCK_SIZE` bytes) is read from the data file once it is
-  recorded as copied up, else from the base object (through the fetcher and block cache)
-  up to ``base_limit``; bytes past ``base_limit`` always come from the data file (zeros
-  where a truncate extended the file). The first write into a block fetches it only
-  when the write covers it partly; the data is written first, the block recorded after, so
-  a crash mid copy-up never exposes a half-copied block.
+  size. For a base file, copy-up is block-granular and lazy: a write puts its bytes in the
+  data file and then records them, as extents of the :data:`~vfs.mount.blocks.BLOCK_SIZE`
+  blocks it touches (a block covered whole is recorded as held whole). A read takes each
+  byte of a block not held whole from the base object (through the fetcher and block cache)
+  unless an extent covers it; bytes past ``base_limit`` always come from the data file
+  (zeros where a truncate extended the file). So a write fetches nothing: neither a block
+  overwritten whole in many FUSE requests (the kernel splits writes into 1 MiB) nor one
+  written in part. A block written in more than :data:`MAX_EXTENTS` pieces is copied up: its
+  base bytes are fetched into the gaps, then it is recorded whole. Data is always written
+  before it is recorded, so a crash never exposes bytes that were not written.
 
 Base inodes keep the tree's numbers; new inodes get numbers above the tree's largest, from a
 persisted counter, so numbers are stable across renames and remounts. Namespace operations
@@ -68,6 +71,24 @@ def fetcher_reader(tree: InodeTree, fetcher: ContentFetcher) -> BaseReader:
 
 DIR_SIZE = 4096
 """``st_size`` reported for directories."""
+
+MAX_EXTENTS = 64
+"""Written pieces a base block may be in before it is copied up (fetched into the gaps)."""
+
+
+def _merge(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int, int]]:
+    """``spans`` (sorted, disjoint ``[start, end)``) with ``new`` added, touching spans
+    joined: ``[(0, 2), (5, 6)] + (2, 5) -> [(0, 6)]``."""
+    lo, hi = new
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if b < lo or a > hi:
+            out.append((a, b))
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    out.append((lo, hi))
+    out.sort()
+    return out
 
 
 def base_fingerprint(tree: InodeTree) -> str:
@@ -128,7 +149,6 @@ class Overlay:
         self.next_ino = len(tree) + 1
         self._fds: dict[int, int] = {}
         self._open: dict[int, int] = {}
-        self._locks: dict[int, trio.Lock] = {}
         self._dirty: set[int] = set()
         self._changing = 0
         self._nlinks: dict[int, int] = {}  # link counts of changed directories, until a
@@ -496,8 +516,10 @@ class Overlay:
                 os.unlink(self._data_path(node.ino))
         self.dirents.pop(node.ino, None)
         if node.base:
-            node.data, node.blocks, node.size, node.base_limit = False, set(), 0, 0
+            node.data, node.blocks, node.extents = False, set(), {}
+            node.size = node.base_limit = 0
             self.db.save_node(node)
+            self.db.clear_content(node.ino)
         else:
             del self.nodes[node.ino]
             self.db.delete_node(node.ino)
@@ -616,12 +638,6 @@ class Overlay:
         if node is not None and node.data:
             await trio.to_thread.run_sync(os.fsync, self._fd(ino))
 
-    def _lock(self, ino: int) -> trio.Lock:
-        lock = self._locks.get(ino)
-        if lock is None:
-            lock = self._locks[ino] = trio.Lock()
-        return lock
-
     def _materialize(self, ino: int) -> Node:
         """The node of file ``ino`` with a data file (a sparse file of its size for a base
         file, whose content stays in the base until blocks are copied up)."""
@@ -655,21 +671,15 @@ class Overlay:
         end = min(off + size, node.size)
         if off >= end:
             return b""
-        # Runs of (from the base?, start, stop): a block not copied up comes from the base
-        # up to base_limit; everything else (and past base_limit) from the data file.
+        # Runs of (from the base?, start, stop): the bytes of a block the data file does not
+        # hold whole come from the base up to base_limit, except its written extents;
+        # everything else (and everything past base_limit) comes from the data file.
         runs: list[list[Any]] = []
         pos = off
         while pos < end:
             index = pos // BLOCK_SIZE
             stop = min((index + 1) * BLOCK_SIZE, end)
-            if index not in node.blocks and pos < node.base_limit:
-                cut = min(stop, node.base_limit)
-                spans = [(True, pos, cut), (False, cut, stop)]
-            else:
-                spans = [(False, pos, stop)]
-            for from_base, lo, hi in spans:
-                if lo >= hi:
-                    continue
+            for from_base, lo, hi in self._sources(node, index, pos, stop):
                 if runs and runs[-1][0] == from_base and runs[-1][2] == lo:
                     runs[-1][2] = hi
                 else:
@@ -697,29 +707,81 @@ class Overlay:
                 errno.EIO, f"cannot read the base content of {self.path_of(ino)}: {cause}"
             ) from None
 
+    def _sources(self, node: Node, index: int, lo: int, hi: int) -> list[tuple[bool, int, int]]:
+        """Where bytes ``[lo, hi)`` (within block ``index``) are: ``(from the base?, start,
+        stop)`` pieces in order, empty ones left out."""
+        if index in node.blocks or lo >= node.base_limit:
+            return [(False, lo, hi)]
+        cut = min(hi, node.base_limit)
+        out: list[tuple[bool, int, int]] = []
+        pos = lo
+        for a, b in node.extents.get(index, ()):
+            if b <= pos or a >= cut:
+                continue
+            if a > pos:
+                out.append((True, pos, a))
+            out.append((False, max(a, pos), min(b, cut)))
+            pos = min(b, cut)
+        if pos < cut:
+            out.append((True, pos, cut))
+        if cut < hi:
+            out.append((False, cut, hi))
+        return out
+
     async def write(self, ino: int, off: int, data: bytes) -> int:
         """Write ``data`` at byte ``off`` of file ``ino``; returns ``len(data)``.
 
-        The first write into a base file's block copies that block up: fetched from the base
-        only when ``data`` covers it partly, written into the data file, then recorded.
-        Raises ``OSError`` (``ENOSPC`` from the overlay's disk) or what the base reader
-        raises.
+        Nothing is fetched: the data goes into the data file, then the byte ranges it
+        covers in base blocks not held whole are recorded as extents (a block whose extents
+        cover it becomes held whole). A block written in more than :data:`MAX_EXTENTS`
+        pieces is copied up: its base bytes are fetched into the gaps, then it is recorded
+        whole. Raises ``OSError`` (``ENOSPC`` from the overlay's disk) or
+        :class:`BaseContentError` (a copy-up could not read the base).
         """
         node = self._materialize(ino)
         end = off + len(data)
-        if node.base_limit > off and any(
-            i not in node.blocks for i in self._base_blocks(node, off, end)
-        ):
-            async with self._lock(ino):
-                await self._copy_up(node, off, end, data)
-        else:
-            self._pwrite(ino, data, off)
+        self._pwrite(ino, data, off)  # the data first, then the record of where it is
+        crowded = []
+        if off < node.base_limit:
+            crowded = self._record_extents(node, off, end)
         node.size = max(node.size, end)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         node.dirty = True
         self._dirty.add(ino)
         self.stats.add("overlay.write.bytes", len(data))
+        for index in crowded:
+            await self._copy_up(node, index)
         return len(data)
+
+    def _record_extents(self, node: Node, off: int, end: int) -> list[int]:
+        """Record ``[off, end)`` as written in the base blocks it touches; returns the
+        blocks now in more than :data:`MAX_EXTENTS` pieces."""
+        whole: list[int] = []
+        partial: dict[int, list[tuple[int, int]]] = {}
+        for index in self._base_blocks(node, off, end):
+            if index in node.blocks:
+                continue
+            start = index * BLOCK_SIZE
+            stop = min(start + BLOCK_SIZE, node.base_limit)
+            spans = _merge(node.extents.get(index, []), (max(off, start), min(end, stop)))
+            if spans[0][0] <= start and spans[0][1] >= stop:
+                whole.append(index)
+            else:
+                partial[index] = spans
+        if not whole and not partial:
+            return []
+        with self._change():
+            if whole:
+                self.db.add_blocks(node.ino, whole)
+            for index, spans in partial.items():
+                self.db.set_extents(node.ino, index, spans)
+        for index in whole:
+            node.blocks.add(index)
+            node.extents.pop(index, None)
+        node.extents.update(partial)
+        if whole:
+            self.stats.add("overlay.blocks.written", len(whole))
+        return [i for i, spans in partial.items() if len(spans) > MAX_EXTENTS]
 
     def _pwrite(self, ino: int, data: bytes | memoryview, off: int) -> None:
         view = memoryview(data)
@@ -735,28 +797,25 @@ class Overlay:
             return range(0)
         return range(off // BLOCK_SIZE, (last - 1) // BLOCK_SIZE + 1)
 
-    async def _copy_up(self, node: Node, off: int, end: int, data: bytes) -> None:
-        """Copy up the base blocks ``[off, end)`` touches and write ``data`` (under the
-        inode's lock)."""
-        ino = node.ino
-        fresh = [i for i in self._base_blocks(node, off, end) if i not in node.blocks]
-        for index in fresh:
-            start = index * BLOCK_SIZE
-            stop = min(start + BLOCK_SIZE, node.base_limit)
-            if off <= start and end >= stop:
-                self.stats.add("overlay.copyup.covered")
-                continue  # overwritten whole: nothing to fetch
-            content = await self._base(ino, start, stop - start, ReadaheadState())
-            if len(content) != stop - start:
-                raise OSError(errno.EIO, f"short base read of {self.path_of(ino)}")
-            self._pwrite(ino, content, start)
-            self.stats.add("overlay.copyup.fetched")
-        self._pwrite(ino, data, off)
-        if fresh:
-            node.blocks.update(fresh)
-            with self._change():
-                self.db.add_blocks(ino, fresh)  # after the data is written
-            self.stats.add("overlay.copyup.blocks", len(fresh))
+    async def _copy_up(self, node: Node, index: int) -> None:
+        """Fill the gaps between block ``index``'s extents with its base bytes, then record
+        it held whole. The gaps are taken again after the fetch: writes meanwhile win."""
+        start = index * BLOCK_SIZE
+        stop = min(start + BLOCK_SIZE, node.base_limit)
+        if stop <= start or index in node.blocks:
+            return
+        content = memoryview(await self._base(node.ino, start, stop - start, ReadaheadState()))
+        stop = min(start + BLOCK_SIZE, node.base_limit)  # a truncate may have come meanwhile
+        if index in node.blocks or stop <= start or self.nodes.get(node.ino) is not node:
+            return
+        for from_base, lo, hi in self._sources(node, index, start, stop):
+            if from_base:
+                self._pwrite(node.ino, content[lo - start : hi - start], lo)
+        with self._change():
+            self.db.add_blocks(node.ino, [index])  # after the data is written
+        node.blocks.add(index)
+        node.extents.pop(index, None)
+        self.stats.add("overlay.copyup.fetched")
 
     async def truncate(self, ino: int, size: int) -> Attr:
         """Set file ``ino``'s size to ``size`` bytes (zeros when it grows); nothing is
@@ -764,13 +823,12 @@ class Overlay:
         if size < 0:
             raise _err(errno.EINVAL, f"negative size for {self.path_of(ino)}")
         node = self._materialize(ino)
-        async with self._lock(ino):
-            os.ftruncate(self._fd(ino), size)
-            node.base_limit = min(node.base_limit, size)
-            node.size = size
-            node.mtime_ns = node.ctime_ns = time.time_ns()
-            with self._change():
-                self.db.save_node(node)
+        os.ftruncate(self._fd(ino), size)
+        node.base_limit = min(node.base_limit, size)
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        with self._change():
+            self.db.save_node(node)
         if not self._open.get(ino):  # truncated by path: no handle keeps the file open
             fd = self._fds.pop(ino, None)
             if fd is not None:

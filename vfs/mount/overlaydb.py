@@ -14,7 +14,10 @@ it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
 - ``dirents``: ``(parent, name) -> ino`` entries added over the base, and whiteouts
   (``ino = 0``) hiding a base name that was removed or renamed away.
 - ``blocks``: ``(ino, index)`` for each :data:`~vfs.mount.blocks.BLOCK_SIZE` block of a base
-  file copied up into its data file (recorded only after the data is written).
+  file whose data file holds all of it (recorded only after the data is written).
+- ``extents``: ``(ino, index) -> spans``, the byte ranges (absolute ``[start, end)`` pairs,
+  JSON) of a base file's block that writes put in its data file, for a block written only
+  in part; the rest of the block is still read from the base (recorded after the write).
 
 Every change is committed before the operation that made it returns. The durability target
 is ``kill -9`` of the daemon (committed pages are in the kernel), not power loss:
@@ -24,6 +27,7 @@ is ``kill -9`` of the daemon (committed pages are in the kernel), not power loss
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +58,12 @@ CREATE TABLE IF NOT EXISTS blocks (
     idx INTEGER NOT NULL,
     PRIMARY KEY (ino, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS extents (
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    spans TEXT NOT NULL,
+    PRIMARY KEY (ino, idx)
+) WITHOUT ROWID;
 """
 
 
@@ -65,7 +75,9 @@ class Node:
     ``ctime_ns`` in nanoseconds since the epoch; ``target`` the symlink target; ``base``
     True when ``ino`` is a base tree inode; ``data`` True when ``data/<ino>`` holds
     content; ``base_limit`` the bytes at the start of the base content still valid (0 for
-    new files); ``blocks`` the indices of copied-up blocks; ``nlink`` 0 once unlinked.
+    new files); ``blocks`` the indices of blocks held whole by the data file; ``extents``
+    per block written in part, its written ``[start, end)`` byte ranges (sorted, disjoint);
+    ``nlink`` 0 once unlinked.
     ``dirty`` marks in-memory size/mtime changes not yet written to the database.
     """
 
@@ -81,6 +93,7 @@ class Node:
     base_limit: int = 0
     nlink: int = 1
     blocks: set[int] = field(default_factory=set)
+    extents: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     dirty: bool = False
 
 
@@ -153,14 +166,28 @@ class OverlayDB:
         """Remove inode ``ino``'s row and its block records."""
         with self.transaction() as c:
             c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+            self.clear_content(ino)
+
+    def clear_content(self, ino: int) -> None:
+        """Forget which blocks and extents of ``ino`` the data file holds."""
+        with self.transaction() as c:
             c.execute("DELETE FROM blocks WHERE ino = ?", (ino,))
+            c.execute("DELETE FROM extents WHERE ino = ?", (ino,))
 
     def add_blocks(self, ino: int, indices: Iterable[int]) -> None:
-        """Record blocks ``indices`` of ``ino`` as copied up (their data is written)."""
+        """Record blocks ``indices`` of ``ino`` as held whole by the data file (their data
+        is written); their extents records go."""
+        rows = [(ino, i) for i in indices]
         with self.transaction() as c:
-            c.executemany(
-                "INSERT OR IGNORE INTO blocks (ino, idx) VALUES (?, ?)",
-                [(ino, i) for i in indices],
+            c.executemany("INSERT OR IGNORE INTO blocks (ino, idx) VALUES (?, ?)", rows)
+            c.executemany("DELETE FROM extents WHERE ino = ? AND idx = ?", rows)
+
+    def set_extents(self, ino: int, index: int, spans: list[tuple[int, int]]) -> None:
+        """Record the written byte ranges of block ``index`` of ``ino``."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO extents (ino, idx, spans) VALUES (?, ?, ?)",
+                (ino, index, json.dumps(spans)),
             )
 
     def load_nodes(self) -> dict[int, Node]:
@@ -180,6 +207,10 @@ class OverlayDB:
             node = nodes.get(ino)
             if node is not None:
                 node.blocks.add(idx)
+        for ino, idx, spans in self.conn.execute("SELECT ino, idx, spans FROM extents"):
+            node = nodes.get(ino)
+            if node is not None:
+                node.extents[idx] = [(int(a), int(b)) for a, b in json.loads(spans)]
         return nodes
 
     # -- directory entries ------------------------------------------------------------------
