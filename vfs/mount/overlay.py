@@ -216,9 +216,10 @@ class Overlay:
                 self.db.delete_node(ino)
                 del self.nodes[ino]
             elif node.nlink == 0 and node.data:
-                node.data = False
+                node.data, node.blocks, node.extents = False, set(), {}
                 node.base_limit = node.size = 0
                 self.db.save_node(node)
+                self.db.clear_content(ino)
         for name in os.listdir(self.data_dir):
             found = self.nodes.get(int(name)) if name.isdigit() else None
             path = os.path.join(self.data_dir, name)
