@@ -658,8 +658,9 @@ class Overlay:
     async def read(
         self, ino: int, off: int, size: int, state: ReadaheadState
     ) -> bytes | memoryview:
-        """Bytes ``[off, off + size)`` of file ``ino``, fewer only at its end. Raises what
-        the base reader raises (``StoreError``, ``OSError``) for base content."""
+        """Bytes ``[off, off + size)`` of file ``ino``, fewer only at its end. Raises
+        :class:`BaseContentError` when base content cannot be read, ``OSError`` for the
+        data file."""
         node = self.nodes.get(ino)
         if node is None or not node.data:
             length = node.size if node is not None else self.tree.size[ino]
