@@ -11,9 +11,9 @@ class MountStats:
 
     Keys: ``req.<op>`` per FUSE request kind, ``cache.hits``, ``cache.misses``,
     ``fetch.objects``, ``fetch.bytes``, ``fetch.errors``, ``read.bytes``, ``eio``; on a
-    writable mount also ``overlay.write.bytes``, ``overlay.copyup.blocks`` (blocks copied up),
-    ``overlay.copyup.fetched`` (of those, fetched because a write covered them partly) and
-    ``overlay.copyup.covered`` (overwritten whole, nothing fetched).
+    writable mount also ``overlay.write.bytes``, ``overlay.blocks.written`` (base file blocks
+    overwritten whole, nothing fetched) and ``overlay.copyup.fetched`` (blocks written in too
+    many pieces, copied up: their base bytes fetched into the gaps).
     """
 
     def __init__(self) -> None:
