@@ -12,6 +12,7 @@ import random
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from conftest import Mounted, pid_alive
 from test_mount import MTIME_BASE, make_manifest
 
+from vfs.mount.fs_rw import CHANGED_TIMEOUT
 from vfs.testing.mounts import unmount_path, vfs_unmount_command, wait_exit
 
 BIG = 9 * 1024 * 1024 + 123  # three 4 MiB blocks, the last one partial
@@ -260,7 +262,7 @@ def test_base_files_keep_manifest_size_and_mtime(rw: Mounted) -> None:
         st = (root / path).stat()
         if path == "scenes/comp.nk":
             assert st.st_size == 7
-            assert abs(st.st_mtime_ns / 1e9 - __import__("time").time()) < 60
+            assert abs(st.st_mtime_ns / 1e9 - time.time()) < 60
             continue
         assert st.st_size == len(data), path
         assert st.st_mtime_ns == (MTIME_BASE + i * 1_000_001) * 1000, path
@@ -561,3 +563,27 @@ def test_missing_base_content_gives_eio_and_the_mount_stays_up(setup: Setup) -> 
         os.close(fd)
     (m.path / "new").write_bytes(b"ok")
     assert (m.path / "new").read_bytes() == b"ok"
+
+
+def test_untouched_base_metadata_stays_in_the_kernel(rw: Mounted) -> None:
+    """A writable mount keeps the long timeouts of untouched base entries: a second stat
+    pass over them sends no lookup or getattr to the daemon."""
+    (rw.path / "new").write_bytes(b"n")
+    for path in FILES:
+        (rw.path / path).stat()
+    time.sleep(CHANGED_TIMEOUT + 0.5)  # long enough for a short timeout to run out
+    before = stats(rw)
+    for path in FILES:
+        (rw.path / path).stat()
+    after = stats(rw)
+    for key in ("req.lookup", "req.getattr"):
+        assert after.get(key, 0) == before.get(key, 0), key
+
+
+def test_merge_of_extents() -> None:
+    from vfs.mount.overlay import _merge
+
+    assert _merge([], (3, 5)) == [(3, 5)]
+    assert _merge([(0, 2), (5, 6)], (2, 5)) == [(0, 6)]
+    assert _merge([(0, 2), (8, 9)], (4, 5)) == [(0, 2), (4, 5), (8, 9)]
+    assert _merge([(0, 2), (4, 6), (8, 9)], (1, 8)) == [(0, 9)]
