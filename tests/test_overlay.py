@@ -337,3 +337,12 @@ def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> Non
         assert await read_all(o, big) == bytes(expected)
 
     w.run(after)
+
+
+def test_a_damaged_database_is_refused_naming_the_dir(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    os.makedirs(w.dir)
+    Path(w.dir, "overlay.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(MountError) as e:
+        w.run(lambda o: trio.sleep(0))
+    assert w.dir in str(e.value) and "--overlay-dir" in str(e.value)
