@@ -33,7 +33,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "vfs.cli.manifest:manifest",
         "Create, compare, merge, inspect and move manifests.",
     ),
-    "mount": ("vfs.cli.mount:mount", "Mount the merged MANIFESTs read-only at MOUNTPOINT."),
+    "mount": (
+        "vfs.cli.mount:mount",
+        "Mount the merged MANIFESTs at MOUNTPOINT, read-only unless --writable.",
+    ),
     "stats": (
         "vfs.cli.stats:stats",
         "Show a mount's counters: requests by kind, cache hits and misses, bytes fetched and "

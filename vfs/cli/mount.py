@@ -124,6 +124,19 @@ def _octal(ctx: click.Context, param: click.Parameter, value: str) -> int:
     metavar="OPTION",
     help="FUSE mount option, e.g. -o allow_other (repeatable, comma-separated).",
 )
+@click.option(
+    "--writable",
+    is_flag=True,
+    help="Writes land in a local overlay (copy-up on first write); without it the mount "
+    "is read-only (EROFS).",
+)
+@click.option(
+    "--overlay-dir",
+    default=None,
+    metavar="DIR",
+    help="The overlay of a --writable mount, kept across remounts (default: "
+    "CACHE_DIR/overlays/<mount point>).",
+)
 @click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
 @click.option(
     "--allow-other", is_flag=True, help="Let other users read the mount (-o allow_other)."
@@ -138,9 +151,7 @@ def _octal(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--file-mode", default="0644", show_default=True, callback=_octal,
     help="File permissions (runnable files add x where this has r).",
 )  # fmt: skip
-@click.option(
-    "--read-only", is_flag=True, help="Mount read-only (the default: nothing can be written)."
-)
+@click.option("--read-only", is_flag=True, help="Mount read-only (the default, unless --writable).")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
     help="Log level (default: warning; info in the foreground or with -v).",
@@ -174,6 +185,8 @@ def mount(
     verify: str,
     prefetch: tuple[str, ...],
     fuse_options: tuple[str, ...],
+    writable: bool,
+    overlay_dir: str | None,
     foreground: bool,
     allow_other: bool,
     allow_root: bool,
@@ -189,7 +202,7 @@ def mount(
     endpoint_url: str | None,
     expected_bucket_owner: str | None,
 ) -> None:
-    """Mount the merged MANIFESTs read-only at MOUNTPOINT.
+    """Mount the merged MANIFESTs at MOUNTPOINT, read-only unless --writable.
 
     Without --foreground, returns once the mount answers (exit status 1 and the reason
     when it cannot mount); the daemon keeps running until `vfs unmount MOUNTPOINT`.
@@ -202,6 +215,12 @@ def mount(
     verbose = ctx.obj.get("verbose", 0) if ctx.obj else 0
     if log_level is not None:
         verbose = {"debug": 2, "info": 1, "warning": 0, "error": -1}[log_level]
+    if read_only and writable:
+        raise click.UsageError("--read-only and --writable exclude each other")
+    if overlay_dir is not None:
+        if not writable:
+            raise click.UsageError("--overlay-dir needs --writable")
+        overlay_dir = os.path.abspath(overlay_dir)
     if foreground:
         from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
         from vfs.mount.service import MountConfig, run_mount
@@ -236,6 +255,8 @@ def mount(
             gid=gid,
             dir_mode=dir_mode,
             file_mode=file_mode,
+            writable=writable,
+            overlay_dir=overlay_dir,
         )
         run_mount(config, ready_fd)
         return
@@ -258,6 +279,10 @@ def mount(
         argv += ["--log-level", log_level]
     for p in prefetch:
         argv += ["--prefetch", p]
+    if writable:
+        argv += ["--writable"]
+    if overlay_dir is not None:
+        argv += ["--overlay-dir", overlay_dir]
     if endpoint_url:
         argv += ["--endpoint-url", endpoint_url]
     if expected_bucket_owner:

@@ -32,6 +32,7 @@ from vfs.manifest.v2 import ManifestV2
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.fetcher import ContentFetcher, FetchPolicy
 from vfs.mount.fs import ReadOnlyOperations
+from vfs.mount.fs_rw import WritableOperations
 from vfs.mount.launch import READY_PREFIX, WARNING_PREFIX
 from vfs.mount.launch import READY_TIMEOUT as READY_TIMEOUT  # re-exported (moved to launch)
 from vfs.mount.launch import default_log_file as default_log_file
@@ -39,6 +40,7 @@ from vfs.mount.launch import is_mounted as is_mounted
 from vfs.mount.launch import python_argv as python_argv
 from vfs.mount.launch import start_mount as start_mount
 from vfs.mount.launch import unmount as unmount
+from vfs.mount.overlay import Overlay, fetcher_reader
 from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
 from vfs.mount.preflight import check_fuse_options, check_mountpoint, check_store
 from vfs.mount.stats import MountStats
@@ -75,6 +77,8 @@ class MountConfig:
     their permission bits (runnable files add x where ``file_mode`` has r).
     ``cache_size``: bound of the shared block cache in bytes; ``min_free_ratio``: share of
     the cache's file system kept free; ``policy``: fetch limits and timeouts.
+    ``writable``: writes land in the overlay in ``overlay_dir`` (default: one per mount
+    point under ``cache_dir/overlays``, :func:`default_overlay_dir`).
     """
 
     mountpoint: str
@@ -92,6 +96,8 @@ class MountConfig:
     gid: int | None = None
     dir_mode: int = 0o755
     file_mode: int = 0o644
+    writable: bool = False
+    overlay_dir: str | None = None
 
 
 def load_manifests(
@@ -146,13 +152,23 @@ def lock_mountpoint(path: str) -> int:
     return fd
 
 
-def fuse_options(extra: Sequence[str]) -> set[str]:
-    """Mount options: pyfuse3's defaults, read-only, named ``vfs``, plus ``extra``.
+def default_overlay_dir(cache_dir: str, mountpoint: str) -> str:
+    """The overlay of a writable mount without ``--overlay-dir``:
+    ``{cache_dir}/overlays/{mount point with / as _}``."""
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(cache_dir, "overlays", name)
+
+
+def fuse_options(extra: Sequence[str], writable: bool = False) -> set[str]:
+    """Mount options: pyfuse3's defaults, named ``vfs``, read-only unless ``writable``,
+    plus ``extra``.
 
     Raises :class:`MountError` for ``max_read``, which breaks pyfuse3 mounts
     (reference/test-environment.md, pitfall 4).
     """
-    options = set(pyfuse3.default_options) | {"fsname=vfs", "subtype=vfs", "ro"}
+    options = set(pyfuse3.default_options) | {"fsname=vfs", "subtype=vfs"}
+    if not writable:
+        options.add("ro")
     for item in extra:
         for opt in item.split(","):
             opt = opt.strip()
@@ -160,8 +176,11 @@ def fuse_options(extra: Sequence[str]) -> set[str]:
                 continue
             if opt.startswith("max_read"):
                 raise MountError("the mount option max_read is not supported (it breaks mounts)")
-            if opt == "rw":
-                raise MountError("this mount is read-only; the option rw is not supported yet")
+            if opt == "rw" and not writable:
+                raise MountError(
+                    "this mount is read-only; the option rw is not supported",
+                    hint="use --writable for a writable mount",
+                )
             options.add(opt)
     return options
 
@@ -209,7 +228,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                         ready_fd, WARNING_PREFIX + warning.encode(errors="backslashreplace") + b"\n"
                     )
         store = open_store(config.store_uri, mount_s3_options(config.s3, config.policy))
-        options = fuse_options(config.fuse_options)
+        options = fuse_options(config.fuse_options, config.writable)
         check_fuse_options(options)
         first = tree.first_file()
         problem = check_store(
@@ -228,7 +247,15 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         stats = MountStats()
         fetcher = ContentFetcher(cache, store, stats, config.policy)
         planner = PrefetchPlanner(tree, config.prefetch)
-        ops = ReadOnlyOperations(tree, fetcher, stats, planner)
+        overlay: Overlay | None = None
+        if config.writable:
+            overlay_dir = config.overlay_dir or default_overlay_dir(config.cache_dir, mountpoint)
+            overlay = Overlay.open(overlay_dir, tree, fetcher_reader(tree, fetcher), stats)
+            log.info("writable: the overlay is %s (%d changed inodes)", overlay_dir,
+                     len(overlay.nodes))  # fmt: skip
+            ops: ReadOnlyOperations = WritableOperations(tree, fetcher, stats, overlay, planner)
+        else:
+            ops = ReadOnlyOperations(tree, fetcher, stats, planner)
         fetcher.on_bad = ops.invalidate_object
         ops.uid = os.getuid() if config.uid is None else config.uid
         ops.gid = os.getgid() if config.gid is None else config.gid
@@ -240,6 +267,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             except RuntimeError as e:
                 failed = e
         if failed is not None:
+            if overlay is not None:
+                overlay.close()
             said = " ".join(libfuse.text().split())  # libfuse's own reason, e.g. an option
             raise MountError(
                 f"cannot mount on {mountpoint}: {said or failed}",
@@ -289,6 +318,15 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                         pyfuse3.terminate()
                         return
 
+            async def persist_overlay() -> None:
+                while overlay is not None:
+                    await trio.sleep(1)
+                    try:
+                        overlay.persist()
+                    except Exception as e:
+                        log.warning("saving sizes and mtimes in %s failed (%s: %s); retrying",
+                                    overlay.root, type(e).__name__, e)  # fmt: skip
+
             async def flush_cache_index() -> None:
                 while True:
                     await trio.sleep(5)
@@ -299,6 +337,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             nursery.start_soon(announce_ready)
             nursery.start_soon(watch_signals)
             nursery.start_soon(flush_cache_index)
+            nursery.start_soon(persist_overlay)
             nursery.start_soon(failsafe, "reconciling the cache index", cache.reconcile)
             # pyfuse3.main returns when the file system is unmounted or terminated.
             await pyfuse3.main()
@@ -312,6 +351,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
     finally:
         _sd_notify("STOPPING=1")
         pyfuse3.close(unmount=terminated)
+        if overlay is not None:
+            overlay.close()
         cache.close()
         log.info("unmounted %s", mountpoint)
 

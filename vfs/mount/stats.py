@@ -10,7 +10,10 @@ class MountStats:
     """Counters of one mount: FUSE requests by kind and cache/fetch outcomes.
 
     Keys: ``req.<op>`` per FUSE request kind, ``cache.hits``, ``cache.misses``,
-    ``fetch.objects``, ``fetch.bytes``, ``fetch.errors``, ``read.bytes``, ``eio``.
+    ``fetch.objects``, ``fetch.bytes``, ``fetch.errors``, ``read.bytes``, ``eio``; on a
+    writable mount also ``overlay.write.bytes``, ``overlay.blocks.written`` (base file blocks
+    overwritten whole, nothing fetched) and ``overlay.copyup.fetched`` (blocks written in too
+    many pieces, copied up: their base bytes fetched into the gaps).
     """
 
     def __init__(self) -> None:

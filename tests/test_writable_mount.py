@@ -1,0 +1,589 @@
+"""Writable mounts through real FUSE: POSIX operations and their errnos, read-after-write,
+durability across ``kill -9`` and remount, an fsx-style randomized data test, and base files
+that keep the manifest's size and mtime."""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import random
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Mounted, pid_alive
+from test_mount import MTIME_BASE, make_manifest
+
+from vfs.mount.fs_rw import CHANGED_TIMEOUT
+from vfs.testing.mounts import unmount_path, vfs_unmount_command, wait_exit
+
+BIG = 9 * 1024 * 1024 + 123  # three 4 MiB blocks, the last one partial
+
+FILES = {
+    "scenes/comp.nk": b"nuke script\n" * 100,
+    "scenes/plates/plate.0001.exr": os.urandom(300_000),
+    "textures/wood.png": b"\x89PNG" + os.urandom(70_000),
+    "big.bin": os.urandom(BIG),
+    "README": b"top level file",
+}
+
+Mount = Callable[..., Mounted]
+
+
+def stats(m: Mounted) -> dict[str, int]:
+    return dict(json.loads(os.getxattr(m.path, "user.vfs.stats")))
+
+
+class Setup:
+    """A manifest over a local store; mounts it writable with one overlay dir."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        vfs_mount: Mount,
+        local_store: tuple[Path, str],
+        files: dict[str, bytes] = FILES,
+    ) -> None:
+        self.tmp = tmp_path
+        self.mount_fn = vfs_mount
+        self.store = local_store[1]
+        self.manifest = make_manifest(tmp_path, files, local_store[0])
+        self.overlay = tmp_path / "overlay"
+        self.mnt = tmp_path / "mnt"
+
+    def mount(self, *extra: str) -> Mounted:
+        return self.mount_fn(
+            self.mnt, [self.manifest], self.store, "--writable", "--overlay-dir",
+            str(self.overlay), *extra,
+        )  # fmt: skip
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]) -> Setup:
+    return Setup(tmp_path, vfs_mount, local_store)
+
+
+@pytest.fixture()
+def rw(setup: Setup) -> Mounted:
+    return setup.mount()
+
+
+def errno_of(fn: Callable[[], object]) -> int:
+    with pytest.raises(OSError) as e:
+        fn()
+    return e.value.errno or 0
+
+
+def test_create_write_read_and_errors(rw: Mounted) -> None:
+    root = rw.path
+    p = root / "scenes" / "new.txt"
+    p.write_bytes(b"hello")
+    assert p.read_bytes() == b"hello"
+    assert p.stat().st_size == 5
+    assert errno_of(lambda: os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY)) == errno.EEXIST
+    with open(p, "ab") as f:
+        f.write(b" world")
+    assert p.read_bytes() == b"hello world"
+    with open(p, "r+b") as f:
+        f.seek(2)
+        f.write(b"XY")
+        f.flush()
+        f.seek(0)
+        assert f.read() == b"heXYo world"
+    with open(p, "wb") as f:  # O_TRUNC
+        f.write(b"new")
+    assert p.read_bytes() == b"new"
+    os.truncate(p, 10)
+    assert p.read_bytes() == b"new" + bytes(7)
+    with open(p, "r+b") as f:
+        os.ftruncate(f.fileno(), 2)
+    assert p.read_bytes() == b"ne"
+    assert sorted(os.listdir(root / "scenes")) == ["comp.nk", "new.txt", "plates"]
+
+
+def test_directories_rename_and_symlinks(rw: Mounted) -> None:
+    root = rw.path
+    (root / "out").mkdir()
+    (root / "out" / "a").write_bytes(b"a")
+    assert errno_of(lambda: (root / "out").rmdir()) == errno.ENOTEMPTY
+    assert errno_of(lambda: (root / "out").mkdir()) == errno.EEXIST
+    # rename a base file (no content fetched), a new file over an existing one, a dir
+    ino = (root / "README").stat().st_ino
+    os.rename(root / "README", root / "out" / "README.moved")
+    assert (root / "out" / "README.moved").stat().st_ino == ino
+    assert (root / "out" / "README.moved").read_bytes() == FILES["README"]
+    assert not (root / "README").exists()
+    os.rename(root / "out" / "a", root / "out" / "README.moved")
+    assert (root / "out" / "README.moved").read_bytes() == b"a"
+    os.rename(root / "scenes", root / "out" / "scenes2")
+    assert (root / "out" / "scenes2" / "comp.nk").read_bytes() == FILES["scenes/comp.nk"]
+    assert errno_of(lambda: os.rename(root / "out", root / "out" / "scenes2" / "x")) in (
+        errno.EINVAL,
+    )
+    # RENAME_NOREPLACE via renameat2 is not in os; `mv -n` style check with os.link absent:
+    (root / "t1").write_bytes(b"1")
+    (root / "t2").write_bytes(b"2")
+    assert _renameat2(root / "t1", root / "t2", 1) == errno.EEXIST  # RENAME_NOREPLACE
+    assert _renameat2(root / "t1", root / "t2", 2) == errno.EINVAL  # RENAME_EXCHANGE
+    # unlink, rmdir, whiteouts
+    os.unlink(root / "textures" / "wood.png")
+    assert os.listdir(root / "textures") == []
+    (root / "textures").rmdir()
+    assert not (root / "textures").exists()
+    (root / "textures").mkdir()
+    assert os.listdir(root / "textures") == []
+    os.symlink("../out/README.moved", root / "textures" / "link")
+    assert os.readlink(root / "textures" / "link") == "../out/README.moved"
+    assert (root / "textures" / "link").read_bytes() == b"a"
+    assert errno_of(lambda: os.rmdir(root / "out" / "scenes2" / "comp.nk")) == errno.ENOTDIR
+    assert errno_of(lambda: os.unlink(root / "out")) in (errno.EISDIR, errno.EPERM)
+
+
+def test_directory_renames_over_directories(rw: Mounted) -> None:
+    root = rw.path
+    (root / "empty").mkdir()
+    (root / "full").mkdir()
+    (root / "full" / "f").write_bytes(b"f")
+    ino = (root / "full").stat().st_ino
+    assert errno_of(lambda: os.rename(root / "empty", root / "full")) == errno.ENOTEMPTY
+    assert errno_of(lambda: os.rename(root / "full", root / "README")) == errno.ENOTDIR
+    assert errno_of(lambda: os.rename(root / "README", root / "full")) == errno.EISDIR
+    os.rename(root / "full", root / "empty")  # over an empty directory
+    assert (root / "empty").stat().st_ino == ino
+    assert (root / "empty" / "f").read_bytes() == b"f"
+    assert not (root / "full").exists()
+    os.rename(root / "empty", root / "scenes" / "moved")  # a new dir into a base dir
+    assert sorted(os.listdir(root / "scenes")) == ["comp.nk", "moved", "plates"]
+    assert (root / "scenes" / "moved" / "f").read_bytes() == b"f"
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> int:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    rc = libc.renameat2(at_fdcwd, bytes(src), at_fdcwd, bytes(dst), flags)
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+def test_attributes_and_refusals(rw: Mounted) -> None:
+    root = rw.path
+    p = root / "scenes" / "comp.nk"
+    st = p.stat()
+    assert st.st_size == len(FILES["scenes/comp.nk"])
+    os.chmod(p, 0o755)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o755
+    os.utime(p, ns=(1_600_000_000_000_000_123, 1_600_000_000_000_000_123))
+    assert p.stat().st_mtime_ns == 1_600_000_000_000_000_123
+    assert p.read_bytes() == FILES["scenes/comp.nk"]
+    rw.expect_log(r"hard link to .* refused")
+    assert errno_of(lambda: os.link(p, root / "hard")) == errno.EPERM
+    rw.expect_log(r"mknod of .* refused")
+    assert errno_of(lambda: os.mkfifo(root / "fifo")) == errno.EPERM
+    rw.expect_log(r"chown of .* refused")
+    assert errno_of(lambda: os.chown(p, 1234, 1234)) == errno.EPERM
+    sv = os.statvfs(root)
+    assert sv.f_bavail > 0 and sv.f_blocks > 0
+
+
+def test_shared_writable_mmap(rw: Mounted) -> None:
+    p = rw.path / "scenes" / "plates" / "plate.0001.exr"  # a base file, copied up by mmap
+    with open(p, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        mm[10:20] = b"M" * 10
+        mm.flush()
+    expected = bytearray(FILES["scenes/plates/plate.0001.exr"])
+    expected[10:20] = b"M" * 10
+    assert p.read_bytes() == bytes(expected)
+    with open(p, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert f.read() == bytes(expected)  # from the daemon, not the kernel's pages
+
+
+def test_unlinked_file_stays_usable_through_open_handles(rw: Mounted) -> None:
+    root = rw.path
+    p = root / "tmpfile"
+    with open(p, "w+b") as f:
+        f.write(b"abc")
+        f.flush()
+        os.unlink(p)
+        assert not p.exists()
+        f.write(b"def")
+        f.flush()
+        f.seek(0)
+        assert f.read() == b"abcdef"
+        assert os.fstat(f.fileno()).st_size == 6
+    with open(root / "big.bin", "r+b") as f:
+        os.unlink(root / "big.bin")
+        f.seek(BIG - 3)
+        assert f.read() == FILES["big.bin"][-3:]
+        f.seek(5)
+        f.write(b"zz")
+        f.flush()
+        f.seek(0)
+        assert f.read(10) == FILES["big.bin"][:5] + b"zz" + FILES["big.bin"][7:10]
+    assert not (root / "big.bin").exists()
+
+
+def test_writes_into_a_base_file_fetch_nothing(setup: Setup) -> None:
+    m = setup.mount()
+    p = m.path / "big.bin"
+    block = 4 * 1024 * 1024
+    with open(p, "r+b") as f:
+        f.seek(block + 10)  # 100 bytes inside block 1
+        f.write(b"X" * 100)
+        f.flush()
+        f.seek(2 * block)  # block 2 (the last, partial one) overwritten whole
+        f.write(b"Y" * (BIG - 2 * block))
+    counters = stats(m)
+    assert counters.get("fetch.bytes", 0) == 0 and counters.get("fetch.blocks", 0) == 0
+    assert counters["overlay.blocks.written"] == 1
+    data = bytearray(FILES["big.bin"])
+    data[block + 10 : block + 110] = b"X" * 100
+    data[2 * block :] = b"Y" * (BIG - 2 * block)
+    assert p.read_bytes() == bytes(data)  # blocks 0 and 1 (around the extent) from the base
+    assert p.stat().st_size == BIG
+
+
+def test_base_files_keep_manifest_size_and_mtime(rw: Mounted) -> None:
+    root = rw.path
+    (root / "scenes" / "comp.nk").write_bytes(b"changed")
+    # The base hash no longer describes a changed file; an untouched one keeps it.
+    assert errno_of(lambda: os.getxattr(root / "scenes" / "comp.nk", "user.vfs.hash")) == (
+        errno.ENODATA
+    )
+    assert os.getxattr(root / "README", "user.vfs.hash")
+    for i, (path, data) in enumerate(sorted(FILES.items())):
+        st = (root / path).stat()
+        if path == "scenes/comp.nk":
+            assert st.st_size == 7
+            assert abs(st.st_mtime_ns / 1e9 - time.time()) < 60
+            continue
+        assert st.st_size == len(data), path
+        assert st.st_mtime_ns == (MTIME_BASE + i * 1_000_001) * 1000, path
+
+
+def test_kill_9_then_remount_keeps_everything(setup: Setup) -> None:
+    m = setup.mount()
+    root = m.path
+    (root / "out").mkdir()
+    (root / "out" / "frame.exr").write_bytes(b"F" * 100_000)
+    with open(root / "big.bin", "r+b") as f:
+        f.seek(10)
+        f.write(b"hello")
+        os.fsync(f.fileno())
+        f.seek(BIG + 5)
+        f.write(b"tail")
+    os.rename(root / "README", root / "out" / "README")
+    os.unlink(root / "textures" / "wood.png")
+    os.symlink("frame.exr", root / "out" / "link")
+    os.chmod(root / "out" / "frame.exr", 0o700)
+    inos = {p: (root / p).lstat().st_ino for p in ["out", "out/frame.exr", "out/README"]}
+    os.kill(m.pid, signal.SIGKILL)
+    assert wait_exit(m.pid, 10)
+    unmount_path(str(m.path), None, None)  # the dead daemon's mount: abort + lazy unmount
+    m2 = setup.mount()
+    assert not pid_alive(m.pid)
+    root = m2.path
+    assert (root / "out" / "frame.exr").read_bytes() == b"F" * 100_000
+    assert stat.S_IMODE((root / "out" / "frame.exr").stat().st_mode) == 0o700
+    big = bytearray(FILES["big.bin"])
+    big[10:15] = b"hello"
+    big += bytes(5) + b"tail"
+    assert (root / "big.bin").read_bytes() == bytes(big)
+    assert (root / "out" / "README").read_bytes() == FILES["README"]
+    assert not (root / "README").exists()
+    assert not (root / "textures" / "wood.png").exists()
+    assert os.readlink(root / "out" / "link") == "frame.exr"
+    for p, ino in inos.items():
+        assert (root / p).lstat().st_ino == ino, p
+
+
+def test_default_overlay_dir_survives_a_clean_remount(
+    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]
+) -> None:
+    setup = Setup(tmp_path, vfs_mount, local_store)
+    m = vfs_mount(setup.mnt, [setup.manifest], setup.store, "--writable")
+    with open(m.path / "out.txt", "wb") as f:
+        f.write(b"kept")
+        os.fdatasync(f.fileno())
+    with open(m.path / "scenes" / "comp.nk", "ab") as f:
+        f.write(b"appended")
+    unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
+    overlays = os.listdir(tmp_path / "cache" / "overlays")
+    assert overlays == [str(setup.mnt).strip("/").replace("/", "_")]
+    m2 = vfs_mount(setup.mnt, [setup.manifest], setup.store, "--writable")
+    assert (m2.path / "out.txt").read_bytes() == b"kept"
+    assert (m2.path / "scenes" / "comp.nk").read_bytes() == FILES["scenes/comp.nk"] + b"appended"
+    unmount_path(str(m2.path), m2.pid, vfs_unmount_command(str(m2.path)))
+    # Without --writable the same mount point is the base, read-only.
+    m3 = vfs_mount(setup.mnt, [setup.manifest], setup.store)
+    assert not (m3.path / "out.txt").exists()
+    assert errno_of(lambda: (m3.path / "new").write_bytes(b"x")) == errno.EROFS
+
+
+def test_overlay_dir_needs_writable(setup: Setup) -> None:
+    with pytest.raises(AssertionError, match="--overlay-dir needs --writable"):
+        setup.mount_fn(setup.mnt, [setup.manifest], setup.store, "--overlay-dir", "x")
+
+
+def test_other_base_manifest_is_refused(setup: Setup, tmp_path: Path) -> None:
+    m = setup.mount()
+    (m.path / "x").write_bytes(b"x")
+    unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
+    setup.manifest = make_manifest(tmp_path, {"other": b"other"}, None, name="other.manifest")
+    with pytest.raises(AssertionError) as e:
+        setup.mount()
+    assert str(setup.overlay) in str(e.value) and "other base manifests" in str(e.value)
+
+
+FSX_BASE = 16 * 4 * 1024 * 1024 + 777  # a base file of 17 blocks
+
+
+def test_fsx_random_ops_match_a_model(
+    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]
+) -> None:
+    """pwrite / truncate / read / fsync / mmap / dropping the kernel's pages on a 17-block base
+    file and on a new file through the mount, checked against bytearrays after every step
+    (seeded: VFS_FSX_SEED, VFS_FSX_OPS)."""
+    seed = int(os.environ.get("VFS_FSX_SEED", "9"))
+    fsx(tmp_path, vfs_mount, local_store, seed, int(os.environ.get("VFS_FSX_OPS", "300")))
+
+
+@pytest.mark.slow
+def test_fsx_long(tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]) -> None:
+    """The same, 5,000 operations (about a minute here; slow tests run by default too)."""
+    fsx(tmp_path, vfs_mount, local_store, 5_000, 5_000)
+
+
+def fsx(
+    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str], seed: int, ops: int
+) -> None:
+    """Run ``ops`` seeded random operations (see test_fsx_random_ops_match_a_model)."""
+    rng = random.Random(seed)
+    base = rng.randbytes(FSX_BASE)
+    rw = Setup(tmp_path, vfs_mount, local_store, {"fsx.base": base}).mount()
+    files = {"fsx.base": bytearray(base), "fsx.new": bytearray()}
+    (rw.path / "fsx.new").write_bytes(b"")
+    fds = {name: os.open(rw.path / name, os.O_RDWR) for name in files}
+    limit = FSX_BASE + 2 * 1024 * 1024
+    try:
+        for step in range(ops):
+            name = rng.choice(sorted(files))
+            model, fd = files[name], fds[name]
+            op = rng.choices(
+                ["write", "truncate", "read", "fsync", "drop", "mmap"], [5, 2, 4, 1, 2, 2]
+            )[0]
+            what = f"step {step}: {op} on {name}"
+            if op == "write":
+                off = rng.randrange(0, limit)
+                data = rng.randbytes(rng.choice([1, 100, 4096, 70_000, 1 << 20]))
+                assert os.pwrite(fd, data, off) == len(data), what
+                if off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off : off + len(data)] = data
+            elif op == "truncate":
+                size = rng.randrange(0, limit)
+                os.ftruncate(fd, size)
+                if size < len(model):
+                    del model[size:]
+                else:
+                    model.extend(bytes(size - len(model)))
+            elif op == "read":
+                off = rng.randrange(0, max(1, len(model) + 10))
+                size = rng.choice([1, 4096, 100_000, 5 << 20])
+                assert os.pread(fd, size, off) == bytes(model[off : off + size]), what
+            elif op == "mmap" and model:  # shared writable mapping: read, write, msync
+                off = rng.randrange(0, len(model))
+                data = rng.randbytes(min(len(model) - off, rng.choice([1, 5000, 300_000])))
+                with mmap.mmap(fd, 0) as mm:
+                    assert mm[off : off + len(data)] == model[off : off + len(data)], what
+                    mm[off : off + len(data)] = data
+                    mm.flush()
+                model[off : off + len(data)] = data
+            elif op == "drop":  # the kernel's clean pages go: the next read asks the daemon
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                os.fsync(fd)
+            assert os.fstat(fd).st_size == len(model), what
+        for name, model in files.items():
+            assert (rw.path / name).read_bytes() == bytes(model), name
+        assert stats(rw)["req.read"] > ops // 20  # the daemon's read path was exercised
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def test_disk_full_gives_enospc_and_the_mount_stays_up(setup: Setup) -> None:
+    """The overlay on a 3 MiB tmpfs: a write past the space fails with ENOSPC, what was
+    written before stays, and after a delete writing works again."""
+    disk = setup.tmp / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        setup.overlay = disk / "overlay"
+        m = setup.mount()
+        m.expect_log(r"No space left|database failed")
+        (m.path / "kept.txt").write_bytes(b"kept")
+        with pytest.raises(OSError) as e, open(m.path / "huge.bin", "wb") as f:
+            for _ in range(8):
+                f.write(b"h" * (1 << 20))
+                f.flush()
+        assert e.value.errno == errno.ENOSPC
+        assert (m.path / "kept.txt").read_bytes() == b"kept"
+        assert (m.path / "README").read_bytes() == FILES["README"]
+        os.unlink(m.path / "huge.bin")
+        (m.path / "after.txt").write_bytes(b"after")
+        assert (m.path / "after.txt").read_bytes() == b"after"
+        unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
+    finally:
+        if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under ``root``: (kind, permission bits, size, content) for files,
+    (kind, permission bits) for directories, (kind, target) for symlinks."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+                if name in dirnames:
+                    dirnames.remove(name)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_size, p.read_bytes())
+    return out
+
+
+def test_random_namespace_ops_match_a_local_directory(setup: Setup) -> None:
+    """Seeded random create / write / truncate / mkdir / rmdir / unlink / rename / symlink /
+    chmod on the mount and on a local copy of the base: the same errors and the same tree
+    after every step, and again after kill -9 and a remount."""
+    rng = random.Random(int(os.environ.get("VFS_NS_SEED", "7")))
+    steps = int(os.environ.get("VFS_NS_OPS", "200"))
+    ref = setup.tmp / "ref"
+    for path, data in FILES.items():
+        (ref / path).parent.mkdir(parents=True, exist_ok=True)
+        (ref / path).write_bytes(data)
+    m = setup.mount()
+    names = ["a", "b", "c", "d"]
+
+    def paths() -> list[str]:
+        return sorted(snapshot(ref))
+
+    def pick_dir() -> str:
+        dirs = [p for p, v in snapshot(ref).items() if v[0] == "dir"]
+        return rng.choice(["", *dirs])
+
+    def target(existing: bool) -> str:
+        if existing and paths():
+            return rng.choice(paths())
+        d = pick_dir()
+        return f"{d}/{rng.choice(names)}" if d else rng.choice(names)
+
+    def apply(root: Path, op: str, a: str, b: str, data: bytes, n: int) -> int:
+        try:
+            if op == "create":
+                with open(root / a, "xb") as f:
+                    f.write(data)
+            elif op == "write":
+                fd = os.open(root / a, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, n)
+                finally:
+                    os.close(fd)
+            elif op == "truncate":
+                os.truncate(root / a, n)
+            elif op == "mkdir":
+                os.mkdir(root / a)
+            elif op == "rmdir":
+                os.rmdir(root / a)
+            elif op == "unlink":
+                os.unlink(root / a)
+            elif op == "rename":
+                os.rename(root / a, root / b)
+            elif op == "symlink":
+                os.symlink(b, root / a)
+            elif op == "chmod":
+                os.chmod(root / a, 0o700 | (n & 0o55), follow_symlinks=False)
+        except OSError as e:
+            return e.errno or -1
+        return 0
+
+    ops = ["create", "write", "truncate", "mkdir", "rmdir", "unlink", "rename", "symlink", "chmod"]
+    for step in range(steps):
+        op = rng.choice(ops)
+        a = target(existing=op not in ("create", "mkdir", "symlink") or rng.random() < 0.2)
+        b = target(existing=rng.random() < 0.5) if op == "rename" else rng.choice(names)
+        data = rng.randbytes(rng.choice([0, 10, 5000]))
+        n = rng.randrange(0, 400_000)
+        if op == "chmod" and (ref / a).is_symlink():
+            continue  # Linux has no lchmod
+        expected = apply(ref, op, a, b, data, n)
+        got = apply(m.path, op, a, b, data, n)
+        what = f"step {step}: {op} {a!r} {b!r}"
+        assert got == expected, f"{what}: errno {got} on the mount, {expected} locally"
+        assert snapshot(m.path) == snapshot(ref), what
+    os.kill(m.pid, signal.SIGKILL)
+    assert wait_exit(m.pid, 10)
+    unmount_path(str(m.path), None, None)
+    m2 = setup.mount()
+    assert snapshot(m2.path) == snapshot(ref)
+
+
+def test_missing_base_content_gives_eio_and_the_mount_stays_up(setup: Setup) -> None:
+    from vfs.hashing import hash_bytes
+    from vfs.storage import data_key
+
+    (setup.tmp / "store" / data_key(hash_bytes(FILES["big.bin"]))).unlink()
+    m = setup.mount()
+    m.expect_log(r"cannot read the base content of big\.bin")
+    m.expect_log(r"big\.bin|Data/")  # the fetcher's own account of the missing object
+    fd = os.open(m.path / "big.bin", os.O_RDWR)
+    try:
+        # Writes need no base bytes; reading what was not written does.
+        assert os.pwrite(fd, b"x", 5) == 1
+        assert errno_of(lambda: os.pread(fd, 10, 0)) == errno.EIO
+        block = 4 * 1024 * 1024
+        assert os.pwrite(fd, b"w" * block, block) == block
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(fd, 10, block) == b"w" * 10
+    finally:
+        os.close(fd)
+    (m.path / "new").write_bytes(b"ok")
+    assert (m.path / "new").read_bytes() == b"ok"
+
+
+def test_untouched_base_metadata_stays_in_the_kernel(rw: Mounted) -> None:
+    """A writable mount keeps the long timeouts of untouched base entries: a second stat
+    pass over them sends no lookup or getattr to the daemon."""
+    (rw.path / "new").write_bytes(b"n")
+    for path in FILES:
+        (rw.path / path).stat()
+    time.sleep(CHANGED_TIMEOUT + 0.5)  # long enough for a short timeout to run out
+    before = stats(rw)
+    for path in FILES:
+        (rw.path / path).stat()
+    after = stats(rw)
+    for key in ("req.lookup", "req.getattr"):
+        assert after.get(key, 0) == before.get(key, 0), key
+
+
+def test_merge_of_extents() -> None:
+    from vfs.mount.overlay import _merge
+
+    assert _merge([], (3, 5)) == [(3, 5)]
+    assert _merge([(0, 2), (5, 6)], (2, 5)) == [(0, 6)]
+    assert _merge([(0, 2), (8, 9)], (4, 5)) == [(0, 2), (4, 5), (8, 9)]
+    assert _merge([(0, 2), (4, 6), (8, 9)], (1, 8)) == [(0, 9)]

@@ -1,0 +1,236 @@
+"""The durable record of a writable mount's overlay: one SQLite database (WAL).
+
+What it holds (the namespace changes over the immutable base tree; file data lives next to
+it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
+
+- ``meta``: ``base`` (fingerprint of the base tree the overlay was made over), ``next_ino``
+  (the next inode number to allocate; numbers above the base tree's largest).
+- ``inodes``: one row per overlay inode (a new file, directory or symlink) and per base
+  inode whose metadata or content changed: mode (``st_mode`` with the type bits), size in
+  bytes, mtime and ctime in nanoseconds since the epoch, symlink target, parent directory,
+  ``base`` (1 when the number is a base tree inode), ``data`` (1 when ``data/<ino>`` holds
+  content), ``base_limit`` (bytes at the start of the base content still valid), ``nlink``
+  (0: unlinked; a base inode's tombstone, or an overlay inode still open when it crashed).
+- ``dirents``: ``(parent, name) -> ino`` entries added over the base, and whiteouts
+  (``ino = 0``) hiding a base name that was removed or renamed away.
+- ``blocks``: ``(ino, index)`` for each :data:`~vfs.mount.blocks.BLOCK_SIZE` block of a base
+  file whose data file holds all of it (recorded only after the data is written).
+- ``extents``: ``(ino, index) -> spans``, the byte ranges (absolute ``[start, end)`` pairs,
+  JSON) of a base file's block that writes put in its data file, for a block written only
+  in part; the rest of the block is still read from the base (recorded after the write).
+
+Every change is committed before the operation that made it returns. The durability target
+is ``kill -9`` of the daemon (committed pages are in the kernel), not power loss:
+``synchronous=NORMAL`` in WAL mode keeps the database consistent either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY,
+    mode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    target BLOB,
+    parent INTEGER NOT NULL,
+    base INTEGER NOT NULL,
+    data INTEGER NOT NULL,
+    base_limit INTEGER NOT NULL,
+    nlink INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dirents (
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (ino, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS extents (
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    spans TEXT NOT NULL,
+    PRIMARY KEY (ino, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(slots=True)
+class Node:
+    """An inode the overlay knows about (new, or a base inode that changed).
+
+    ``mode`` is ``st_mode`` (type and permission bits); ``size`` in bytes; ``mtime_ns`` and
+    ``ctime_ns`` in nanoseconds since the epoch; ``target`` the symlink target; ``base``
+    True when ``ino`` is a base tree inode; ``data`` True when ``data/<ino>`` holds
+    content; ``base_limit`` the bytes at the start of the base content still valid (0 for
+    new files); ``blocks`` the indices of blocks held whole by the data file; ``extents``
+    per block written in part, its written ``[start, end)`` byte ranges (sorted, disjoint);
+    ``nlink`` 0 once unlinked.
+    ``dirty`` marks in-memory size/mtime changes not yet written to the database.
+    """
+
+    ino: int
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    parent: int
+    base: bool
+    target: bytes | None = None
+    data: bool = False
+    base_limit: int = 0
+    nlink: int = 1
+    blocks: set[int] = field(default_factory=set)
+    extents: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    dirty: bool = False
+
+
+class OverlayDB:
+    """The overlay's SQLite database at ``path`` (created when absent).
+
+    Raises ``sqlite3.Error`` on I/O problems; callers name the overlay directory.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+        self._depth = 0
+
+    def close(self) -> None:
+        """Close the connection (everything is committed already)."""
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction (nested uses join the outer one); rolled back when
+        the body raises."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self.conn
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """The value of ``key`` in ``meta``, or ``None``."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set ``key`` in ``meta`` (inside or outside a transaction)."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- inodes -----------------------------------------------------------------------------
+
+    def save_node(self, node: Node) -> None:
+        """Insert or replace the row of ``node`` (not its blocks); clears ``dirty``."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO inodes (ino, mode, size, mtime_ns, ctime_ns, target,"
+                " parent, base, data, base_limit, nlink) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (node.ino, node.mode, node.size, node.mtime_ns, node.ctime_ns, node.target,
+                 node.parent, int(node.base), int(node.data), node.base_limit, node.nlink),
+            )  # fmt: skip
+        node.dirty = False
+
+    def delete_node(self, ino: int) -> None:
+        """Remove inode ``ino``'s row and its block records."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+            self.clear_content(ino)
+
+    def clear_content(self, ino: int) -> None:
+        """Forget which blocks and extents of ``ino`` the data file holds."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM blocks WHERE ino = ?", (ino,))
+            c.execute("DELETE FROM extents WHERE ino = ?", (ino,))
+
+    def add_blocks(self, ino: int, indices: Iterable[int]) -> None:
+        """Record blocks ``indices`` of ``ino`` as held whole by the data file (their data
+        is written); their extents records go."""
+        rows = [(ino, i) for i in indices]
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO blocks (ino, idx) VALUES (?, ?)", rows)
+            c.executemany("DELETE FROM extents WHERE ino = ? AND idx = ?", rows)
+
+    def set_extents(self, ino: int, index: int, spans: list[tuple[int, int]]) -> None:
+        """Record the written byte ranges of block ``index`` of ``ino``."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO extents (ino, idx, spans) VALUES (?, ?, ?)",
+                (ino, index, json.dumps(spans)),
+            )
+
+    def load_nodes(self) -> dict[int, Node]:
+        """Every inode row, with its copied-up blocks."""
+        nodes: dict[int, Node] = {}
+        rows = self.conn.execute(
+            "SELECT ino, mode, size, mtime_ns, ctime_ns, target, parent, base, data,"
+            " base_limit, nlink FROM inodes"
+        )
+        for ino, mode, size, mtime, ctime, target, parent, base, data, limit, nlink in rows:
+            nodes[ino] = Node(
+                ino, mode, size, mtime, ctime, parent, bool(base),
+                target=None if target is None else bytes(target),
+                data=bool(data), base_limit=limit, nlink=nlink,
+            )  # fmt: skip
+        for ino, idx in self.conn.execute("SELECT ino, idx FROM blocks"):
+            node = nodes.get(ino)
+            if node is not None:
+                node.blocks.add(idx)
+        for ino, idx, spans in self.conn.execute("SELECT ino, idx, spans FROM extents"):
+            node = nodes.get(ino)
+            if node is not None:
+                node.extents[idx] = [(int(a), int(b)) for a, b in json.loads(spans)]
+        return nodes
+
+    # -- directory entries ------------------------------------------------------------------
+
+    def set_dirent(self, parent: int, name: bytes, ino: int) -> None:
+        """Set entry ``name`` of ``parent`` to ``ino`` (0: a whiteout)."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO dirents (parent, name, ino) VALUES (?, ?, ?)",
+                (parent, name, ino),
+            )
+
+    def delete_dirent(self, parent: int, name: bytes) -> None:
+        """Drop the record of entry ``name`` of ``parent`` (the base entry shows again)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, name))
+
+    def load_dirents(self) -> dict[int, dict[bytes, int]]:
+        """Every recorded entry: ``{parent: {name: ino (0 = whiteout)}}``."""
+        out: dict[int, dict[bytes, int]] = {}
+        for parent, name, ino in self.conn.execute("SELECT parent, name, ino FROM dirents"):
+            out.setdefault(parent, {})[bytes(name)] = ino
+        return out
