@@ -30,27 +30,13 @@ from vfs.errors import (
     ObjectNotFoundError,
     StoreError,
 )
+from vfs.osutil import current_umask
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
 
 BinaryIOWriter = Callable[[BinaryIO], object]
 
 METADATA_DIR = ".vfs-meta"
 """Directory under the store root that holds the user-metadata sidecar of each object."""
-
-
-def _umask() -> int:
-    """The process umask, from /proc (setting and restoring it would race with other
-    threads creating files), else by setting it and putting it back."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class LocalStore:
@@ -63,7 +49,7 @@ class LocalStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.uri = "file://" + self.root
-        self._file_mode = 0o666 & ~_umask()
+        self._file_mode = 0o666 & ~current_umask()
 
     def _path(self, key: str) -> str:
         if key.startswith("/") or "/../" in f"/{key}/":

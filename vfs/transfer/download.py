@@ -53,6 +53,7 @@ from vfs.manifest import (
     ManifestFilePath,
     ManifestPath,
 )
+from vfs.osutil import current_umask
 from vfs.pathmap.resolve import ResolvedManifestPath
 from vfs.storage.base import ObjectStore, Readable
 from vfs.storage.layout import DATA_FOLDER, data_key
@@ -62,7 +63,6 @@ from vfs.transfer.localfs import (
     PathEscapeError,
     check_free_space,
     check_inside_root,
-    current_umask,
     make_temp_file,
     remove_quietly,
 )

@@ -78,21 +78,6 @@ def check_free_space(directory: str, needed: int, available: int | None = None) 
         )
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it (``/proc/self/status`` on Linux; else
-    set and restored, which is not thread-safe)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def make_temp_file(dest: str) -> tuple[int, str]:
     """Create an empty temporary file beside ``dest`` (same directory, hence the same file
     system, so a rename is atomic): ``(fd, path)``, named ``.{name}.vfs-XXXXXXXX.part``."""
