@@ -110,10 +110,13 @@ def upload(
     results = []
     for manifest_file, root in pair_roots(list(manifests), list(roots)):
         m = decode_manifest(read_location(manifest_file, s3), source=manifest_file)
-        s = upload_manifest_files(
-            m, root, store, workers=workers,
-            check_cache=None if force_s3_check else check_cache,
-        )  # fmt: skip
+        total = sum({p.hash: p.size for p in m.paths}.values())
+        with byte_progress("uploading", total, not as_json) as on_bytes:
+            s = upload_manifest_files(
+                m, root, store, workers=workers,
+                check_cache=None if force_s3_check else check_cache,
+                on_object=None if on_bytes is None else lambda entry, _: on_bytes(entry.size),
+            )  # fmt: skip
         results.append(
             {
                 "manifest": manifest_file,

@@ -189,6 +189,7 @@ def byte_progress(
         yield None
         return
     # Imported here: rich costs every command ~0.05 s and is needed only for a bar.
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -200,6 +201,9 @@ def byte_progress(
     columns = [BarColumn(), DownloadColumn(), TransferSpeedColumn()]
     if total is not None:
         columns.append(TimeRemainingColumn())
-    with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
+    console = Console(stderr=True)  # stdout may be a pipe (--json, redirected summaries)
+    with Progress(
+        "[progress.description]{task.description}", *columns, transient=True, console=console
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
