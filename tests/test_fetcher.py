@@ -233,3 +233,39 @@ def test_large_object_is_hashed_as_its_blocks_arrive(tmp_path: Path, order: str)
         assert stats.counters.get("cache.hits", 0) == 0  # no block loaded again
     else:
         assert "verify.streamed" not in stats.counters
+
+
+def test_verification_waits_for_cache_writes_under_way(tmp_path: Path) -> None:
+    """Blocks that left memory before they reached the disk (the cache lock is held by
+    another process meanwhile) are awaited, not taken for evicted: the object is verified
+    once the writes land, without another read."""
+    import fcntl
+
+    store = LocalStore(str(tmp_path / "store"))
+    count = 6
+    data = os.urandom(count * BLOCK_SIZE - 5)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    store.put_bytes(data_key(obj.hash), data)
+    cache_dir = tmp_path / "c"
+    BlockCache(str(cache_dir), 1 << 30).close()  # creates the lock file
+    lock = os.open(cache_dir / "lock", os.O_RDWR)
+
+    async def body(f: ContentFetcher) -> None:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another process's long eviction would
+        for i in [3, 1, 5, 2, 4, 0]:  # block 0 last: nothing is hashed on the way
+            await f.read([obj], i * BLOCK_SIZE, BLOCK_SIZE, ReadaheadState())
+        await trio.sleep(1.0)
+        assert not f.is_trusted([obj])
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        with trio.fail_after(10):
+            while not f.is_trusted([obj]):
+                await trio.sleep(0.01)
+
+    try:
+        stats = run_with_fetcher(
+            cache_dir, store, body, policy=FetchPolicy(max_memory=2 * BLOCK_SIZE)
+        )
+    finally:
+        os.close(lock)
+    assert stats.counters["verify.objects"] == 1
+    assert stats.counters["fetch.blocks"] == count  # nothing fetched again

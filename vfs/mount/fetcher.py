@@ -81,6 +81,10 @@ PERMANENT_ERRORS = (
 PREFETCH_WORKERS = 4
 """Objects prefetched at once (each on one download slot, only while one is spare)."""
 
+WRITES_WAIT_S = 10.0
+"""How long a background verification waits for cache writes under way (seconds) when a
+block it needs is neither in memory nor on disk yet."""
+
 STREAMS = 256
 """Large objects hashed as their blocks arrive, at most, at once."""
 
@@ -458,6 +462,9 @@ class ContentFetcher:
         condemn it on a mismatch. Never raises: a failure leaves the object unverified."""
         try:
             hasher = await self._hash_object(obj, fetch=False)
+            if hasher is None and self._pending:  # blocks still on their way to disk
+                await self.drain(WRITES_WAIT_S)
+                hasher = await self._hash_object(obj, fetch=False)
             if hasher is None:  # a block was evicted meanwhile: wait until all are seen again
                 self._seen[obj.hash] = set()
                 return
