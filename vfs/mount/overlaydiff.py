@@ -102,6 +102,7 @@ class OverlaySnapshot:
         self.manifests: list[str] = []
         self.store_uri = ""
         self.mountpoint = ""
+        self.fingerprint = ""
         self.mounted = False
         self.writers: set[int] = set()
         self.nodes: dict[int, Node] = {}
