@@ -141,7 +141,9 @@ class CommitResult:
     """The outcome: counts of files (``files``: outputs written to the manifest; ``bytes``:
     their total size), CAS objects uploaded and skipped (with bytes), deletions and mode
     changes recorded (v2), the files skipped because they are open for writing, the
-    manifest's ``manifest_key`` (in the store) and/or ``output_file``, and its hash."""
+    manifest's ``manifest_key`` (relative to the store root, ``Manifests/…``) and
+    ``manifest_uri`` (the full location) and/or ``output_file``, and its hash (``None``
+    when there was nothing to commit)."""
 
     files: int = 0
     bytes: int = 0
@@ -153,6 +155,7 @@ class CommitResult:
     mode_changes: int = 0
     open_for_writing: list[str] = field(default_factory=list)
     manifest_key: str | None = None
+    manifest_uri: str | None = None
     manifest_hash: str | None = None
     output_file: str | None = None
     manifest_version: str = MANIFEST_VERSION_V1
@@ -170,6 +173,7 @@ class CommitResult:
             "mode_changes": self.mode_changes,
             "open_for_writing": self.open_for_writing,
             "manifest_key": self.manifest_key,
+            "manifest_uri": self.manifest_uri,
             "manifest_hash": self.manifest_hash,
             "output_file": self.output_file,
             "manifest_version": self.manifest_version,
@@ -516,7 +520,7 @@ def _commit(
                 f"the output manifest {store.describe(key)} is not in the store after its upload",
                 hint="run vfs commit again (it resumes)",
             )
-        result.manifest_key = key
+        result.manifest_key, result.manifest_uri = key, store.describe(key)
     if options.output_file is not None:
         _write_file(options.output_file, data)
         result.output_file = options.output_file

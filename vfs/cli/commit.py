@@ -120,7 +120,7 @@ def commit(
     if result.manifest_hash is None:
         click.echo("nothing to commit")
     else:
-        where = " and ".join(x for x in (result.manifest_key, result.output_file) if x)
+        where = " and ".join(x for x in (result.manifest_uri, result.output_file) if x)
         click.echo(
             f"committed {result.files} file(s), {result.bytes} bytes (uploaded "
             f"{result.uploaded} object(s), {result.uploaded_bytes} bytes; {result.skipped} "

@@ -34,7 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vfs.errors import VfsError
-from vfs.manifest.convert import AnyManifest, decode_any_manifest, manifest_hash
+from vfs.manifest import Manifest, ManifestV2
+from vfs.manifest.codec import ManifestColumns, decode_manifest_columns
+from vfs.manifest.convert import decode_any_manifest, manifest_hash
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.objects import CHUNK_SIZE
 from vfs.mount.overlaydb import (
@@ -145,10 +147,17 @@ class OverlaySnapshot:
         except BaseException:
             self.close()
             raise
-        manifests, sources = _load_manifests(self.manifests, s3)
-        self.tree = InodeTree.from_manifests(manifests, sources)
+        try:
+            manifests = _load_manifests(self.manifests, s3)
+            self.tree = InodeTree.from_manifests(manifests, self.manifests)
+        except BaseException:
+            self.close()
+            raise
         if len(manifests) == 1:
-            self.base_hash = manifest_hash(manifests[0])
+            first = manifests[0]
+            if isinstance(first, ManifestColumns):
+                first = first.to_manifest()
+            self.base_hash = manifest_hash(first)
         if base_fingerprint(self.tree) != self.fingerprint:
             self.close()
             raise OverlayError(
@@ -394,10 +403,12 @@ class OverlaySnapshot:
 
 def _load_manifests(
     locations: list[str], s3: S3Options | None
-) -> tuple[list[AnyManifest], list[str]]:
-    """Decode the base manifests (either format). Raises :class:`OverlayError` for a
-    missing local file, the store's and :class:`ManifestError` otherwise."""
-    out: list[AnyManifest] = []
+) -> list[Manifest | ManifestV2 | ManifestColumns]:
+    """Decode the base manifests as the mount does (a canonical v1 manifest column by
+    column, anything else in full), so the tree and its fingerprint are the mount's.
+    Raises :class:`OverlayError` naming a manifest that cannot be read, and
+    :class:`ManifestError` for one that cannot be decoded."""
+    out: list[Manifest | ManifestV2 | ManifestColumns] = []
     for location in locations:
         try:
             data = read_location(location, s3)
@@ -406,5 +417,5 @@ def _load_manifests(
                 f"cannot read base manifest {location} of the overlay: {e}",
                 hint="the commit needs the manifests the overlay was mounted with",
             ) from None
-        out.append(decode_any_manifest(data, source=location))
-    return out, list(locations)
+        out.append(decode_manifest_columns(data) or decode_any_manifest(data, source=location))
+    return out
