@@ -4,7 +4,9 @@ What it holds (the namespace changes over the immutable base tree; file data liv
 it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
 
 - ``meta``: ``base`` (fingerprint of the base tree the overlay was made over), ``next_ino``
-  (the next inode number to allocate; numbers above the base tree's largest).
+  (the next inode number to allocate; numbers above the base tree's largest), and what the
+  last mount was made of, for ``vfs commit``: ``manifests`` (JSON list of locations),
+  ``store`` (URI), ``mountpoint``.
 - ``inodes``: one row per overlay inode (a new file, directory or symlink) and per base
   inode whose metadata or content changed: mode (``st_mode`` with the type bits), size in
   bytes, mtime and ctime in nanoseconds since the epoch, symlink target, parent directory,

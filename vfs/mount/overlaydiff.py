@@ -270,7 +270,12 @@ class OverlaySnapshot:
             while ino not in marked:
                 marked.add(ino)
                 node = self.nodes.get(ino)
-                ino = node.parent if node is not None else (tree.parent[ino] or ROOT_INODE)
+                if node is not None:
+                    ino = node.parent
+                elif ino <= len(tree):
+                    ino = tree.parent[ino] or ROOT_INODE
+                else:  # entries left of an inode that is gone: nothing to walk
+                    break
         return marked
 
     def changed_files(self) -> Iterator[FileState]:
