@@ -345,3 +345,12 @@ def test_commit_errors_name_the_fix(tmp_path: Path, local: Local) -> None:
     assert r.returncode != 0 and "nowhere to write the output manifest" in r.stderr
     r = run_vfs("commit", str(m.path), "--farm-id", FARM, check=False)
     assert r.returncode != 0 and "--queue-id" in r.stderr
+
+
+def test_the_commit_library_imports_no_fuse_stack() -> None:
+    probe = (
+        "import sys, vfs.commit, vfs.cli.commit; "
+        "print([m for m in ('trio', 'pyfuse3') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
