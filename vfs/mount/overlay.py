@@ -596,25 +596,34 @@ class Overlay:
 
     def opened(self, ino: int, writing: bool = False) -> None:
         """A handle on ``ino`` was opened (unlinked inodes live until the last release);
-        ``writing``: for writing, which the database records for ``vfs commit``."""
+        ``writing``: for writing, which the database records for ``vfs commit`` (first,
+        so that a failure to record it, e.g. a full disk, leaves no handle counted)."""
+        if writing and not self._writers.get(ino):
+            self.db.set_writers(ino, 1)
         self._open[ino] = self._open.get(ino, 0) + 1
         if writing:
-            count = self._writers[ino] = self._writers.get(ino, 0) + 1
-            if count == 1:
-                self.db.set_writers(ino, count)
+            self._writers[ino] = self._writers.get(ino, 0) + 1
 
     def released(self, ino: int, writing: bool = False) -> None:
         """A handle on ``ino`` was released (``writing``: one opened for writing): commit
         its size/mtime; at the last release, close its data file and drop it when it was
-        unlinked."""
+        unlinked. The record of the last writer goes after the size and mtime are saved,
+        and after the handle is forgotten (even when saving fails)."""
+        last_writer = False
         if writing:
             count = self._writers.get(ino, 0) - 1
             if count > 0:
                 self._writers[ino] = count
             else:
                 self._writers.pop(ino, None)
-                self.flush(ino)  # size and mtime final before commit may take the file
+                last_writer = True
+        try:
+            self._release(ino)
+        finally:
+            if last_writer:
                 self.db.set_writers(ino, 0)
+
+    def _release(self, ino: int) -> None:
         left = self._open.get(ino, 0) - 1
         node = self.nodes.get(ino)
         if left > 0:
