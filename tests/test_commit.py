@@ -354,3 +354,38 @@ def test_the_commit_library_imports_no_fuse_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_renamed_base_files_are_outputs_at_their_new_paths(tmp_path: Path, local: Local) -> None:
+    m = local.mount()
+    os.rename(m.path / "scenes", m.path / "out" / "scenes")  # a base directory moved
+    os.rename(m.path / "README", m.path / "out" / "README.txt")  # a base file renamed
+    (m.path / "out" / "README.txt").write_bytes(BASE["README"])  # same bytes again
+    expected = {
+        "out/scenes/comp.nk": BASE["scenes/comp.nk"],
+        "out/scenes/plates/plate.0001.exr": BASE["scenes/plates/plate.0001.exr"],
+        "out/README.txt": BASE["README"],
+    }
+    out = tmp_path / "o.manifest"
+    got = commit(str(m.path), "--output-dir", "out", "--output", str(out),
+                 "--manifest-version", MANIFEST_VERSION_V2)  # fmt: skip
+    assert got["uploaded"] == 0 and got["skipped"] == 3  # the objects are the base's
+    diff = decode_manifest_v2(out.read_bytes())
+    by_path = {f.path: f for f in diff.files}
+    assert {p for p, f in by_path.items() if not f.deleted} == set(expected)
+    for path, content in expected.items():
+        st = (m.path / path).stat()
+        f = by_path[path]
+        assert (f.hash, f.size, f.mtime) == (hash_bytes(content), len(content),
+                                             st.st_mtime_ns // 1000)  # fmt: skip
+    # Deletions are recorded only under the output dirs: the old paths are outside.
+    assert not [f for f in diff.files if f.deleted]
+    whole = commit(str(m.path), "--output", str(tmp_path / "o2.manifest"),
+                   "--manifest-version", MANIFEST_VERSION_V2)  # fmt: skip
+    assert whole["files"] == 0 and whole["deleted"] == 3
+    deleted = {f.path for f in decode_manifest_v2((tmp_path / "o2.manifest").read_bytes()).files}
+    assert deleted == {"scenes/comp.nk", "scenes/plates/plate.0001.exr", "README"}
+    assert (
+        decode_manifest_v2((tmp_path / "o2.manifest").read_bytes()).parent_manifest_hash
+        == (got["manifest_hash"])
+    )
