@@ -252,6 +252,8 @@ def test_deadline_finds_and_downloads_our_outputs(
     name = output_manifest_name(str(m.path))
     key = f"{PREFIX}/Manifests/{FARM}/{QUEUE}/{JOB}/{STEP}/{TASK}/{folder}/{name}"
     assert got["manifest_key"] == key.removeprefix(f"{PREFIX}/")
+    assert got["output_manifest_path"] == key.removeprefix(f"{PREFIX}/Manifests/")
+    assert got["manifest_uri"] == f"s3://{s3_bucket}/{key}"
     obj = s3_client.get_object(Bucket=s3_bucket, Key=key)
     assert obj["Metadata"] == {"asset-root": str(m.path)}
     body = obj["Body"].read()

@@ -65,6 +65,7 @@ from vfs.storage import (
     data_key,
     manifest_key,
     manifest_metadata,
+    manifest_path_of_key,
     open_store,
     output_manifest_name,
     session_action_manifest_prefix,
@@ -142,8 +143,9 @@ class CommitResult:
     their total size), CAS objects uploaded and skipped (with bytes), deletions and mode
     changes recorded (v2), the files skipped because they are open for writing, the
     manifest's ``manifest_key`` (relative to the store root, ``Manifests/…``) and
-    ``manifest_uri`` (the full location) and/or ``output_file``, and its hash (``None``
-    when there was nothing to commit)."""
+    ``manifest_uri`` (the full location), ``output_manifest_path`` (the key without
+    ``Manifests/``: what the worker reports as ``outputManifestPath``, reference §4, §8.4)
+    and/or ``output_file``, and its hash (``None`` when there was nothing to commit)."""
 
     files: int = 0
     bytes: int = 0
@@ -156,6 +158,7 @@ class CommitResult:
     open_for_writing: list[str] = field(default_factory=list)
     manifest_key: str | None = None
     manifest_uri: str | None = None
+    output_manifest_path: str | None = None
     manifest_hash: str | None = None
     output_file: str | None = None
     manifest_version: str = MANIFEST_VERSION_V1
@@ -174,6 +177,7 @@ class CommitResult:
             "open_for_writing": self.open_for_writing,
             "manifest_key": self.manifest_key,
             "manifest_uri": self.manifest_uri,
+            "output_manifest_path": self.output_manifest_path,
             "manifest_hash": self.manifest_hash,
             "output_file": self.output_file,
             "manifest_version": self.manifest_version,
@@ -521,6 +525,7 @@ def _commit(
                 hint="run vfs commit again (it resumes)",
             )
         result.manifest_key, result.manifest_uri = key, store.describe(key)
+        result.output_manifest_path = manifest_path_of_key(key)
     if options.output_file is not None:
         _write_file(options.output_file, data)
         result.output_file = options.output_file
