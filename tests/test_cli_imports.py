@@ -93,6 +93,7 @@ def files(tmp_path: Path) -> dict[str, str]:
             "--json",
         ],
         ["cache", "warm", "--help"],
+        ["commit", "--help"],
         ["--help"],
     ],
     ids=lambda args: " ".join(a for a in args if not a.startswith(("{", "-"))) or "help",

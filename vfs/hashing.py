@@ -37,6 +37,12 @@ def hash_string(text: str) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
+def new_hasher() -> xxhash.xxh3_128:
+    """A fresh incremental xxh128 (``update(bytes)``, ``hexdigest()``): for content hashed
+    while it is copied."""
+    return xxhash.xxh3_128()
+
+
 def hash_stream(stream: BinaryIO, buffer_size: int = FILE_BUFFER_SIZE) -> tuple[str, int]:
     """Hash a binary stream to its end. Returns ``(hex digest, bytes read)``."""
     hasher = xxhash.xxh3_128()

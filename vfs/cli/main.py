@@ -21,6 +21,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "vfs.cli.cache:cache",
         "Inspect, prune and warm the block cache shared by the node's mounts.",
     ),
+    "commit": (
+        "vfs.cli.commit:commit",
+        "Upload what a writable mount created or changed and write its output manifest.",
+    ),
     "doctor": (
         "vfs.cli.doctor:doctor",
         "Check this node can mount; say what to fix.",

@@ -32,6 +32,10 @@ from vfs.mount.tree import InodeTree
 
 log = logging.getLogger(__name__)
 
+XATTR_OVERLAY = b"user.vfs.overlay"
+"""Extended attribute of a writable mount's root: the overlay directory (``vfs commit
+MOUNTPOINT`` finds the overlay by it)."""
+
 CHANGED_TIMEOUT = 1.0
 """Attribute timeout in seconds of new and changed inodes."""
 
@@ -287,7 +291,7 @@ class WritableOperations(ReadOnlyOperations):
         fh = self._next_fh
         self._next_fh += 1
         self._whandles[fh] = _WHandle(inode, self.fetcher.open_state(), writable)
-        self.overlay.opened(inode)
+        self.overlay.opened(inode, writing=writable)
         return fh
 
     @_translated
@@ -358,12 +362,14 @@ class WritableOperations(ReadOnlyOperations):
     async def release(self, fh: int) -> None:
         handle = self._whandles.pop(fh, None)
         if handle is not None:
-            self.overlay.released(handle.inode)
+            self.overlay.released(handle.inode, writing=handle.writable)
 
     # -- extended attributes ----------------------------------------------------------------
 
     @_translated
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == XATTR_OVERLAY and inode == pyfuse3.ROOT_INODE:
+            return os.fsencode(self.overlay.root)
         if self.overlay.content_changed(inode) and inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await super().getxattr(inode, name, ctx)
@@ -372,4 +378,5 @@ class WritableOperations(ReadOnlyOperations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         if self.overlay.content_changed(inode) and inode != pyfuse3.ROOT_INODE:
             return []
-        return await super().listxattr(inode, ctx)
+        names = await super().listxattr(inode, ctx)
+        return [*names, XATTR_OVERLAY] if inode == pyfuse3.ROOT_INODE else names

@@ -44,10 +44,10 @@ from typing import Any
 import trio
 
 from vfs.errors import MountError, VfsError
-from vfs.hashing import hash_bytes
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.fetcher import ContentFetcher
-from vfs.mount.overlaydb import Node, OverlayDB
+from vfs.mount.overlaydb import Node, OverlayDB, content_sources
+from vfs.mount.overlaydb import base_fingerprint as base_fingerprint  # re-exported
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import ROOT_INODE, InodeTree
@@ -89,15 +89,6 @@ def _merge(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int
     out.append((lo, hi))
     out.sort()
     return out
-
-
-def base_fingerprint(tree: InodeTree) -> str:
-    """xxh128 of the base tree's names, hashes, sizes, mtimes and parents: equal for equal
-    merged manifests, so an overlay is only ever opened over the base it was made on."""
-    extra = (sorted(tree.symlinks.items()), sorted(tree.chunks.items()), sorted(tree.runnable))
-    parts = [tree.names, bytes(tree.hashes), tree.size.tobytes(), tree.mtime.tobytes(),
-             tree.parent.tobytes(), repr(extra).encode()]  # fmt: skip
-    return hash_bytes(b"\0".join(parts))
 
 
 class BaseContentError(OSError):
@@ -149,6 +140,7 @@ class Overlay:
         self.next_ino = len(tree) + 1
         self._fds: dict[int, int] = {}
         self._open: dict[int, int] = {}
+        self._writers: dict[int, int] = {}  # handles open for writing, per inode
         self._dirty: set[int] = set()
         self._changing = 0
         self._nlinks: dict[int, int] = {}  # link counts of changed directories, until a
@@ -209,8 +201,10 @@ class Overlay:
             ) from None
 
     def _recover(self) -> None:
-        """After a crash: forget overlay inodes that were unlinked while open, drop data
-        files no row claims, and take each data file's size as its file's size."""
+        """After a crash: forget the files recorded open for writing and overlay inodes
+        that were unlinked while open, drop data files no row claims, and take each data
+        file's size as its file's size."""
+        self.db.clear_writers()
         for ino, node in list(self.nodes.items()):
             if node.nlink == 0 and not node.base:
                 self.db.delete_node(ino)
@@ -600,13 +594,36 @@ class Overlay:
             fd = self._fds[ino] = os.open(self._data_path(ino), os.O_RDWR)
         return fd
 
-    def opened(self, ino: int) -> None:
-        """A handle on ``ino`` was opened (unlinked inodes live until the last release)."""
+    def opened(self, ino: int, writing: bool = False) -> None:
+        """A handle on ``ino`` was opened (unlinked inodes live until the last release);
+        ``writing``: for writing, which the database records for ``vfs commit`` (first,
+        so that a failure to record it, e.g. a full disk, leaves no handle counted)."""
+        if writing and not self._writers.get(ino):
+            self.db.set_writers(ino, 1)
         self._open[ino] = self._open.get(ino, 0) + 1
+        if writing:
+            self._writers[ino] = self._writers.get(ino, 0) + 1
 
-    def released(self, ino: int) -> None:
-        """A handle on ``ino`` was released: commit its size/mtime; at the last release,
-        close its data file and drop it when it was unlinked."""
+    def released(self, ino: int, writing: bool = False) -> None:
+        """A handle on ``ino`` was released (``writing``: one opened for writing): commit
+        its size/mtime; at the last release, close its data file and drop it when it was
+        unlinked. The record of the last writer goes after the size and mtime are saved,
+        and after the handle is forgotten (even when saving fails)."""
+        last_writer = False
+        if writing:
+            count = self._writers.get(ino, 0) - 1
+            if count > 0:
+                self._writers[ino] = count
+            else:
+                self._writers.pop(ino, None)
+                last_writer = True
+        try:
+            self._release(ino)
+        finally:
+            if last_writer:
+                self.db.set_writers(ino, 0)
+
+    def _release(self, ino: int) -> None:
         left = self._open.get(ino, 0) - 1
         node = self.nodes.get(ino)
         if left > 0:
@@ -710,25 +727,8 @@ class Overlay:
             ) from None
 
     def _sources(self, node: Node, index: int, lo: int, hi: int) -> list[tuple[bool, int, int]]:
-        """Where bytes ``[lo, hi)`` (within block ``index``) are: ``(from the base?, start,
-        stop)`` pieces in order, empty ones left out."""
-        if index in node.blocks or lo >= node.base_limit:
-            return [(False, lo, hi)]
-        cut = min(hi, node.base_limit)
-        out: list[tuple[bool, int, int]] = []
-        pos = lo
-        for a, b in node.extents.get(index, ()):
-            if b <= pos or a >= cut:
-                continue
-            if a > pos:
-                out.append((True, pos, a))
-            out.append((False, max(a, pos), min(b, cut)))
-            pos = min(b, cut)
-        if pos < cut:
-            out.append((True, pos, cut))
-        if cut < hi:
-            out.append((False, cut, hi))
-        return out
+        """Where bytes ``[lo, hi)`` (within block ``index``) are (:func:`content_sources`)."""
+        return content_sources(node, index, lo, hi)
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         """Write ``data`` at byte ``off`` of file ``ino``; returns ``len(data)``.

@@ -4,7 +4,9 @@ What it holds (the namespace changes over the immutable base tree; file data liv
 it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
 
 - ``meta``: ``base`` (fingerprint of the base tree the overlay was made over), ``next_ino``
-  (the next inode number to allocate; numbers above the base tree's largest).
+  (the next inode number to allocate; numbers above the base tree's largest), and what the
+  last mount was made of, for ``vfs commit``: ``manifests`` (JSON list of locations),
+  ``store`` (URI), ``mountpoint``.
 - ``inodes``: one row per overlay inode (a new file, directory or symlink) and per base
   inode whose metadata or content changed: mode (``st_mode`` with the type bits), size in
   bytes, mtime and ctime in nanoseconds since the epoch, symlink target, parent directory,
@@ -18,6 +20,9 @@ it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
 - ``extents``: ``(ino, index) -> spans``, the byte ranges (absolute ``[start, end)`` pairs,
   JSON) of a base file's block that writes put in its data file, for a block written only
   in part; the rest of the block is still read from the base (recorded after the write).
+- ``writers``: ``ino -> handles``, the files the running mount has open for writing
+  (recorded when the first such handle opens, dropped at its last release, cleared when a
+  mount starts), so that ``vfs commit`` can name and skip files still being written.
 
 Every change is committed before the operation that made it returns. The durability target
 is ``kill -9`` of the daemon (committed pages are in the kernel), not power loss:
@@ -31,6 +36,19 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vfs.hashing import hash_bytes
+
+if TYPE_CHECKING:
+    from vfs.mount.tree import InodeTree
+
+META_MANIFESTS = "manifests"
+"""``meta`` key: JSON list of the base manifests' locations (written by the mount)."""
+META_STORE = "store"
+"""``meta`` key: URI of the store holding the base objects (written by the mount)."""
+META_MOUNTPOINT = "mountpoint"
+"""``meta`` key: the mount point the overlay was last mounted on."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +82,7 @@ CREATE TABLE IF NOT EXISTS extents (
     spans TEXT NOT NULL,
     PRIMARY KEY (ino, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS writers (ino INTEGER PRIMARY KEY, handles INTEGER NOT NULL);
 """
 
 
@@ -110,6 +129,17 @@ class OverlayDB:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
         self._depth = 0
+
+    @classmethod
+    def reader(cls, path: str, timeout: float = 30.0) -> OverlayDB:
+        """A connection to an existing database for reading only (``vfs commit``): no
+        schema is created and no pragma changed, so it works beside the mount's own
+        connection (WAL readers never block it). ``timeout``: seconds to wait for a lock."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+        self._depth = 0
+        return self
 
     def close(self) -> None:
         """Close the connection (everything is committed already)."""
@@ -228,9 +258,63 @@ class OverlayDB:
         with self.transaction() as c:
             c.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, name))
 
+    # -- files open for writing -------------------------------------------------------------
+
+    def set_writers(self, ino: int, handles: int) -> None:
+        """Record that ``ino`` has ``handles`` handles open for writing (0: drop the row)."""
+        with self.transaction() as c:
+            if handles:
+                c.execute(
+                    "INSERT OR REPLACE INTO writers (ino, handles) VALUES (?, ?)", (ino, handles)
+                )
+            else:
+                c.execute("DELETE FROM writers WHERE ino = ?", (ino,))
+
+    def clear_writers(self) -> None:
+        """Forget every writer (a mount starting: no handle survives its predecessor)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM writers")
+
+    def load_writers(self) -> set[int]:
+        """Inodes recorded as open for writing."""
+        return {int(ino) for (ino,) in self.conn.execute("SELECT ino FROM writers")}
+
     def load_dirents(self) -> dict[int, dict[bytes, int]]:
         """Every recorded entry: ``{parent: {name: ino (0 = whiteout)}}``."""
         out: dict[int, dict[bytes, int]] = {}
         for parent, name, ino in self.conn.execute("SELECT parent, name, ino FROM dirents"):
             out.setdefault(parent, {})[bytes(name)] = ino
         return out
+
+
+def content_sources(node: Node, index: int, lo: int, hi: int) -> list[tuple[bool, int, int]]:
+    """Where bytes ``[lo, hi)`` (within block ``index``) of ``node``'s content are:
+    ``(from the base?, start, stop)`` pieces in order, empty ones left out. A block held
+    whole, and everything at or past ``base_limit``, is in the data file; otherwise the
+    written extents are and the rest comes from the base object."""
+    if index in node.blocks or lo >= node.base_limit:
+        return [(False, lo, hi)]
+    cut = min(hi, node.base_limit)
+    out: list[tuple[bool, int, int]] = []
+    pos = lo
+    for a, b in node.extents.get(index, ()):
+        if b <= pos or a >= cut:
+            continue
+        if a > pos:
+            out.append((True, pos, a))
+        out.append((False, max(a, pos), min(b, cut)))
+        pos = min(b, cut)
+    if pos < cut:
+        out.append((True, pos, cut))
+    if cut < hi:
+        out.append((False, cut, hi))
+    return out
+
+
+def base_fingerprint(tree: InodeTree) -> str:
+    """xxh128 of the base tree's names, hashes, sizes, mtimes and parents: equal for equal
+    merged manifests, so an overlay is only ever opened over the base it was made on."""
+    extra = (sorted(tree.symlinks.items()), sorted(tree.chunks.items()), sorted(tree.runnable))
+    parts = [tree.names, bytes(tree.hashes), tree.size.tobytes(), tree.mtime.tobytes(),
+             tree.parent.tobytes(), repr(extra).encode()]  # fmt: skip
+    return hash_bytes(b"\0".join(parts))

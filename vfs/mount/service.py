@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import fcntl
 import gc
+import json
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from vfs.mount.launch import python_argv as python_argv
 from vfs.mount.launch import start_mount as start_mount
 from vfs.mount.launch import unmount as unmount
 from vfs.mount.overlay import Overlay, fetcher_reader
+from vfs.mount.overlaydb import META_MANIFESTS, META_MOUNTPOINT, META_STORE
 from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
 from vfs.mount.preflight import check_fuse_options, check_mountpoint, check_store
 from vfs.mount.stats import MountStats
@@ -159,6 +161,18 @@ def default_overlay_dir(cache_dir: str, mountpoint: str) -> str:
     return os.path.join(cache_dir, "overlays", name)
 
 
+def record_overlay_origin(
+    overlay: Overlay, manifests: Sequence[str], store_uri: str, mountpoint: str
+) -> None:
+    """Write into the overlay's ``meta`` what ``vfs commit`` needs to diff it without the
+    mount: ``manifests`` (JSON list of the base manifests' locations, merged in order),
+    ``store`` (the store URI of the base objects) and ``mountpoint``."""
+    with overlay.db.transaction():
+        overlay.db.set_meta(META_MANIFESTS, json.dumps(list(manifests)))
+        overlay.db.set_meta(META_STORE, store_uri)
+        overlay.db.set_meta(META_MOUNTPOINT, mountpoint)
+
+
 def fuse_options(extra: Sequence[str], writable: bool = False) -> set[str]:
     """Mount options: pyfuse3's defaults, named ``vfs``, read-only unless ``writable``,
     plus ``extra``.
@@ -251,6 +265,7 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         if config.writable:
             overlay_dir = config.overlay_dir or default_overlay_dir(config.cache_dir, mountpoint)
             overlay = Overlay.open(overlay_dir, tree, fetcher_reader(tree, fetcher), stats)
+            record_overlay_origin(overlay, sources, config.store_uri, mountpoint)
             log.info("writable: the overlay is %s (%d changed inodes)", overlay_dir,
                      len(overlay.nodes))  # fmt: skip
             ops: ReadOnlyOperations = WritableOperations(tree, fetcher, stats, overlay, planner)

@@ -63,6 +63,8 @@ class S3Relay:
     * ``down``: answer every request with 503.
     * ``fail_ratio``: answer that share of the requests with 503.
     * ``stall``: wait that many seconds before answering.
+    * ``stall_only``: when set, ``stall`` applies only to requests whose ``"METHOD path"``
+      contains it (e.g. ``"PUT /bucket/Manifests/"``).
     * ``expected_owner``: when set, a request whose ``x-amz-expected-bucket-owner`` header
       differs (or is missing) gets 403 ``AccessDenied``, like S3 does.
     * ``deny``: ``(status, code, message)``: answer every request with that S3 error (an
@@ -87,6 +89,7 @@ class S3Relay:
         self.down = False
         self.fail_ratio = 0.0
         self.stall = 0.0
+        self.stall_only: str | None = None
         self.drop_range = False
         self.stall_body = 0.0
         self.trickle = 0.0
@@ -169,7 +172,9 @@ class S3Relay:
         body = h.rfile.read(length) if length else None
         owner = h.headers.get("x-amz-expected-bucket-owner")
         self.seen.append(Request(h.command, h.path, h.headers.get("Range"), owner))
-        self._sleep(self.stall)
+        only = self.stall_only
+        if only is None or only in f"{h.command} {h.path}":
+            self._sleep(self.stall)
         if self._closed.is_set():
             raise _Reset
         if self.down or (self.fail_ratio and random.random() < self.fail_ratio):

@@ -1,0 +1,693 @@
+"""``vfs commit``: turn what a writable mount's overlay changed into an output manifest.
+
+Steps (:func:`commit_overlay`):
+
+1. Read the overlay (:class:`~vfs.mount.overlaydiff.OverlaySnapshot`: a consistent view,
+   with the mount running or not) and list the candidates: new, renamed, written, chmod'ed
+   or touched regular files under the output directories. Files still open for writing
+   are named and skipped (or waited for with ``wait``).
+2. Hash each candidate whose content is not known (xxh128, :mod:`vfs.hashing`) and keep
+   only the outputs: a file whose hash differs from what its path held before (the base
+   manifest, or the last commit). A file rewritten with identical bytes, or only touched,
+   is not an output; in format 2025-12-04-beta a changed execute bit is recorded, and so
+   are deletions.
+3. Upload the outputs' CAS objects, ``Data/{hash}.xxh128`` (reference/job-attachments.md
+   §4, §8.3); an object the store has at the right size is skipped. Unlike deadline, the
+   data goes up *before* the manifest, so a published manifest never names missing data.
+4. Write the output manifest: canonical format 2023-03-03 by default (paths relative to the
+   asset root, the mount's root; reference §1), or a 2025-12-04-beta diff manifest whose
+   ``parentManifestHash`` is the base manifest (then the previous v2 commit; reference §2).
+   With session ids it goes to the official key ``Manifests/{farm}/{queue}/{job}/{step}/
+   [{task}/]{ts}_{sessionAction}/{xxh128(fsl + rootPath)}_output`` with the output metadata
+   (``asset-root``…; reference §4, §4.1, §8.4); with ``output_file`` to a local file.
+5. Only once the manifest upload is confirmed (the store answers its size), record the
+   commit and the committed entries in ``DIR/commits.db`` (:class:`CommitLog`).
+
+Idempotent and resumable: a commit killed anywhere is run again from the start; objects
+uploaded before are skipped, the manifest goes to the same key as before (the commit log
+keeps the session action start time chosen by an unfinished commit), and nothing is
+recorded twice. A second commit after a finished one finds nothing new and writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from vfs.errors import UploadError, VfsError
+from vfs.hashing import hash_bytes, new_hasher
+from vfs.manifest import (
+    FILE_CHUNK_SIZE_BYTES,
+    MANIFEST_VERSION_V1,
+    MANIFEST_VERSION_V2,
+    Manifest,
+    ManifestFilePath,
+    ManifestPath,
+    ManifestV2,
+    encode_manifest,
+    encode_manifest_v2,
+)
+from vfs.mount.overlaydiff import FileState, OverlaySnapshot
+from vfs.storage import (
+    ObjectStore,
+    S3Options,
+    data_key,
+    manifest_key,
+    manifest_metadata,
+    manifest_path_of_key,
+    open_store,
+    output_manifest_name,
+    session_action_manifest_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+WAIT_POLL = 0.25
+"""Seconds between looks at the files open for writing, with ``wait``."""
+
+ENV_IDS = {
+    "farm_id": "DEADLINE_FARM_ID",
+    "queue_id": "DEADLINE_QUEUE_ID",
+    "job_id": "DEADLINE_JOB_ID",
+    "step_id": "DEADLINE_STEP_ID",
+    "task_id": "DEADLINE_TASK_ID",
+    "session_action_id": "DEADLINE_SESSIONACTION_ID",
+    "start_time": "DEADLINE_SESSIONACTION_START_TIME",
+}
+"""The worker's environment variables of a task's session (reference §8.4: the session
+environment plus ``DEADLINE_SESSIONACTION_ID``, ``DEADLINE_SESSIONACTION_START_TIME``,
+``DEADLINE_STEP_ID`` and the optional ``DEADLINE_TASK_ID`` of ``attachment_upload.py``)."""
+
+
+class CommitError(VfsError):
+    """A commit cannot be made; the message names the path, key or option and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIds:
+    """Where an output manifest goes: the ids of the task's session action and its start
+    (``start_time``: seconds since the epoch, the worker's
+    ``DEADLINE_SESSIONACTION_START_TIME``; ``None``: chosen at the first try and kept)."""
+
+    farm_id: str
+    queue_id: str
+    job_id: str
+    step_id: str
+    task_id: str | None
+    session_action_id: str
+    start_time: float | None = None
+
+    def identity(self) -> str:
+        """The ids without the start time, as one string (the commit log's target)."""
+        return "/".join((self.farm_id, self.queue_id, self.job_id, self.step_id,
+                         self.task_id or "", self.session_action_id))  # fmt: skip
+
+
+@dataclass(slots=True)
+class CommitOptions:
+    """What to commit and where.
+
+    ``output_dirs``: relative directories whose files are outputs (all of the mount when
+    empty). ``manifest_version``: ``2023-03-03`` or ``2025-12-04-beta``. ``ids``: the
+    official manifest key; ``output_file``: a local manifest file (at least one of the
+    two). ``asset_root``: the ``rootPath`` of the job's manifest (metadata and manifest
+    name; default: the mount point). ``store_uri``: the store for CAS objects and the
+    manifest (default: the mount's store). ``wait``: wait for files open for writing.
+    """
+
+    output_dirs: Sequence[str] = ()
+    manifest_version: str = MANIFEST_VERSION_V1
+    ids: SessionIds | None = None
+    output_file: str | None = None
+    asset_root: str | None = None
+    file_system_location_name: str | None = None
+    store_uri: str | None = None
+    wait: bool = False
+    workers: int = 8
+
+
+@dataclass(slots=True)
+class CommitResult:
+    """The outcome: counts of files (``files``: outputs written to the manifest; ``bytes``:
+    their total size), CAS objects uploaded and skipped (with bytes), deletions and mode
+    changes recorded (v2), the files skipped because they are open for writing, the
+    manifest's ``manifest_key`` (relative to the store root, ``Manifests/…``) and
+    ``manifest_uri`` (the full location), ``output_manifest_path`` (the key without
+    ``Manifests/``: what the worker reports as ``outputManifestPath``, reference §4, §8.4)
+    and/or ``output_file``, and its hash (``None`` when there was nothing to commit)."""
+
+    files: int = 0
+    bytes: int = 0
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    skipped: int = 0
+    skipped_bytes: int = 0
+    deleted: int = 0
+    mode_changes: int = 0
+    open_for_writing: list[str] = field(default_factory=list)
+    manifest_key: str | None = None
+    manifest_uri: str | None = None
+    output_manifest_path: str | None = None
+    manifest_hash: str | None = None
+    output_file: str | None = None
+    manifest_version: str = MANIFEST_VERSION_V1
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` summary."""
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "uploaded": self.uploaded,
+            "uploaded_bytes": self.uploaded_bytes,
+            "skipped": self.skipped,
+            "skipped_bytes": self.skipped_bytes,
+            "deleted": self.deleted,
+            "mode_changes": self.mode_changes,
+            "open_for_writing": self.open_for_writing,
+            "manifest_key": self.manifest_key,
+            "manifest_uri": self.manifest_uri,
+            "output_manifest_path": self.output_manifest_path,
+            "manifest_hash": self.manifest_hash,
+            "output_file": self.output_file,
+            "manifest_version": self.manifest_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a path held at the last finished commit: ``hash`` (``None``: deleted) and
+    ``runnable``."""
+
+    hash: str | None
+    runnable: bool
+
+
+# -- the commit log ------------------------------------------------------------------------------
+
+
+class CommitLog:
+    """``DIR/commits.db`` beside the overlay (never the mount's own ``overlay.db``, whose
+    writes must not wait for ours).
+
+    ``commits``: one row per commit: ``target`` (the session ids or the output file),
+    ``manifest_hash``, ``manifest_version``, ``start_time`` (seconds since the epoch),
+    ``key`` and ``state`` (``pending`` until the manifest upload is confirmed, then
+    ``done``). ``committed``: per path (bytes), what the last finished commit recorded
+    (``hash``, NULL for a deletion; ``runnable``). Raises ``sqlite3.Error``.
+    """
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS commits (
+        id INTEGER PRIMARY KEY, target TEXT NOT NULL, manifest_hash TEXT NOT NULL,
+        manifest_version TEXT NOT NULL, start_time REAL, key TEXT, state TEXT NOT NULL,
+        created REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS committed (
+        path BLOB PRIMARY KEY, hash TEXT, runnable INTEGER NOT NULL) WITHOUT ROWID;
+    """
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(self.SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.conn.close()
+
+    def committed(self) -> dict[str, Committed]:
+        """Every path recorded by finished commits."""
+        return {
+            bytes(p).decode("utf-8", "surrogateescape"): Committed(h, bool(r))
+            for p, h, r in self.conn.execute("SELECT path, hash, runnable FROM committed")
+        }
+
+    def pending_start(self, target: str) -> float | None:
+        """The start time an unfinished commit to ``target`` chose, if any."""
+        row = self.conn.execute(
+            "SELECT start_time FROM commits WHERE target = ? AND state = 'pending'"
+            " ORDER BY id DESC LIMIT 1",
+            (target,),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def last_v2_hash(self) -> str | None:
+        """Manifest hash of the last finished commit of format 2025-12-04-beta."""
+        row = self.conn.execute(
+            "SELECT manifest_hash FROM commits WHERE state = 'done' AND manifest_version = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (MANIFEST_VERSION_V2,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def begin(self, target: str, manifest_hash: str, version: str, start: float | None,
+              key: str | None) -> int:  # fmt: skip
+        """Record a commit about to upload (state ``pending``); returns its id."""
+        cur = self.conn.execute(
+            "INSERT INTO commits (target, manifest_hash, manifest_version, start_time, key,"
+            " state, created) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (target, manifest_hash, version, start, key, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def finish(self, commit_id: int, entries: Iterable[tuple[str, str | None, bool]]) -> None:
+        """In one transaction: mark commit ``commit_id`` done (and earlier pending ones to
+        the same target superseded) and record ``(path, hash or None, runnable)``."""
+        rows = [(p.encode("utf-8", "surrogateescape"), h, int(r)) for p, h, r in entries]
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("UPDATE commits SET state = 'done' WHERE id = ?", (commit_id,))
+            self.conn.execute(
+                "UPDATE commits SET state = 'superseded' WHERE state = 'pending' AND target ="
+                " (SELECT target FROM commits WHERE id = ?)",
+                (commit_id,),
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO committed (path, hash, runnable) VALUES (?, ?, ?)", rows
+            )
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+
+# -- selection ---------------------------------------------------------------------------------
+
+
+def normalize_output_dirs(dirs: Sequence[str]) -> list[str]:
+    """``--output-dir`` values as ``/``-separated relative paths without ``./`` or a
+    trailing ``/``. Raises :class:`CommitError` for absolute paths and ``..``."""
+    out = []
+    for d in dirs:
+        parts = [p for p in d.replace(os.sep, "/").split("/") if p not in ("", ".")]
+        if d.startswith("/") or ".." in parts:
+            raise CommitError(
+                f"--output-dir {d!r} must be relative to the mount root, without '..'",
+                hint="e.g. --output-dir renders",
+            )
+        out.append("/".join(parts))
+    return out
+
+
+def _under(path: str, dirs: Sequence[str]) -> bool:
+    return not dirs or any(d == "" or path.startswith(d + "/") for d in dirs)
+
+
+@dataclass(slots=True)
+class _Output:
+    state: FileState
+    hash: str
+    temp: str | None  # assembled content (a base file written in part), to upload
+
+
+def _hash_candidate(
+    snap: OverlaySnapshot, f: FileState, base: ObjectStore, tmp_dir: str
+) -> tuple[str, str | None]:
+    """``(xxh128, temp file or None)`` of a candidate's content: known, or read from its
+    data file, or assembled into a temp file from data file and base objects (read from
+    ``base``, the mount's store)."""
+    if f.known_hash is not None:
+        return f.known_hash, None
+    path = snap.data_path(f.ino)
+    hasher = new_hasher()
+    if path is not None:
+        with open(path, "rb", buffering=0) as src:
+            left = f.size
+            while left > 0:
+                piece = src.read(min(left, 8 * 1024 * 1024))
+                if not piece:  # a sparse tail past the data file's end reads as zeros
+                    piece = bytes(min(left, 8 * 1024 * 1024))
+                hasher.update(piece)
+                left -= len(piece)
+        return hasher.hexdigest(), None
+    fd, temp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{f.ino}-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for piece in snap.read_content(f.ino, base):
+                hasher.update(piece)
+                out.write(piece)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return hasher.hexdigest(), temp
+
+
+def _upload_source(snap: OverlaySnapshot, out: _Output, base: ObjectStore, tmp_dir: str) -> str:
+    """A local file with the output's content, for ``put_file`` (base objects read from
+    ``base``)."""
+    if out.temp is not None:
+        return out.temp
+    path = snap.data_path(out.state.ino)
+    if path is not None and os.stat(path).st_size == out.state.size:
+        return path
+    fd, temp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{out.state.ino}-")
+    with os.fdopen(fd, "wb") as f:
+        for piece in snap.read_content(out.state.ino, base):
+            f.write(piece)
+    out.temp = temp
+    return temp
+
+
+# -- the commit ----------------------------------------------------------------------------------
+
+
+def commit_overlay(
+    overlay_dir: str,
+    options: CommitOptions,
+    s3: S3Options | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> CommitResult:
+    """Commit the changes of the overlay in ``overlay_dir`` (see the module).
+
+    ``progress(n)`` is called with bytes hashed or uploaded; ``on_total(n)`` once with the
+    bytes to hash and upload. Raises :class:`CommitError` (bad options, nothing to write
+    the manifest to, a v2 commit without a single base manifest), ``OverlayError`` (not an
+    overlay, base manifests changed), :class:`UploadError` (objects or the manifest could
+    not be stored) and the store's errors.
+    """
+    version = options.manifest_version
+    if version not in (MANIFEST_VERSION_V1, MANIFEST_VERSION_V2):
+        raise CommitError(f"unknown manifest version {version!r}",
+                          hint=f"use {MANIFEST_VERSION_V1} or {MANIFEST_VERSION_V2}")  # fmt: skip
+    if options.ids is None and options.output_file is None:
+        raise CommitError(
+            "nowhere to write the output manifest",
+            hint="give --farm-id … --session-action-id (or DEADLINE_* variables), or --output FILE",
+        )
+    dirs = normalize_output_dirs(options.output_dirs)
+    with OverlaySnapshot.open(overlay_dir, s3) as snap:
+        while True:
+            candidates = [f for f in snap.changed_files() if _under(f.path, dirs)]
+            busy = [f for f in candidates if f.ino in snap.writers]
+            if not busy or not options.wait:
+                break
+            log.info("waiting for %d file(s) open for writing: %s", len(busy),
+                     ", ".join(f.path for f in busy[:5]))  # fmt: skip
+            time.sleep(WAIT_POLL)
+            snap.reload()
+        result = CommitResult(manifest_version=version)
+        result.open_for_writing = sorted(f.path for f in busy)
+        for path in result.open_for_writing:
+            log.warning("%s is open for writing: not committed (use --wait)", path)
+        busy_inos = {f.ino for f in busy}
+        candidates = [f for f in candidates if f.ino not in busy_inos]
+        base = open_store(snap.store_uri, s3)
+        store = open_store(options.store_uri, s3) if options.store_uri else base
+        with _commit_lock(overlay_dir) as tmp_dir:
+            log_db = CommitLog(os.path.join(overlay_dir, "commits.db"))
+            try:
+                return _commit(snap, options, version, dirs, candidates, (base, store),
+                               log_db, tmp_dir, result, progress, on_total)  # fmt: skip
+            finally:
+                log_db.close()
+
+
+@contextlib.contextmanager
+def _commit_lock(overlay_dir: str) -> Iterator[str]:
+    """Hold ``DIR/commit.lock`` (one commit at a time per overlay) and yield an emptied
+    ``DIR/commit-tmp`` for assembled content (what a killed commit left there goes).
+    Raises :class:`CommitError` when another commit holds the lock."""
+    fd = os.open(os.path.join(overlay_dir, "commit.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommitError(
+                f"another vfs commit is running on the overlay in {overlay_dir}",
+                hint="wait for it to finish",
+            ) from None
+        tmp_dir = os.path.join(overlay_dir, "commit-tmp")
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.makedirs(tmp_dir, mode=0o700)
+        try:
+            yield tmp_dir
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _commit(
+    snap: OverlaySnapshot,
+    options: CommitOptions,
+    version: str,
+    dirs: list[str],
+    candidates: list[FileState],
+    stores: tuple[ObjectStore, ObjectStore],
+    log_db: CommitLog,
+    tmp_dir: str,
+    result: CommitResult,
+    progress: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
+) -> CommitResult:
+    base, store = stores  # the mount's store (base objects), the one committed to
+    committed = log_db.committed()
+    if on_total is not None:
+        on_total(2 * sum(f.size for f in candidates if f.known_hash is None))
+    lock = threading.Lock()
+
+    def hash_one(f: FileState) -> tuple[FileState, str, str | None]:
+        h, temp = _hash_candidate(snap, f, base, tmp_dir)
+        if progress is not None and f.known_hash is None:
+            with lock:
+                progress(f.size)
+        return f, h, temp
+
+    outputs: list[_Output] = []
+    mode_changes: list[FileState] = []
+    with ThreadPoolExecutor(max_workers=options.workers) as pool:
+        for f, h, temp in pool.map(hash_one, candidates):
+            before = committed.get(f.path)
+            prev_hash = before.hash if before is not None else f.base_hash
+            prev_runnable = before.runnable if before is not None else f.base_runnable
+            if h != prev_hash:
+                outputs.append(_Output(f, h, temp))
+                continue
+            if temp is not None:
+                os.unlink(temp)
+            if f.runnable != prev_runnable:
+                mode_changes.append(f)
+    deleted: list[str] = []
+    if version == MANIFEST_VERSION_V1:
+        mode_changes = []  # format 2023-03-03 records neither
+    else:
+        deleted = _deleted(snap, dirs, committed)
+    result.files = len(outputs)
+    result.bytes = sum(o.state.size for o in outputs)
+    result.deleted, result.mode_changes = len(deleted), len(mode_changes)
+    if not outputs and not mode_changes and not deleted:
+        log.info("nothing to commit in %s", snap.root)
+        return result
+    data = _encode(snap, version, outputs, mode_changes, deleted, log_db)
+    result.manifest_hash = hash_bytes(data)
+
+    # Where it goes; an unfinished commit to the same place fixes the start time (the key).
+    target = options.ids.identity() if options.ids is not None else f"file:{options.output_file}"
+    start: float | None = None
+    key: str | None = None
+    metadata: dict[str, str] = {}
+    if options.ids is not None:
+        ids = options.ids
+        start = ids.start_time
+        if start is None:
+            start = log_db.pending_start(target) or time.time()
+        root_path = options.asset_root or snap.mountpoint
+        prefix = session_action_manifest_prefix(ids.farm_id, ids.queue_id, ids.job_id,
+                                                ids.step_id, ids.task_id,
+                                                ids.session_action_id, start)  # fmt: skip
+        fsl = options.file_system_location_name
+        key = manifest_key(f"{prefix}/{output_manifest_name(root_path, fsl)}")
+        metadata = manifest_metadata(root_path, fsl)
+    commit_id = log_db.begin(target, result.manifest_hash, version, start, key)
+
+    _upload_objects(snap, outputs, stores, tmp_dir, options.workers, result, progress)
+    if key is not None:
+        try:
+            store.put_bytes(key, data, metadata)
+            confirmed = store.head(key)
+        except VfsError as e:
+            raise UploadError(f"the output manifest {store.describe(key)} was not stored: {e}",
+                              hint="run vfs commit again (it resumes)") from None  # fmt: skip
+        if confirmed != len(data):
+            raise UploadError(
+                f"the output manifest {store.describe(key)} is not in the store after its upload",
+                hint="run vfs commit again (it resumes)",
+            )
+        result.manifest_key, result.manifest_uri = key, store.describe(key)
+        result.output_manifest_path = manifest_path_of_key(key)
+    if options.output_file is not None:
+        _write_file(options.output_file, data)
+        result.output_file = options.output_file
+    entries: list[tuple[str, str | None, bool]] = [
+        (o.state.path, o.hash, o.state.runnable) for o in outputs
+    ]
+    if version == MANIFEST_VERSION_V2:
+        entries += [(f.path, f.base_hash if f.path not in committed else
+                     committed[f.path].hash, f.runnable) for f in mode_changes]  # fmt: skip
+        entries += [(p, None, False) for p in deleted]
+    log_db.finish(commit_id, entries)
+    return result
+
+
+def _deleted(snap: OverlaySnapshot, dirs: list[str], committed: dict[str, Committed]) -> list[str]:
+    """Paths (under ``dirs``) that held a file before and hold none now, not recorded as
+    deleted by an earlier commit."""
+    gone = [p for p in snap.deleted_paths() if _under(p, dirs)]
+    out = [p for p in gone if not (p in committed and committed[p].hash is None)]
+    present = set(out)
+    for path, c in committed.items():
+        if c.hash is None or path in present or not _under(path, dirs):
+            continue
+        ino = snap.resolve(path)
+        if ino is None or not snap.is_file(ino):
+            out.append(path)
+    return sorted(out)
+
+
+def _encode(
+    snap: OverlaySnapshot,
+    version: str,
+    outputs: list[_Output],
+    mode_changes: list[FileState],
+    deleted: list[str],
+    log_db: CommitLog,
+) -> bytes:
+    """The manifest's canonical bytes (v1 snapshot of the outputs, or v2 diff)."""
+    if version == MANIFEST_VERSION_V1:
+        paths = [ManifestPath(o.state.path, o.hash, o.state.size, o.state.mtime_us)
+                 for o in outputs]  # fmt: skip
+        return encode_manifest(Manifest(paths))
+    parent = log_db.last_v2_hash() or snap.base_hash
+    if parent is None:
+        raise CommitError(
+            f"a {MANIFEST_VERSION_V2} diff needs one base manifest; the overlay in {snap.root} "
+            f"was mounted over {len(snap.manifests)}",
+            hint=f"commit with --manifest-version {MANIFEST_VERSION_V1}",
+        )
+    files: list[ManifestFilePath] = []
+    for o in outputs:
+        if o.state.size > FILE_CHUNK_SIZE_BYTES:
+            raise CommitError(
+                f"{o.state.path} is larger than {FILE_CHUNK_SIZE_BYTES} bytes: chunked files "
+                f"are not written by vfs commit yet",
+                hint=f"commit with --manifest-version {MANIFEST_VERSION_V1}",
+            )
+        st = o.state
+        files.append(ManifestFilePath.file(st.path, o.hash, st.size, st.mtime_us,
+                                           runnable=st.runnable))  # fmt: skip
+    for f in mode_changes:
+        h = f.known_hash or f.base_hash
+        assert h is not None
+        files.append(ManifestFilePath.file(f.path, h, f.size, f.mtime_us, runnable=f.runnable))
+    files += [ManifestFilePath.deletion(p) for p in deleted]
+    return encode_manifest_v2(ManifestV2(files=files, parent_manifest_hash=parent))
+
+
+def _upload_objects(
+    snap: OverlaySnapshot,
+    outputs: list[_Output],
+    stores: tuple[ObjectStore, ObjectStore],
+    tmp_dir: str,
+    workers: int,
+    result: CommitResult,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Upload each distinct object once; skip those the store has at the right size.
+    ``stores``: the mount's (base objects are read from it) and the one uploaded to.
+    Raises :class:`UploadError` listing the objects that failed."""
+    base, store = stores
+    by_hash: dict[str, _Output] = {}
+    for o in outputs:
+        by_hash.setdefault(o.hash, o)
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def one(o: _Output) -> None:
+        key = data_key(o.hash)
+        try:
+            if store.head(key) == o.state.size:
+                with lock:
+                    result.skipped += 1
+                    result.skipped_bytes += o.state.size
+            else:
+                store.put_file(key, _upload_source(snap, o, base, tmp_dir))
+                with lock:
+                    result.uploaded += 1
+                    result.uploaded_bytes += o.state.size
+        except (VfsError, OSError) as e:
+            with lock:
+                failures.append(f"{o.state.path} ({store.describe(key)}): {e}")
+            return
+        if progress is not None:
+            with lock:
+                progress(o.state.size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, by_hash.values()))
+    if failures:
+        shown = "\n  ".join(failures[:10])
+        raise UploadError(
+            f"{len(failures)} of {len(by_hash)} objects were not uploaded:\n  {shown}",
+            hint="run vfs commit again (it resumes)",
+        )
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temp file beside it, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=".vfs-commit-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def ids_from_env(
+    given: dict[str, str | None], environ: dict[str, str] | None = None
+) -> SessionIds | None:
+    """Session ids from ``given`` (option values, ``None`` when not given), else from the
+    worker's environment variables (:data:`ENV_IDS`). ``None`` when neither names any.
+    Raises :class:`CommitError` naming what is missing when only some are known, or a start
+    time that is not a number."""
+    env = dict(os.environ if environ is None else environ)
+    values = {k: given.get(k) or env.get(var) or None for k, var in ENV_IDS.items()}
+    required = ("farm_id", "queue_id", "job_id", "step_id", "session_action_id")
+    if not any(values[k] for k in required):
+        return None
+    missing = [ENV_IDS[k] for k in required if not values[k]]
+    if missing:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in required if not values[k])
+        raise CommitError(
+            f"the output manifest key needs {names} (or {', '.join(missing)})",
+            hint="give all the session ids, or none and --output FILE",
+        )
+    start_text = values["start_time"]
+    try:
+        start = float(start_text) if start_text else None
+    except ValueError:
+        raise CommitError(
+            f"the session action start time {start_text!r} is not a number of seconds",
+            hint="fix DEADLINE_SESSIONACTION_START_TIME or --start-time",
+        ) from None
+    return SessionIds(
+        str(values["farm_id"]), str(values["queue_id"]), str(values["job_id"]),
+        str(values["step_id"]), values["task_id"], str(values["session_action_id"]), start,
+    )  # fmt: skip
