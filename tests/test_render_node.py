@@ -32,7 +32,7 @@ from conftest import require_tool
 from test_read_path import put_s3, write_manifest
 
 from vfs.cli.deadline_vfs import OVERLAY_SUBDIR, install_layout
-from vfs.hashing import hash_bytes
+from vfs.hashing import hash_bytes, hash_string
 from vfs.manifest import decode_manifest
 from vfs.mount.launch import is_mounted
 from vfs.storage import data_key
@@ -76,6 +76,17 @@ def daemons(point: Path) -> list[int]:
         if b"--foreground" in args and os.fsencode(point) in args and b"mount" in args:
             found.append(int(entry))
     return found
+
+
+def no_daemons_left(point: Path, timeout: float = 15) -> bool:
+    """Wait for the daemons of ``point`` to exit (an unmounted daemon first finishes its
+    cache writes); True when none is left."""
+    deadline = time.monotonic() + timeout
+    while daemons(point):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def pid_file_lines(session: Path) -> list[list[str]]:
@@ -245,7 +256,8 @@ def test_a_task_on_the_mount_and_the_workers_upload(
     assert info["source_path"] == SOURCE_ROOT
     manifest_keys = keys(s3_client, s3_bucket, f"{PREFIX}/Manifests/")
     assert manifest_keys == {f"{PREFIX}/Manifests/{info['output_manifest_path']}"}
-    assert "/farm-1/queue-1/job-1/step-1/task-1/" in info["output_manifest_path"]
+    assert info["output_manifest_path"].startswith("farm-1/queue-1/job-1/step-1/task-1/")
+    assert info["output_manifest_path"].endswith(f"/{hash_string(SOURCE_ROOT)}_output")
     body = s3_client.get_object(Bucket=s3_bucket, Key=manifest_keys.pop())["Body"].read()
     uploaded = {e.path: (e.hash, e.size) for e in decode_manifest(body).paths}
     # Exactly the task's outputs: not the untouched frame_0001 under out/, not scratch/.
@@ -275,10 +287,7 @@ def test_a_task_on_the_mount_and_the_workers_upload(
     agent.do("kill")
     assert not is_mounted(str(point))
     assert not (agent.session / "vfs_pids.txt").exists()
-    deadline = time.monotonic() + 10
-    while daemons(point) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert daemons(point) == []
+    assert no_daemons_left(point)
     assert agent.shared_cache.is_dir()  # the node's block cache, kept after the session
 
 
@@ -301,7 +310,7 @@ def test_the_agent_remounts_a_point_whose_daemon_was_killed(
     assert wait_exit(pid, 10)
     with pytest.raises(OSError) as dead:
         os.statvfs(point)
-    assert dead.value.errno == errno.ENOTCONN and is_mounted(str(point))
+    assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED) and is_mounted(str(point))
 
     agent.do("mount", manifest=str(job_manifest))
     [new] = daemons(point)
@@ -309,4 +318,4 @@ def test_the_agent_remounts_a_point_whose_daemon_was_killed(
     assert read_all(point, inputs) == inputs
     assert (point / "out/frame.exr").read_bytes() == b"frame 1"
     agent.do("kill")
-    assert not is_mounted(str(point)) and daemons(point) == []
+    assert not is_mounted(str(point)) and no_daemons_left(point)

@@ -74,6 +74,10 @@ def main() -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     env = json.loads(env_json)
+    # Replies keep the real stdout; everything else printing there (deadline's findmnt
+    # calls) goes to stderr.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "exit":
@@ -83,7 +87,7 @@ def main() -> None:
         except Exception as e:
             logging.exception("command %s failed", command)
             reply = {"error": f"{type(e).__name__}: {e}"}
-        print(json.dumps(reply), flush=True)
+        print(json.dumps(reply), file=replies, flush=True)
 
 
 if __name__ == "__main__":
