@@ -317,5 +317,32 @@ def test_the_agent_remounts_a_point_whose_daemon_was_killed(
     assert new != pid
     assert read_all(point, inputs) == inputs
     assert (point / "out/frame.exr").read_bytes() == b"frame 1"
+
+    # Killed again, then launched straight away (VFSProcessManager.start, no
+    # handle_existing_vfs): vfs itself lazily unmounts the dead mount before mounting.
+    # findmnt lists the dead mount, so the agent's poll returns at once: wait for ours.
+    os.kill(new, signal.SIGKILL)
+    assert wait_exit(new, 10)
+    [[_, _, merged]] = pid_file_lines(agent.session)
+    agent.do("start", manifest=merged)
+    assert answers(point), agent.log()[-3000:]
+    assert read_all(point, inputs) == inputs
+    assert (point / "out/frame.exr").read_bytes() == b"frame 1"
+    assert "was a dead mount" in agent.log()
     agent.do("kill")
     assert not is_mounted(str(point)) and no_daemons_left(point)
+
+
+def answers(point: Path, timeout: float = 20) -> bool:
+    """Wait until a mount at ``point`` answers ``statvfs`` (a dead one fails ENOTCONN; between
+    the dead one's unmount and the new mount, ``point`` is a plain directory)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.statvfs(point)
+            if is_mounted(str(point)):
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False

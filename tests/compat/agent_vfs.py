@@ -11,6 +11,9 @@ line on stdout (``{"error": "Type: message"}`` when deadline raised):
 * ``{"op": "mount", "manifest": FILE}``: ``mount_vfs_from_manifests`` of the manifest at
   MOUNT_POINT (the agent's download action; a second call on a mounted point goes through
   ``handle_existing_vfs``); replies ``{"seconds": time it took}``;
+* ``{"op": "start", "manifest": FILE}``: ``VFSProcessManager(...).start`` with FILE as the
+  merged manifest, without ``handle_existing_vfs`` (a launch on a point not known to be
+  mounted); replies ``{"seconds": …}``;
 * ``{"op": "kill"}``: ``VFSProcessManager.kill_all_processes`` (session end); replies ``{}``;
 * ``{"op": "exit"}``.
 
@@ -58,6 +61,11 @@ def run(command: dict[str, Any], session: Path, point: str, bucket: str,
             ),
             cas_prefix=CAS_PREFIX,
         )
+    elif op == "start":
+        VFSProcessManager(
+            bucket, REGION, command["manifest"], point, USER, env, GROUP, CAS_PREFIX,
+            str(session / ".vfs_object_cache"),
+        ).start(session_dir=session)  # fmt: skip
     elif op == "kill":
         VFSProcessManager.kill_all_processes(session, USER)
         return {}
