@@ -305,6 +305,11 @@ def test_the_agent_remounts_a_point_whose_daemon_was_killed(
     point = agent.point
     (point / "out").mkdir()
     (point / "out/frame.exr").write_bytes(b"frame 1")
+    # A download action bringing the same inputs remounts over the same overlay.
+    [before] = daemons(point)
+    agent.do("mount", manifest=str(job_manifest))
+    assert wait_exit(before, 10)
+    assert (point / "out/frame.exr").read_bytes() == b"frame 1"
     [pid] = daemons(point)
     os.kill(pid, signal.SIGKILL)
     assert wait_exit(pid, 10)
@@ -318,13 +323,13 @@ def test_the_agent_remounts_a_point_whose_daemon_was_killed(
     assert read_all(point, inputs) == inputs
     assert (point / "out/frame.exr").read_bytes() == b"frame 1"
 
-    # Killed again, then launched straight away (VFSProcessManager.start, no
-    # handle_existing_vfs): vfs itself lazily unmounts the dead mount before mounting.
-    # findmnt lists the dead mount, so the agent's poll returns at once: wait for ours.
+    # Killed again, then the agent's launch command run on the dead point without
+    # handle_existing_vfs: vfs itself lazily unmounts the dead mount before mounting.
+    # (findmnt lists the dead mount, so the agent's poll would pass at once: wait for ours.)
     os.kill(new, signal.SIGKILL)
     assert wait_exit(new, 10)
     [[_, _, merged]] = pid_file_lines(agent.session)
-    agent.do("start", manifest=merged)
+    agent.do("launch", manifest=merged)
     assert answers(point), agent.log()[-3000:]
     assert read_all(point, inputs) == inputs
     assert (point / "out/frame.exr").read_bytes() == b"frame 1"

@@ -11,9 +11,12 @@ line on stdout (``{"error": "Type: message"}`` when deadline raised):
 * ``{"op": "mount", "manifest": FILE}``: ``mount_vfs_from_manifests`` of the manifest at
   MOUNT_POINT (the agent's download action; a second call on a mounted point goes through
   ``handle_existing_vfs``); replies ``{"seconds": time it took}``;
-* ``{"op": "start", "manifest": FILE}``: ``VFSProcessManager(...).start`` with FILE as the
-  merged manifest, without ``handle_existing_vfs`` (a launch on a point not known to be
-  mounted); replies ``{"seconds": …}``;
+* ``{"op": "launch", "manifest": FILE}``: only the launch of ``VFSProcessManager.start``:
+  deadline's own ``build_launch_command`` and ``get_launch_environ``, run as ``start`` runs
+  them (``shell=True``, bash, cwd the session, output into the log), without the
+  ``findmnt`` poll and without ``create_mount_point`` (whose ``os.path.exists`` is False on
+  a dead mount when the kernel has no cached attributes, so its ``makedirs`` then raises
+  ``FileExistsError`` before anything is launched); replies ``{}``;
 * ``{"op": "kill"}``: ``VFSProcessManager.kill_all_processes`` (session end); replies ``{}``;
 * ``{"op": "exit"}``.
 
@@ -27,7 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,15 @@ from deadline.job_attachments.vfs import VFSProcessManager
 USER = GROUP = "root"
 REGION = "us-west-2"
 CAS_PREFIX = "DeadlineCloud/Data"
+
+
+LAUNCHED: list[subprocess.Popen[bytes]] = []
+
+
+def _copy_output(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        logging.getLogger("launched").info(line.decode(errors="replace").rstrip())
 
 
 def run(command: dict[str, Any], session: Path, point: str, bucket: str,
@@ -61,11 +75,18 @@ def run(command: dict[str, Any], session: Path, point: str, bucket: str,
             ),
             cas_prefix=CAS_PREFIX,
         )
-    elif op == "start":
-        VFSProcessManager(
+    elif op == "launch":
+        vfs = VFSProcessManager(
             bucket, REGION, command["manifest"], point, USER, env, GROUP, CAS_PREFIX,
             str(session / ".vfs_object_cache"),
-        ).start(session_dir=session)  # fmt: skip
+        )  # fmt: skip
+        proc = subprocess.Popen(
+            vfs.build_launch_command(point), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=str(session), env=vfs.get_launch_environ(), shell=True, executable="/bin/bash",
+        )  # fmt: skip
+        LAUNCHED.append(proc)
+        threading.Thread(target=_copy_output, args=(proc,), daemon=True).start()
+        return {}
     elif op == "kill":
         VFSProcessManager.kill_all_processes(session, USER)
         return {}
