@@ -294,10 +294,12 @@ def test_a_task_on_the_mount_and_the_workers_upload(
 def test_the_agent_remounts_a_point_whose_daemon_was_killed(
     tmp_path: Path, agent: Agent, s3_bucket: str, s3_client: Any
 ) -> None:
-    """``kill -9`` of the daemon leaves a dead mount that ``findmnt`` still lists. The agent's
-    next download action on the point goes through ``handle_existing_vfs``: it unmounts the
-    dead mount with ``link/fusermount3 -u`` and launches vfs again. The same merged manifest
-    finds the same overlay: what the task wrote before the kill is still there."""
+    """The same merged manifest finds the same overlay: what the task wrote survives a live
+    remount (``handle_existing_vfs``) and ``kill -9`` of the daemon. A killed daemon leaves a
+    dead mount that ``findmnt`` still lists: the agent's next download action unmounts it
+    (``handle_existing_vfs``: ``link/fusermount3 -u``) and launches vfs again; the agent's
+    launch command run on it without that step finds vfs cleaning it itself
+    (vfs/mount/preflight.py)."""
     inputs = {"scene/shot.blend": os.urandom(100_000), "tex/a.exr": os.urandom(3000)}
     put_s3(s3_client, s3_bucket, PREFIX, inputs)
     job_manifest = write_manifest(tmp_path / "job_manifest.json", inputs)
