@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,17 @@ import pytest
 from conftest import run_vfs
 from test_read_path import put_s3, write_manifest
 
-from vfs.cli.deadline_vfs import LAUNCH_SCRIPT, UsageError, translate
+from vfs.cli.deadline_vfs import (
+    LAUNCH_SCRIPT,
+    UsageError,
+    install_layout,
+    overlay_dir,
+    translate,
+)
 from vfs.mount.launch import is_mounted
 from vfs.testing.mounts import unmount_path
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 AGENT_ARGS = [
     "/sess/assetroot-1", "-f", "--clienttype=deadline", "--bucket=bkt",
@@ -28,16 +37,35 @@ AGENT_ARGS = [
 
 def test_the_agents_arguments_translate() -> None:
     args, env = translate(AGENT_ARGS, {})
+    overlay = overlay_dir("/sess/.vfs_object_cache", "/sess/assetroot-1",
+                          "/sess/.vfs_manifests/deadline-merged-manifest-x.json")  # fmt: skip
     assert args == [
         "-v", "mount", "/sess/assetroot-1", "--foreground", "--store", "s3://bkt/DeadlineCloud",
         "--manifest", "/sess/.vfs_manifests/deadline-merged-manifest-x.json",
-        "-o", "allow_other",
+        "--writable", "--overlay-dir", overlay, "-o", "allow_other",
     ]  # fmt: skip
+    assert overlay.startswith("/sess/.vfs_object_cache/vfs-overlay/assetroot-1-")
     assert env == {"AWS_DEFAULT_REGION": "us-west-2"}
     shared, _ = translate(AGENT_ARGS, {"DEADLINE_VFS_CACHE": "/var/cache/vfs"})
-    assert shared[-4:-2] == ["--cache-dir", "/var/cache/vfs"]  # not the per-session dir
+    assert shared[-7:-5] == ["--cache-dir", "/var/cache/vfs"]  # not the per-session dir
     bare, _ = translate(["/m", "--bucket", "b", "--manifest", "/x", "--casprefix=Data"], {})
     assert bare[4:6] == ["--store", "s3://b"]
+    assert "--writable" not in bare  # no per-session dir for writes: read-only
+
+
+def test_the_overlay_follows_the_mount_point_and_the_manifests_content(tmp_path: Path) -> None:
+    """A remount of the same merged manifest (a restart after kill -9) finds its writes
+    again; another manifest (handle_existing_vfs merged new inputs) or another mount point
+    gets an overlay of its own, in the per-session cache dir."""
+    a, b, c = (tmp_path / n for n in ("a.json", "b.json", "c.json"))
+    a.write_text("one")
+    b.write_text("one")  # the same content under another (random) name
+    c.write_text("two")
+    cache = str(tmp_path / "cache")
+    assert overlay_dir(cache, "/s/root-1", str(a)) == overlay_dir(cache, "/s/root-1", str(b))
+    assert overlay_dir(cache, "/s/root-1", str(a)) != overlay_dir(cache, "/s/root-1", str(c))
+    assert overlay_dir(cache, "/s/root-1", str(a)) != overlay_dir(cache, "/s/root-2", str(a))
+    assert os.path.dirname(overlay_dir(cache, "/s/root-1", str(a))) == f"{cache}/vfs-overlay"
 
 
 @pytest.mark.parametrize(
@@ -89,7 +117,10 @@ def test_the_agents_launcher_mounts_and_unmounts_vfs(
     files = {"scene/a.bin": os.urandom(200_000), "tex/b.exr": os.urandom(5000)}
     put_s3(s3_client, s3_bucket, "DeadlineCloud", files)
     manifest = write_manifest(tmp_path / "merged.json", files)
-    run_vfs("install-deadline-vfs", str(tmp_path / "dv"))
+    # As `vfs install-deadline-vfs` does, but running this checkout: sudo drops PYTHONPATH.
+    fusermount = shutil.which("fusermount3")
+    assert fusermount is not None
+    install_layout(str(tmp_path / "dv"), sys.executable, fusermount, pythonpath=ROOT)
     session = tmp_path / "session"
     session.mkdir()
     point = session / "assetroot-1"

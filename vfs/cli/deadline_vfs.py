@@ -6,7 +6,8 @@ The agent (``deadline.job_attachments.vfs.VFSProcessManager``, reference/job-att
 --cachedir=SESSION/.vfs_object_cache`` and then polls ``findmnt MOUNT`` for 60 s; at session
 end it runs ``link/fusermount3 -u MOUNT`` and never signals the process (§9.5).
 
-Translation to ``vfs mount MOUNT --foreground --store s3://B/ROOT --manifest FILE …``:
+Translation to ``vfs mount MOUNT --foreground --store s3://B/ROOT --manifest FILE
+--writable --overlay-dir CACHEDIR/vfs-overlay/NAME …``:
 
 * ``--casprefix=ROOT/Data`` gives the store's root prefix ``ROOT`` (the ``/Data`` suffix is
   where vfs looks anyway); ``--region`` becomes ``AWS_DEFAULT_REGION``.
@@ -14,6 +15,23 @@ Translation to ``vfs mount MOUNT --foreground --store s3://B/ROOT --manifest FIL
   agent deletes with the session): ``$DEADLINE_VFS_CACHE`` if set, else ``$VFS_CACHE_DIR``,
   else vfs's default for the user. Logs go to stderr, which the agent copies line by line
   into the session log.
+* The mount is writable, because the job writes its outputs into it: the worker's upload
+  step (``attachment_upload.py``, reference §8.4/§9.4) finds them by globbing the output
+  directories through the mount and diffing size/mtime against the input manifest. The
+  writes land in an overlay in the per-session ``--cachedir``
+  (:func:`overlay_dir`: ``CACHEDIR/vfs-overlay/<mount point name>-<key>``), so they live
+  exactly as long as the session: the agent runs the upload step after each task, before
+  ``kill_all_processes``, and deletes the session directory (with the overlay) at the end;
+  nothing accumulates in the node's shared cache. The agent makes ``CACHEDIR`` group-writable
+  for the job user's group before launching (deadline's ``mount_vfs_from_manifests`` →
+  ``_set_fs_group`` on ``CACHEDIR/ROOT/Data`` and its parents up to ``CACHEDIR``), so the
+  daemon, running as the job user, can create the overlay there.
+  The key is the xxh128 of the mount point and of the manifest file's content: a remount
+  with the same merged manifest (a restart after ``kill -9``) finds the earlier writes
+  again, while a remount with another manifest (``handle_existing_vfs`` merging new inputs,
+  §9.3) gets a new, empty overlay (an overlay is only ever reopened over the base it was
+  made on); the earlier writes were uploaded by then. Without ``--cachedir`` (the agent
+  always passes it) the mount is read-only: there is no per-session place for writes.
 * ``-o OPTION`` / ``-oOPTION`` are FUSE options; ``-f`` (foreground) is what vfs does here
   anyway; ``--clienttype`` must be ``deadline``.
 """
@@ -26,9 +44,14 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from vfs.defaults import CACHE_DIR_ENV
+from vfs.hashing import hash_bytes, hash_file
 
 DEADLINE_CACHE_ENV = "DEADLINE_VFS_CACHE"
 """The agent copies this from its own environment into the VFS's (§9.3)."""
+
+
+OVERLAY_SUBDIR = "vfs-overlay"
+"""Where the overlays of writable mounts go under the agent's per-session ``--cachedir``."""
 
 
 class UsageError(Exception):
@@ -76,10 +99,29 @@ def translate(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[list[str
     cache = environ.get(DEADLINE_CACHE_ENV) or environ.get(CACHE_DIR_ENV)
     if cache:
         out += ["--cache-dir", cache]
+    if values.get("cachedir"):
+        out += ["--writable", "--overlay-dir",
+                overlay_dir(values["cachedir"], positional[0], values["manifest"])]  # fmt: skip
     if fuse:
         out += ["-o", ",".join(filter(None, fuse))]
     env = {"AWS_DEFAULT_REGION": values["region"]} if values.get("region") else {}
     return out, env
+
+
+def overlay_dir(cachedir: str, mountpoint: str, manifest: str) -> str:
+    """The overlay of the writable mount of ``manifest`` at ``mountpoint`` in the agent's
+    per-session ``cachedir``: ``{cachedir}/vfs-overlay/{name}-{key}``, ``name`` the mount
+    point's last component, ``key`` 16 hex digits of the xxh128 of the absolute mount point
+    and of the manifest file's xxh128 (the module docstring says why). An unreadable manifest
+    gets a key all the same; ``vfs mount`` then reports the manifest's problem."""
+    point = os.path.abspath(mountpoint)
+    try:
+        content = hash_file(manifest)
+    except OSError:
+        content = "unreadable"
+    key = hash_bytes(os.fsencode(point) + b"\0" + content.encode())[:16]
+    name = os.path.basename(point) or "root"
+    return os.path.join(os.path.abspath(cachedir), OVERLAY_SUBDIR, f"{name}-{key}")
 
 
 LAUNCH_SCRIPT = "scripts/production/al2/run_deadline_vfs_al2.sh"
