@@ -587,3 +587,24 @@ def test_merge_of_extents() -> None:
     assert _merge([(0, 2), (5, 6)], (2, 5)) == [(0, 6)]
     assert _merge([(0, 2), (8, 9)], (4, 5)) == [(0, 2), (4, 5), (8, 9)]
     assert _merge([(0, 2), (4, 6), (8, 9)], (1, 8)) == [(0, 9)]
+
+
+def test_remount_while_the_old_daemon_still_finishes_its_cache_writes(setup: Setup) -> None:
+    """The overlay is released as soon as the mount is gone: a new mount with the same
+    overlay dir does not wait for (or fail on) the old daemon's cache writes."""
+    import fcntl
+
+    m = setup.mount()
+    (m.path / "out.txt").write_bytes(b"kept")
+    lock = os.open(setup.tmp / "cache" / "lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the old daemon's cache writes wait for it
+    try:
+        assert (m.path / "textures/wood.png").read_bytes() == FILES["textures/wood.png"]
+        subprocess.run(vfs_unmount_command(str(m.path)), check=True, timeout=60)
+        assert pid_alive(m.pid)  # still draining its cache writes
+        m2 = setup.mount()
+        assert (m2.path / "out.txt").read_bytes() == b"kept"
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    m.expect_log(r"WARNING vfs\.mount\.blockcache: cache .* cannot store")

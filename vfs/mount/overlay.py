@@ -134,6 +134,7 @@ class Overlay:
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._lock_fd = -1
+        self.closed = False
         self.db: OverlayDB
         self.nodes: dict[int, Node] = {}
         self.dirents: dict[int, dict[bytes, int]] = {}
@@ -227,7 +228,11 @@ class Overlay:
                 self.db.save_node(found)
 
     def close(self) -> None:
-        """Write pending size/mtime changes, close data files and the database."""
+        """Write pending size/mtime changes, close data files and the database, and release
+        the overlay dir's lock (a second call does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         self.persist()
         for fd in self._fds.values():
             os.close(fd)

@@ -334,8 +334,10 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
                         return
 
             async def persist_overlay() -> None:
-                while overlay is not None:
+                while overlay is not None and not overlay.closed:
                     await trio.sleep(1)
+                    if overlay.closed:
+                        return
                     try:
                         overlay.persist()
                     except Exception as e:
@@ -356,7 +358,10 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             nursery.start_soon(failsafe, "reconciling the cache index", cache.reconcile)
             # pyfuse3.main returns when the file system is unmounted or terminated.
             await pyfuse3.main()
-            # Unmounted: a new mount may take the point while the cache writes finish.
+            # Unmounted: a new mount may take the point (and the overlay) while the cache
+            # writes finish.
+            if overlay is not None:
+                overlay.close()
             os.close(point_lock)
             await fetcher.drain(DRAIN_TIMEOUT)
             nursery.cancel_scope.cancel()
