@@ -159,3 +159,35 @@ def test_prune_unit_trims_the_cache(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "freed 0 bytes" in result.stdout
     assert (tmp_path / "cache").is_dir()
+
+
+@pytest.fixture()
+def installed_vfs() -> Iterator[Path]:
+    """``/usr/local/bin/vfs`` running this checkout (as the README installs it), removed
+    afterwards."""
+    path = Path(VFS)
+    if os.geteuid() != 0:
+        pytest.skip("installing /usr/local/bin/vfs needs root")
+    if path.exists() or path.is_symlink():
+        pytest.skip(f"{path} exists already; not replacing it")
+    root = Path(__file__).resolve().parent.parent
+    path.write_text(f'#!/bin/sh\nPYTHONPATH={root} exec {sys.executable} -m vfs "$@"\n')
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        path.unlink()
+
+
+def test_systemd_analyze_verify_is_clean(tmp_path: Path, installed_vfs: Path) -> None:
+    analyze = subprocess.run(["which", "systemd-analyze"], capture_output=True, text=True)
+    if analyze.returncode != 0:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+    units = []
+    for name in ("vfs-mount@.service", "vfs-cache-prune.service", "vfs-cache-prune.timer"):
+        dest = tmp_path / (name.replace("@.", "@mnt-assets.") if "@." in name else name)
+        dest.write_text((UNITS / name).read_text())
+        units.append(str(dest))
+    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
