@@ -11,7 +11,11 @@ Everything is measured in this run, next to a baseline measured in the same run
    serving a 1-entry manifest, divided by the entries).
 2. metadata: cold and warm ``find MOUNT`` of the 100k tree against ``find`` of the same tree
    of empty files on local disk, and the daemon's lookup+getattr requests in the warm pass.
-3. read: one 256 MiB object on a moto server started here: cold read through the mount
+3. agent: the worker agent's launch command (``deadline_vfs`` as ``vfs install-deadline-vfs``
+   lays it out, with the agent's exact arguments) until ``findmnt`` sees the mount, for a
+   100k-entry manifest (target < 2 s); and the RSS of ten concurrent mounts sharing one
+   cache against ten times one mount alone.
+4. read: one 256 MiB object on a moto server started here: cold read through the mount
    (empty cache), warm re-read, and a cache-hit read from a new mount, against a single
    streaming boto3 ``get_object`` and native reads of a local copy.
 
@@ -510,6 +514,82 @@ def bench_mount_sizes(
                 os.unlink(path)
 
 
+TARGET_AGENT_S = 2.0
+AGENT_ENTRIES = 100_000
+CONCURRENT_MOUNTS = 10
+
+
+def bench_agent(bench: Bench, results: Results, entries: int = AGENT_ENTRIES) -> None:
+    """The render node's view: the worker agent's launch command (reference §9.3: the
+    launch script with the agent's arguments, run by bash) until ``findmnt MOUNT`` succeeds,
+    for a manifest of ``entries`` entries; and the daemons' RSS when ten mounts share one
+    cache (baseline: one mount alone)."""
+    import boto3
+
+    from vfs.cli.deadline_vfs import LAUNCH_SCRIPT, install_layout
+
+    work = bench.workdir
+    endpoint = bench.moto.endpoint if bench.moto else bench.start_moto()
+    bucket = "agent-bench"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    manifest = os.path.join(work, f"manifest-agent-{entries}.json")
+    write_generated_manifest(manifest, entries)
+    layout = os.path.join(work, "deadline_vfs")
+    fusermount = shutil.which("fusermount3") or "/usr/bin/fusermount3"
+    root = str(Path(__file__).resolve().parent.parent)
+    install_layout(layout, sys.executable, fusermount, pythonpath=root)
+    session = os.path.join(work, "session")
+    point = os.path.join(session, "assetroot-1")
+    os.makedirs(point, exist_ok=True)
+    os.makedirs(os.path.join(session, ".vfs_object_cache"), exist_ok=True)
+    command = (
+        f"{layout}/{LAUNCH_SCRIPT} {point} -f --clienttype=deadline --bucket={bucket}"
+        f" --manifest={manifest} --region=us-east-1 -oallow_other"
+        f" --casprefix=DeadlineCloud/Data --cachedir={session}/.vfs_object_cache"
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint,
+           "VFS_CACHE_DIR": os.path.join(work, "cache-agent")}  # fmt: skip
+    log(f"agent: launch command to findmnt success, {label(entries)}-entry manifest")
+    m = Mount(point, None, os.path.join(work, "logs", "agent.log"), 0.0)
+    bench.mounts.append(m)
+    with open(m.log_file, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(["/bin/bash", "-c", command], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=session)  # fmt: skip
+        m.pid = proc.pid
+        while subprocess.run(["findmnt", point], capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.perf_counter() - t0 > MOUNT_TIMEOUT:
+                raise RuntimeError(f"deadline_vfs did not mount (see {m.log_file})")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+    subprocess.run([os.path.join(layout, "link", "fusermount3"), "-u", point], check=False)
+    proc.wait(timeout=60)
+    bench.mounts.remove(m)
+    results.add(Row("agent", f"{label(entries)}: launch command to findmnt", elapsed, "s",
+                    target=f"< {TARGET_AGENT_S:g} s",
+                    note="the agent polls findmnt once a second for 60 s"))  # fmt: skip
+
+    log(f"agent: RSS of {CONCURRENT_MOUNTS} concurrent mounts sharing one cache")
+    small = os.path.join(work, "manifest-agent-10k.json")
+    write_generated_manifest(small, 10_000)
+    store_dir = os.path.join(work, "store")
+    os.makedirs(os.path.join(store_dir, "Data"), exist_ok=True)
+    cache = os.path.join(work, "cache-shared")
+    alone = bench.mount([small], f"file://{store_dir}", cache, name="alone")
+    assert alone.pid is not None
+    alone_rss = proc_status_kib(alone.pid, "VmRSS") * 1024
+    bench.unmount(alone)
+    mounts = [bench.mount([small], f"file://{store_dir}", cache, name=f"c{i}")
+              for i in range(CONCURRENT_MOUNTS)]  # fmt: skip
+    total = sum(proc_status_kib(x.pid, "VmRSS") * 1024 for x in mounts if x.pid is not None)
+    for x in mounts:
+        bench.unmount(x)
+    results.add(Row("agent", f"{CONCURRENT_MOUNTS} mounts (10k entries), one cache: RSS",
+                    total / MiB, "MiB", "one mount alone x 10", alone_rss * 10 / MiB,
+                    ratio(total, alone_rss * CONCURRENT_MOUNTS),
+                    note=f"one alone {alone_rss / MiB:.0f} MiB"))  # fmt: skip
+
+
 def bench_read(bench: Bench, results: Results, file_mib: int) -> None:
     import boto3
     import xxhash
@@ -753,6 +833,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="manifest size whose tree is walked with find (one of --sizes; 0: none)",
     )
     p.add_argument("--skip-read", action="store_true", help="skip the read benchmark")
+    p.add_argument(
+        "--skip-agent", action="store_true", help="skip the worker agent's launch benchmark"
+    )
     return p.parse_args(argv)
 
 
@@ -787,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         with signals_as_interrupt():
             try:
                 bench_mount_sizes(bench, results, sizes, find_size)
+                if not args.skip_agent:
+                    bench_agent(bench, results)
                 if not args.skip_read:
                     bench_read(bench, results, file_mib)
             finally:
