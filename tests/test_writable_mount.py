@@ -608,3 +608,18 @@ def test_remount_while_the_old_daemon_still_finishes_its_cache_writes(setup: Set
         fcntl.flock(lock, fcntl.LOCK_UN)
         os.close(lock)
     m.expect_log(r"WARNING vfs\.mount\.blockcache: cache .* cannot store")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_unmount_cleanly_and_keep_the_overlay(
+    setup: Setup, sig: signal.Signals
+) -> None:
+    m = setup.mount()
+    (m.path / "render" / "frame.exr").parent.mkdir()
+    (m.path / "render" / "frame.exr").write_bytes(b"pixels")
+    os.kill(m.pid, sig)
+    assert wait_exit(m.pid, 30)
+    assert not os.path.ismount(m.path)
+    assert "signal" in m.log.read_text() and "unmounted" in m.log.read_text()
+    again = setup.mount()
+    assert (again.path / "render" / "frame.exr").read_bytes() == b"pixels"
