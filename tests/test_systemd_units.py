@@ -84,12 +84,17 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.close()
 
 
+RECEIVED: list[str] = []
+"""Every sd_notify datagram the tests received, in order."""
+
+
 def wait_message(sock: socket.socket, text: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait for the daemon ``proc`` to send ``text`` (failing at once if it exits first)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if text in sock.recv(4096).decode():
+            RECEIVED.append(sock.recv(4096).decode())
+            if text in RECEIVED[-1]:
                 return
         except TimeoutError:
             pass
@@ -139,6 +144,9 @@ def test_mount_unit_restarts_after_kill_9_and_stops_cleanly(
         ((_, stop),) = commands(unit, "ExecStop", env, str(point))
         subprocess.run(stop, env=env, check=True, timeout=60)
         wait_message(sock, "STOPPING=1", daemon)
+        said = "\n".join(RECEIVED)
+        assert "STATUS=loading manifests" in said and "EXTEND_TIMEOUT_USEC=" in said
+        assert f"STATUS=serving {point}" in said
         assert daemon.wait(30) == 0
         assert not is_mounted(str(point))
     finally:
