@@ -46,7 +46,7 @@ import trio
 from vfs.errors import MountError, VfsError
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.fetcher import ContentFetcher
-from vfs.mount.overlaydb import Node, OverlayDB, content_sources
+from vfs.mount.overlaydb import DirentView, Node, OverlayDB, content_sources
 from vfs.mount.overlaydb import base_fingerprint as base_fingerprint  # re-exported
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
@@ -115,7 +115,7 @@ class Attr:
     changed: bool
 
 
-class Overlay:
+class Overlay(DirentView):
     """Namespace and content of a writable mount over ``tree``, stored in ``root``.
 
     Open with :meth:`open`; ``read_base`` reads base content. Raises :class:`MountError`
@@ -306,34 +306,12 @@ class Overlay:
         node = self.nodes.get(ino)
         return node is not None and (not node.base or node.data)
 
-    def lookup(self, parent: int, name: bytes) -> int | None:
-        """Inode of ``name`` in directory ``parent``, or ``None``."""
-        entries = self.dirents.get(parent)
-        if entries is not None and name in entries:
-            return entries[name] or None
-        if self._is_base_dir(parent):
-            return self.tree.lookup(parent, name)
-        return None
-
-    def _is_base_dir(self, ino: int) -> bool:
-        return ino <= len(self.tree) and self.tree.is_dir(ino)
-
     def parent_of(self, ino: int) -> int:
         """The directory holding ``ino`` (the root for the root)."""
         node = self.nodes.get(ino)
         if node is not None:
             return node.parent
         return self.tree.parent[ino] or ROOT_INODE
-
-    def entries(self, parent: int) -> list[tuple[bytes, int]]:
-        """``(name, inode)`` of directory ``parent``'s entries: the base entries not hidden
-        or replaced, then those added."""
-        added = self.dirents.get(parent, {})
-        out: list[tuple[bytes, int]] = []
-        if self._is_base_dir(parent):
-            out = [(n, i) for n, i in self.tree.entries(parent) if n not in added]
-        out += [(n, i) for n, i in added.items() if i]
-        return out
 
     def attr(self, ino: int) -> Attr:
         """Attributes of ``ino``. Raises ``OSError(ENOENT)`` when it does not exist."""

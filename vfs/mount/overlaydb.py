@@ -43,6 +43,39 @@ from vfs.hashing import hash_bytes
 if TYPE_CHECKING:
     from vfs.mount.tree import InodeTree
 
+
+class DirentView:
+    """The directory view of an overlay over its base: a directory's entries are the base
+    tree's, less those the overlay's ``dirents`` hide (inode 0: a whiteout) or replace,
+    plus the ones it adds. Shared by the mounted overlay and the commit's snapshot of it;
+    subclasses provide ``tree`` and ``dirents`` (parent inode -> {name: inode})."""
+
+    tree: InodeTree
+    dirents: dict[int, dict[bytes, int]]
+
+    def _is_base_dir(self, ino: int) -> bool:
+        return ino <= len(self.tree) and self.tree.is_dir(ino)
+
+    def entries(self, parent: int) -> list[tuple[bytes, int]]:
+        """``(name, inode)`` of directory ``parent``'s entries: the base entries not hidden
+        or replaced, then those added."""
+        added = self.dirents.get(parent, {})
+        out: list[tuple[bytes, int]] = []
+        if self._is_base_dir(parent):
+            out = [(n, i) for n, i in self.tree.entries(parent) if n not in added]
+        out += [(n, i) for n, i in added.items() if i]
+        return out
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        """Inode of ``name`` in directory ``parent``, or ``None``."""
+        entries = self.dirents.get(parent)
+        if entries is not None and name in entries:
+            return entries[name] or None
+        if self._is_base_dir(parent):
+            return self.tree.lookup(parent, name)
+        return None
+
+
 META_MANIFESTS = "manifests"
 """``meta`` key: JSON list of the base manifests' locations (written by the mount)."""
 META_STORE = "store"

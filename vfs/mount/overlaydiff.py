@@ -43,6 +43,7 @@ from vfs.mount.overlaydb import (
     META_MANIFESTS,
     META_MOUNTPOINT,
     META_STORE,
+    DirentView,
     Node,
     OverlayDB,
     base_fingerprint,
@@ -89,7 +90,7 @@ def _base_mode(tree: InodeTree, ino: int) -> int:
     return stat.S_IFREG | (0o755 if ino in tree.runnable else 0o644)
 
 
-class OverlaySnapshot:
+class OverlaySnapshot(DirentView):
     """A consistent view of the overlay in ``root``; open with :meth:`open`.
 
     Attributes: ``tree`` (the base), ``manifests`` (their locations), ``store_uri`` (the
@@ -209,27 +210,6 @@ class OverlaySnapshot:
         self.close()
 
     # -- the namespace, as the mount shows it ------------------------------------------------
-
-    def _is_base_dir(self, ino: int) -> bool:
-        return ino <= len(self.tree) and self.tree.is_dir(ino)
-
-    def entries(self, parent: int) -> list[tuple[bytes, int]]:
-        """``(name, inode)`` of a directory (same rule as the mount's overlay)."""
-        added = self.dirents.get(parent, {})
-        out: list[tuple[bytes, int]] = []
-        if self._is_base_dir(parent):
-            out = [(n, i) for n, i in self.tree.entries(parent) if n not in added]
-        out += [(n, i) for n, i in added.items() if i]
-        return out
-
-    def lookup(self, parent: int, name: bytes) -> int | None:
-        """Inode of ``name`` in ``parent`` now, or ``None``."""
-        entries = self.dirents.get(parent)
-        if entries is not None and name in entries:
-            return entries[name] or None
-        if self._is_base_dir(parent):
-            return self.tree.lookup(parent, name)
-        return None
 
     def mode(self, ino: int) -> int:
         """``st_mode`` of ``ino`` now."""
