@@ -127,8 +127,8 @@ def _octal(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option(
     "--writable",
     is_flag=True,
-    help="Writes land in a local overlay (copy-up on first write); without it the mount "
-    "is read-only (EROFS).",
+    help="Writes land in a durable local overlay (nothing is fetched to write); without "
+    "it the mount is read-only (EROFS).",
 )
 @click.option(
     "--overlay-dir",
