@@ -23,7 +23,13 @@ from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 import pyfuse3
 
 from vfs.mount.fetcher import ContentFetcher
-from vfs.mount.fs import BLOCK_SIZE, CACHE_TIMEOUT, ReadOnlyOperations, describe_error
+from vfs.mount.fs import (
+    BLOCK_SIZE,
+    CACHE_TIMEOUT,
+    ReadOnlyOperations,
+    _guarded,
+    describe_error,
+)
 from vfs.mount.overlay import Attr, BaseContentError, Overlay
 from vfs.mount.prefetch import PrefetchPlanner
 from vfs.mount.readahead import ReadaheadState
@@ -59,8 +65,6 @@ def _translated(
     async def wrapper(self: _Self, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await handler(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
         except OSError as e:
             code = e.errno or errno.EIO
             if code in _DISK_ERRORS:
@@ -71,12 +75,8 @@ def _translated(
             log.error("%s in %s: the overlay database failed (%s)", handler.__name__,
                       self.overlay.root, e)  # fmt: skip
             raise pyfuse3.FUSEError(errno.ENOSPC if full else errno.EIO) from None
-        except Exception:
-            self.stats.add("eio")
-            log.exception("internal error in %s%r", handler.__name__, args)
-            raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper
+    return _guarded(wrapper)  # FUSEError passes, anything else: EIO and a log line
 
 
 @dataclass(slots=True)
