@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 import click
 
-from vfs.cli.common import VfsGroup, byte_progress, emit_json, make_s3_options, s3_options
+from vfs.cli.common import (
+    VfsGroup,
+    byte_progress,
+    ctrl_c_cancels,
+    emit_json,
+    make_s3_options,
+    s3_options,
+)
 from vfs.defaults import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hashing import hash_string
@@ -286,16 +293,22 @@ def download(
     orch = DownloadOrchestrator(store, workers=workers, verify_hash=verify_hash)
     resolution = ConflictResolution(conflict_resolution.lower())
     results = []
-    for manifest_file, target in pairs:
-        m = decode_any_manifest(read_location(manifest_file, s3), source=manifest_file)
-        with byte_progress(
-            f"{os.path.basename(manifest_file)}", m.effective_total_size(), not as_json
-        ) as advance:
-            stats = orch.download_manifest(
-                m, target, conflict_resolution=resolution, progress=_BarFeed(advance)
-            )
-        results.append({"manifest": manifest_file, "dest": target, **stats.as_dict()})
-        if not as_json:
-            click.echo(_summary_line(manifest_file, target, stats))
+    with ctrl_c_cancels() as interrupt:
+        for manifest_file, target in pairs:
+            m = decode_any_manifest(read_location(manifest_file, s3), source=manifest_file)
+            with byte_progress(
+                f"{os.path.basename(manifest_file)}", m.effective_total_size(), not as_json
+            ) as advance:
+                stats = orch.download_manifest(
+                    m,
+                    target,
+                    conflict_resolution=resolution,
+                    progress=interrupt.guard(_BarFeed(advance)),
+                )
+            results.append({"manifest": manifest_file, "dest": target, **stats.as_dict()})
+            if not as_json:
+                click.echo(_summary_line(manifest_file, target, stats))
+            if interrupt.hit:
+                break
     if as_json:
         emit_json(results)

@@ -8,7 +8,9 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -18,6 +20,54 @@ from vfs.errors import VfsError
 from vfs.storage import S3Options
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = TypeVar("P")
+
+
+class Interrupt:
+    """Ctrl-C seen by :func:`ctrl_c_cancels`: ``hit`` turns true at the first SIGINT."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def guard(self, callback: Callable[[P], bool] | None = None) -> Callable[[P], bool]:
+        """A progress callback that cancels (returns ``False``) once Ctrl-C was hit and
+        otherwise answers like ``callback`` (``True`` without one)."""
+
+        def report(progress: P) -> bool:
+            if self.hit:
+                return False
+            return True if callback is None else callback(progress)
+
+        return report
+
+
+@contextlib.contextmanager
+def ctrl_c_cancels() -> Iterator[Interrupt]:
+    """Turn the first Ctrl-C into a request to cancel, polled by a transfer's progress
+    callback (:meth:`Interrupt.guard`), instead of a ``KeyboardInterrupt`` raised wherever
+    the main thread happens to be: raised inside ``concurrent.futures.wait`` or between a
+    lock's acquire and its ``try``, it left locks held that the worker threads then waited
+    for forever (the download outlived a stalled body by minutes). The transfer stops at
+    its next report (0.1 s), removes its temporary files, and ``KeyboardInterrupt`` is
+    raised here once it returned (click prints "Aborted!", exit status 1). A second
+    Ctrl-C raises at once. Outside the main thread this does nothing."""
+    flag = Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if flag.hit:
+            raise KeyboardInterrupt
+        flag.hit = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if flag.hit:
+        raise KeyboardInterrupt
 
 
 class VfsGroup(click.Group):
