@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -299,3 +301,130 @@ def download(
             click.echo(_summary_line(manifest_file, target, stats))
     if as_json:
         emit_json(results)
+
+
+def _line(text: str) -> None:
+    """One line on stdout, flushed: the worker agent reads step output as it comes."""
+    click.echo(text)
+    sys.stdout.flush()
+
+
+@attachment.command("worker-download")
+@click.option(
+    "-s3",
+    "--s3-uri",
+    "--store",
+    "s3_uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
+)
+@click.option(
+    "-wp",
+    "--worker-properties",
+    required=True,
+    metavar="FILE",
+    help="JSON list of worker manifest properties (the worker agent's file).",
+)
+@click.option(
+    "--conflict-resolution",
+    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
+    default=ConflictResolution.CREATE_COPY.value,
+    show_default=True,
+    help="When a file exists: skip it, overwrite it, or write 'name (1).ext'.",
+)
+@click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
+@s3_options
+def worker_download(
+    s3_uri: str,
+    worker_properties: str,
+    conflict_resolution: str,
+    workers: int,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Sync a session's inputs, as the worker agent's attachment_download.py.
+
+    Downloads each root's localInputManifestPath under its localRootPath, printing
+    'openjd_progress: PERCENT' and 'openjd_status: MESSAGE' lines; a transfer slower than
+    10 KB/s for a minute fails with 'openjd_fail: …'. Same arguments as the script.
+    """
+    from vfs.transfer.worker import load_worker_manifest_properties, sync_inputs
+
+    start = time.monotonic()
+    props = load_worker_manifest_properties(worker_properties)
+    store = open_store(s3_uri, make_s3_options(endpoint_url, expected_bucket_owner))
+    result = sync_inputs(
+        props, store, out=_line, workers=workers,
+        conflict_resolution=ConflictResolution(conflict_resolution.lower()),
+    )  # fmt: skip
+    for root, stats in result.by_root.items():
+        _line(
+            f"{root}: {stats.files_transferred} files downloaded "
+            f"({stats.bytes_transferred} bytes), {stats.files_skipped} skipped"
+            + (" - cancelled" if stats.cancelled else "")
+        )
+    if result.cancelled:
+        raise SystemExit(1)
+    _line(f"Finished downloading after {round(time.monotonic() - start, 2)} seconds")
+
+
+@attachment.command("worker-upload")
+@click.option(
+    "-s3",
+    "--s3-uri",
+    "--store",
+    "s3_uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
+)
+@click.option(
+    "-wp",
+    "--worker-properties",
+    required=True,
+    metavar="FILE",
+    help="JSON list of worker manifest properties (the worker agent's file).",
+)
+@click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
+@click.option(
+    "--hash-cache-dir",
+    default=None,
+    metavar="DIR",
+    help="Where the hash cache lives (default: the vfs cache directory).",
+)
+@s3_options
+def worker_upload(
+    s3_uri: str,
+    worker_properties: str,
+    workers: int,
+    hash_cache_dir: str | None,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Sync a session's outputs, as the worker agent's attachment_upload.py.
+
+    Per root: merge localManifestPaths (the base), snapshot the files under the output
+    directories that are new or changed against it (written to ./manifest_snapshot/ and
+    printed as 'ja_snapshot: …'), upload them and the output manifest to the official key
+    (from DEADLINE_FARM_ID, DEADLINE_QUEUE_ID, DEADLINE_JOB_ID, DEADLINE_STEP_ID,
+    DEADLINE_TASK_ID, DEADLINE_SESSIONACTION_ID and DEADLINE_SESSIONACTION_START_TIME), and
+    print 'ja_upload: […]'. Same arguments and environment as the script.
+    """
+    from vfs.hash_cache import HashCache
+    from vfs.transfer.worker import (
+        load_worker_manifest_properties,
+        output_prefix_from_env,
+        sync_outputs,
+    )
+
+    start = time.monotonic()
+    props = load_worker_manifest_properties(worker_properties)
+    prefix = output_prefix_from_env()
+    store = open_store(s3_uri, make_s3_options(endpoint_url, expected_bucket_owner))
+    cache = HashCache(hash_cache_dir or default_cache_dir())
+    try:
+        sync_outputs(props, store, prefix, hash_cache=cache, workers=workers, out=_line)
+    finally:
+        cache.close()
+    _line(f"Finished after {round(time.monotonic() - start, 2)} seconds")
