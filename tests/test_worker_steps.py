@@ -320,3 +320,49 @@ def test_bad_worker_properties_name_the_file(tmp_path: Path, bad: Any) -> None:
     path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
     with pytest.raises(WorkerPropertiesError, match=str(path)):
         load_worker_manifest_properties(str(path))
+
+
+def test_a_download_below_the_rate_floor_fails_with_openjd_fail(
+    tmp_path: Path, local_store: tuple[Path, str]
+) -> None:
+    """The script's policy, with the floor raised so that any rate is too low: after
+    ``low_rate_reports`` slow reports the download is cancelled and ``openjd_fail:`` said."""
+    from vfs.storage import LocalStore, data_key
+    from vfs.transfer.worker import load_worker_manifest_properties, sync_inputs
+
+    store_dir, _ = local_store
+    store = LocalStore(str(store_dir))
+    # A finished file resets the count (the script's heartbeat): one large file goes first.
+    files = {"a_big.bin": os.urandom(24 << 20), **{f"f{i}.bin": os.urandom(1000) for i in range(9)}}
+    for data in files.values():
+        store.put_bytes(data_key(hash_bytes(data)), data)
+    write_input_manifest(tmp_path / "m_job", files)
+    _, props_file = download_session(tmp_path, "s", tmp_path)
+    props = load_worker_manifest_properties(str(props_file))[:1]
+    props[0].local_input_manifest_path = str(tmp_path / "m_job")
+    lines: list[str] = []
+    result = sync_inputs(props, store, out=lines.append, workers=1, progress_interval=0.001,
+                         low_rate_threshold=1e15, low_rate_reports=3)  # fmt: skip
+    assert result.failed_low_rate and result.cancelled
+    assert lines[-1].startswith("openjd_fail: Input syncing failed due to successive low")
+    # Nothing partial: what was not finished is not there under its name.
+    done = {p: d for p, (d, _) in tree(Path(props[0].local_root_path)).items() if p in files}
+    assert len(done) < len(files)
+    assert all(data == files[p] for p, data in done.items())
+    # The same download with the worker's floor completes.
+    lines.clear()
+    result = sync_inputs(props, store, out=lines.append)
+    assert not result.cancelled and "openjd_progress: 100.0" in lines
+    assert tree(Path(props[0].local_root_path))["f7.bin"][0] == files["f7.bin"]
+
+
+def test_the_output_prefix_comes_from_the_session_environment() -> None:
+    from vfs.transfer.worker import output_prefix_from_env
+
+    env = {k: v for k, v in SESSION_ENV.items() if k != "DEADLINE_TASK_ID"}
+    assert output_prefix_from_env(env) == (  # a chunked step: no task folder
+        "farm-1/queue-1/job-1/step-1/2024-05-22T22:17:03.099998Z_sessionaction-abc-1"
+    )
+    assert output_prefix_from_env(SESSION_ENV) == (
+        "farm-1/queue-1/job-1/step-1/task-1/2024-05-22T22:17:03.099998Z_sessionaction-abc-1"
+    )
