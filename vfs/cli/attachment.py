@@ -428,3 +428,104 @@ def worker_upload(
     finally:
         cache.close()
     _line(f"Finished after {round(time.monotonic() - start, 2)} seconds")
+
+
+@attachment.command("prepare-job")
+@click.option("-i", "--input", "inputs", multiple=True, metavar="FILE",
+              help="Input file of the job (repeatable).")  # fmt: skip
+@click.option("--input-dir", "input_dirs", multiple=True, metavar="DIR",
+              help="Input directory: every file under it (repeatable).")  # fmt: skip
+@click.option("-o", "--output-dir", "outputs", multiple=True, metavar="DIR",
+              help="Output directory of the job (repeatable).")  # fmt: skip
+@click.option("--reference", "references", multiple=True, metavar="PATH",
+              help="Referenced path: places the root, uploads nothing (repeatable).")  # fmt: skip
+@click.option("--storage-profile", default=None, metavar="FILE",
+              help="The queue's storage profile as JSON (GetStorageProfileForQueue's answer): "
+              "paths under SHARED locations are skipped, LOCAL locations make roots.")  # fmt: skip
+@click.option("--store", "--s3-root-uri", "store_uri", required=True, metavar="URI",
+              help="The queue's attachments root: s3://BUCKET/PREFIX or file:///DIR.")  # fmt: skip
+@click.option("--farm-id", required=True, envvar="DEADLINE_FARM_ID", help="Farm id.")
+@click.option("--queue-id", required=True, envvar="DEADLINE_QUEUE_ID", help="Queue id.")
+@click.option("--file-system", type=click.Choice(["COPIED", "VIRTUAL"]), default="COPIED",
+              show_default=True, help="attachments.fileSystem of the job.")  # fmt: skip
+@click.option("--require-paths-exist", is_flag=True,
+              help="Fail on a missing input instead of making it a referenced path.")  # fmt: skip
+@click.option("--hash-cache-dir", default=None, metavar="DIR",
+              help="Where the hash cache lives (default: the vfs cache directory).")  # fmt: skip
+@click.option("--force-s3-check", is_flag=True,
+              help="HEAD every object instead of trusting the S3 check cache.")  # fmt: skip
+@click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
+@s3_options
+def prepare_job(
+    inputs: tuple[str, ...],
+    input_dirs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    references: tuple[str, ...],
+    storage_profile: str | None,
+    store_uri: str,
+    farm_id: str,
+    queue_id: str,
+    file_system: str,
+    require_paths_exist: bool,
+    hash_cache_dir: str | None,
+    force_s3_check: bool,
+    workers: int,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Hash and upload a job's inputs and print its `attachments` JSON for CreateJob.
+
+    As deadline's job submission: the paths are grouped by asset root (the storage
+    profile's SHARED locations skipped, its LOCAL locations grouped with their
+    fileSystemLocationName), each root's input files are hashed into a manifest, the data
+    and the manifests are uploaded (Manifests/FARM/QUEUE/Inputs/GUID/HASH_input), and
+    {"manifests": [...], "fileSystem": ...} is printed on stdout.
+    """
+    from vfs.hash_cache import HashCache
+    from vfs.pathmap import StorageProfile
+    from vfs.storage import FileSystem
+    from vfs.transfer.submit import (
+        expand_input_directories,
+        group_asset_paths,
+        prepare_job_attachments,
+    )
+
+    profile = None
+    if storage_profile:
+        try:
+            with open(storage_profile, encoding="utf-8") as f:
+                profile = StorageProfile.from_dict(json.load(f))
+        except (OSError, ValueError) as e:
+            raise VfsError(f"cannot read storage profile {storage_profile}: {e}") from None
+    files, empty_dirs = expand_input_directories(input_dirs)
+    groups = group_asset_paths(
+        [*inputs, *files], outputs, [*references, *empty_dirs], profile,
+        require_paths_exist=require_paths_exist,
+    )  # fmt: skip
+    store = open_store(store_uri, make_s3_options(endpoint_url, expected_bucket_owner))
+    hash_cache = HashCache(hash_cache_dir or default_cache_dir())
+    check_cache = None if force_s3_check else S3CheckCache(default_cache_dir())
+    try:
+        total = sum(os.path.getsize(p) for g in groups for p in g.inputs)
+        with byte_progress("preparing", 2 * total, True) as advance:
+            prepared = prepare_job_attachments(
+                groups, store, farm_id, queue_id, file_system=FileSystem(file_system),
+                hash_cache=hash_cache, check_cache=check_cache, workers=workers,
+                on_bytes=advance,
+            )  # fmt: skip
+    finally:
+        hash_cache.close()
+        if check_cache is not None:
+            check_cache.close()
+    for props, summary in zip(
+        [p for p in prepared.attachments.manifests if p.input_manifest_path],
+        prepared.uploads,
+        strict=True,
+    ):
+        click.echo(
+            f"{props.root_path}: {summary.uploaded} objects uploaded ({summary.uploaded_bytes} "
+            f"bytes), {summary.skipped} already in {store.uri}; manifest "
+            f"{props.input_manifest_path}",
+            err=True,
+        )
+    emit_json(prepared.attachments.to_dict())
