@@ -44,16 +44,19 @@ def layout(tmp: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     put(local / "sub/a.abc", os.urandom(2_000))
     put(local / "sub/b/c.abc", b"c")
     put(shared / "lib/common.exr", b"on the shared file system: never uploaded")
+    put(tmp / "single-loc/deep/only.txt", b"one input: the root is its directory")
     profile = {
         "storageProfileId": "sp-1", "displayName": "Linux", "osFamily": "LINUX",
         "fileSystemLocations": [
             {"name": "LocalAssets", "path": str(local), "type": "LOCAL"},
             {"name": "Shared", "path": str(shared), "type": "SHARED"},
+            {"name": "Single", "path": str(tmp / "single-loc"), "type": "LOCAL"},
         ],
     }  # fmt: skip
     spec = {
         "inputs": [str(proj / "scene/shot.blend"), str(proj / "missing.txt"),
-                   str(local / "sub/a.abc"), str(shared / "lib/common.exr")],
+                   str(local / "sub/a.abc"), str(shared / "lib/common.exr"),
+                   str(tmp / "single-loc/deep/only.txt")],
         "input_dirs": [str(proj / "tex"), str(proj / "emptydir"), str(local / "sub/b")],
         "outputs": [str(proj / "renders"), str(local / "sub/out"), str(shared / "out")],
         "references": [],
@@ -121,6 +124,7 @@ def test_prepare_job_equals_deadlines_submission(
             for m in ours["manifests"]] == [
         (str(tmp_path / "local-loc/sub"), "LocalAssets", ["out"]),
         (str(tmp_path / "proj"), None, ["renders"]),
+        (str(tmp_path / "single-loc/deep"), "Single", None),
     ]  # fmt: skip
     assert ours["fileSystem"] == "COPIED"
     # The same objects: CAS data, and manifests byte for byte (hash in the JSON included)
