@@ -366,3 +366,42 @@ def test_the_output_prefix_comes_from_the_session_environment() -> None:
     assert output_prefix_from_env(SESSION_ENV) == (
         "farm-1/queue-1/job-1/step-1/task-1/2024-05-22T22:17:03.099998Z_sessionaction-abc-1"
     )
+
+
+def test_worker_upload_puts_the_data_before_the_manifest(
+    tmp_path: Path, s3_relay: Any, s3_bucket: str, s3_client: Any
+) -> None:
+    """Unlike the agent's script (manifest first), a manifest is published only once every
+    object it names is in the store; an output that cannot be uploaded publishes none."""
+    from vfs.errors import UploadError
+    from vfs.storage import S3Options, S3Store
+    from vfs.transfer.worker import (
+        merge_base_manifests,
+        snapshot_outputs,
+        sync_outputs,
+        upload_outputs,
+    )
+
+    root = tmp_path / "root"
+    for i in range(5):
+        write(root, f"out/f{i}.exr", os.urandom(1000 + i))
+    props = [WorkerManifestProperties.from_dict({
+        "manifestProperties": {"rootPath": "/p", "rootPathFormat": "posix",
+                               "outputRelativeDirectories": ["out"]},
+        "localRootPath": str(root)})]  # fmt: skip
+    store = S3Store(s3_bucket, "root", S3Options(endpoint_url=s3_relay.url))
+    lines: list[str] = []
+    [info] = sync_outputs(props, store, "f/q/j/s/t/ts_sa", snapshot_dir=str(tmp_path / "snaps"),
+                          out=lines.append)  # fmt: skip
+    puts = [r.path for r in s3_relay.seen if r.method == "PUT"]
+    assert puts[-1].endswith(f"/root/Manifests/{info.output_manifest_path}")
+    assert len([p for p in puts if "/root/Data/" in p]) == 5 and len(puts) == 6
+
+    write(root, "out/f9.exr", b"new")
+    snaps = snapshot_outputs(props, merge_base_manifests(props), out=lines.append,
+                             destination=str(tmp_path / "snaps"))  # fmt: skip
+    os.unlink(root / "out/f9.exr")  # gone before its upload
+    with pytest.raises(UploadError, match=r"f9\.exr"):
+        upload_outputs(snaps, store, "f/q/j/s/t/ts2_sa", out=lines.append)
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="root/Manifests/")["Contents"]
+    assert [o["Key"] for o in listed] == [f"root/Manifests/{info.output_manifest_path}"]
