@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -312,3 +314,231 @@ def download(
                 break
     if as_json:
         emit_json(results)
+
+
+def _line(text: str) -> None:
+    """One line on stdout, flushed: the worker agent reads step output as it comes."""
+    click.echo(text)
+    sys.stdout.flush()
+
+
+@attachment.command("worker-download")
+@click.option(
+    "-s3",
+    "--s3-uri",
+    "--store",
+    "s3_uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
+)
+@click.option(
+    "-wp",
+    "--worker-properties",
+    required=True,
+    metavar="FILE",
+    help="JSON list of worker manifest properties (the worker agent's file).",
+)
+@click.option(
+    "--conflict-resolution",
+    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
+    default=ConflictResolution.CREATE_COPY.value,
+    show_default=True,
+    help="When a file exists: skip it, overwrite it, or write 'name (1).ext'.",
+)
+@click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
+@s3_options
+def worker_download(
+    s3_uri: str,
+    worker_properties: str,
+    conflict_resolution: str,
+    workers: int,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Sync a session's inputs, as the worker agent's attachment_download.py.
+
+    Downloads each root's localInputManifestPath under its localRootPath, printing
+    'openjd_progress: PERCENT' and 'openjd_status: MESSAGE' lines; a transfer slower than
+    10 KB/s for a minute fails with 'openjd_fail: …'. Same arguments as the script.
+    """
+    from vfs.transfer.worker import load_worker_manifest_properties, sync_inputs
+
+    start = time.monotonic()
+    props = load_worker_manifest_properties(worker_properties)
+    store = open_store(s3_uri, make_s3_options(endpoint_url, expected_bucket_owner))
+    result = sync_inputs(
+        props, store, out=_line, workers=workers,
+        conflict_resolution=ConflictResolution(conflict_resolution.lower()),
+    )  # fmt: skip
+    for root, stats in result.by_root.items():
+        _line(
+            f"{root}: {stats.files_transferred} files downloaded "
+            f"({stats.bytes_transferred} bytes), {stats.files_skipped} skipped"
+            + (" - cancelled" if stats.cancelled else "")
+        )
+    if result.cancelled:
+        raise SystemExit(1)
+    _line(f"Finished downloading after {round(time.monotonic() - start, 2)} seconds")
+
+
+@attachment.command("worker-upload")
+@click.option(
+    "-s3",
+    "--s3-uri",
+    "--store",
+    "s3_uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
+)
+@click.option(
+    "-wp",
+    "--worker-properties",
+    required=True,
+    metavar="FILE",
+    help="JSON list of worker manifest properties (the worker agent's file).",
+)
+@click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
+@click.option(
+    "--hash-cache-dir",
+    default=None,
+    metavar="DIR",
+    help="Where the hash cache lives (default: the vfs cache directory).",
+)
+@s3_options
+def worker_upload(
+    s3_uri: str,
+    worker_properties: str,
+    workers: int,
+    hash_cache_dir: str | None,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Sync a session's outputs, as the worker agent's attachment_upload.py.
+
+    Per root: merge localManifestPaths (the base), snapshot the files under the output
+    directories that are new or changed against it (written to ./manifest_snapshot/ and
+    printed as 'ja_snapshot: …'), upload them and the output manifest to the official key
+    (from DEADLINE_FARM_ID, DEADLINE_QUEUE_ID, DEADLINE_JOB_ID, DEADLINE_STEP_ID,
+    DEADLINE_TASK_ID, DEADLINE_SESSIONACTION_ID and DEADLINE_SESSIONACTION_START_TIME), and
+    print 'ja_upload: […]'. Same arguments and environment as the script.
+    """
+    from vfs.hash_cache import HashCache
+    from vfs.transfer.worker import (
+        load_worker_manifest_properties,
+        output_prefix_from_env,
+        sync_outputs,
+    )
+
+    start = time.monotonic()
+    props = load_worker_manifest_properties(worker_properties)
+    prefix = output_prefix_from_env()
+    store = open_store(s3_uri, make_s3_options(endpoint_url, expected_bucket_owner))
+    cache = HashCache(hash_cache_dir or default_cache_dir())
+    try:
+        sync_outputs(props, store, prefix, hash_cache=cache, workers=workers, out=_line)
+    finally:
+        cache.close()
+    _line(f"Finished after {round(time.monotonic() - start, 2)} seconds")
+
+
+@attachment.command("prepare-job")
+@click.option("-i", "--input", "inputs", multiple=True, metavar="FILE",
+              help="Input file of the job (repeatable).")  # fmt: skip
+@click.option("--input-dir", "input_dirs", multiple=True, metavar="DIR",
+              help="Input directory: every file under it (repeatable).")  # fmt: skip
+@click.option("-o", "--output-dir", "outputs", multiple=True, metavar="DIR",
+              help="Output directory of the job (repeatable).")  # fmt: skip
+@click.option("--reference", "references", multiple=True, metavar="PATH",
+              help="Referenced path: places the root, uploads nothing (repeatable).")  # fmt: skip
+@click.option("--storage-profile", default=None, metavar="FILE",
+              help="The queue's storage profile as JSON (GetStorageProfileForQueue's answer): "
+              "paths under SHARED locations are skipped, LOCAL locations make roots.")  # fmt: skip
+@click.option("--store", "--s3-root-uri", "store_uri", required=True, metavar="URI",
+              help="The queue's attachments root: s3://BUCKET/PREFIX or file:///DIR.")  # fmt: skip
+@click.option("--farm-id", required=True, envvar="DEADLINE_FARM_ID", help="Farm id.")
+@click.option("--queue-id", required=True, envvar="DEADLINE_QUEUE_ID", help="Queue id.")
+@click.option("--file-system", type=click.Choice(["COPIED", "VIRTUAL"]), default="COPIED",
+              show_default=True, help="attachments.fileSystem of the job.")  # fmt: skip
+@click.option("--require-paths-exist", is_flag=True,
+              help="Fail on a missing input instead of making it a referenced path.")  # fmt: skip
+@click.option("--hash-cache-dir", default=None, metavar="DIR",
+              help="Where the hash cache lives (default: the vfs cache directory).")  # fmt: skip
+@click.option("--force-s3-check", is_flag=True,
+              help="HEAD every object instead of trusting the S3 check cache.")  # fmt: skip
+@click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
+@s3_options
+def prepare_job(
+    inputs: tuple[str, ...],
+    input_dirs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    references: tuple[str, ...],
+    storage_profile: str | None,
+    store_uri: str,
+    farm_id: str,
+    queue_id: str,
+    file_system: str,
+    require_paths_exist: bool,
+    hash_cache_dir: str | None,
+    force_s3_check: bool,
+    workers: int,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> None:
+    """Hash and upload a job's inputs and print its `attachments` JSON for CreateJob.
+
+    As deadline's job submission: the paths are grouped by asset root (the storage
+    profile's SHARED locations skipped, its LOCAL locations grouped with their
+    fileSystemLocationName), each root's input files are hashed into a manifest, the data
+    and the manifests are uploaded (Manifests/FARM/QUEUE/Inputs/GUID/HASH_input), and
+    {"manifests": [...], "fileSystem": ...} is printed on stdout.
+    """
+    from vfs.hash_cache import HashCache
+    from vfs.pathmap import StorageProfile
+    from vfs.storage import FileSystem
+    from vfs.transfer.submit import (
+        expand_input_directories,
+        group_asset_paths,
+        prepare_job_attachments,
+    )
+
+    profile = None
+    if storage_profile:
+        try:
+            with open(storage_profile, encoding="utf-8") as f:
+                profile = StorageProfile.from_dict(json.load(f))
+        except (OSError, ValueError) as e:
+            raise VfsError(f"cannot read storage profile {storage_profile}: {e}") from None
+    files, empty_dirs = expand_input_directories(input_dirs)
+    groups = group_asset_paths(
+        [*inputs, *files], outputs, [*references, *empty_dirs], profile,
+        require_paths_exist=require_paths_exist,
+    )  # fmt: skip
+    store = open_store(store_uri, make_s3_options(endpoint_url, expected_bucket_owner))
+    hash_cache = HashCache(hash_cache_dir or default_cache_dir())
+    check_cache = None if force_s3_check else S3CheckCache(default_cache_dir())
+    try:
+        total = sum(os.path.getsize(p) for g in groups for p in g.inputs)
+        with byte_progress("preparing", 2 * total, True) as advance:
+            prepared = prepare_job_attachments(
+                groups, store, farm_id, queue_id, file_system=FileSystem(file_system),
+                hash_cache=hash_cache, check_cache=check_cache, workers=workers,
+                on_bytes=advance,
+            )  # fmt: skip
+    finally:
+        hash_cache.close()
+        if check_cache is not None:
+            check_cache.close()
+    for props, summary in zip(
+        [p for p in prepared.attachments.manifests if p.input_manifest_path],
+        prepared.uploads,
+        strict=True,
+    ):
+        click.echo(
+            f"{props.root_path}: {summary.uploaded} objects uploaded ({summary.uploaded_bytes} "
+            f"bytes), {summary.skipped} already in {store.uri}; manifest "
+            f"{props.input_manifest_path}",
+            err=True,
+        )
+    emit_json(prepared.attachments.to_dict())
