@@ -401,3 +401,27 @@ def test_download_files_in_directory_matches_whole_components(tmp_path: Path) ->
                                      conflict_resolution=ConflictResolution.OVERWRITE)  # fmt: skip
     assert files_under(tmp_path / "v2") == {"ab/x": b"1", "ab/sub/z": b"2"}
     assert (tmp_path / "v2/ab/empty").is_dir() and not (tmp_path / "v2/abc").exists()
+
+
+def test_manifest_without_root_metadata_and_paths_leaving_the_root(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"))
+    win = "C:\\Proj"
+    put_output(store, TASK1, f"{SESSION}-1", T0, {"..\\..\\evil.exr": b"x", "ok.exr": b"ok"},
+               root=win)  # fmt: skip
+    # Output manifests without asset-root metadata (not written by deadline's code): the
+    # root is the rule whose hashed source path names the manifest, else none.
+    for root, action in ((ROOT, 2), ("/unknown", 3)):
+        key = manifest_key(
+            output_manifest_path(FARM, QUEUE, JOB, STEP, TASK2, f"{SESSION}-{action}", T0, root)
+        )
+        body = encode_manifest(Manifest([ManifestPath("n.exr", hash_bytes(b"n"), 1, MTIME)]))
+        store.put_bytes(data_key(hash_bytes(b"n")), b"n")
+        upload_manifest(store, key, body, None)
+    rules = [PathMappingRule(PathFormat.POSIX, ROOT, str(tmp_path / "mapped"))]
+    got = OutputSync(store, FARM, QUEUE, rules=rules, dest=str(tmp_path / "dest"),
+                     checkpoint_path=str(tmp_path / "cp.json")).poll()  # fmt: skip
+    assert files_under(tmp_path / "mapped") == {"n.exr": b"n"}
+    assert files_under(tmp_path / "dest") == {"C/Proj/ok.exr": b"ok"}
+    assert got.plan.outside_root == ["C:\\evil.exr"]
+    assert len(got.plan.rootless) == 1 and "-3/" in got.plan.rootless[0]
+    assert len(got.plan.keys) == 3  # all recorded: none is fetched again

@@ -310,7 +310,8 @@ class SyncPlan:
     """What one poll found: the new manifests (``keys``, in merge order, with their
     ``LastModified``), the files to download (``resolved``), the destinations already up
     to date (``up_to_date``, local paths), the absolute source paths no rule maps
-    (``unmapped``) and the keys of manifests with no asset root (``rootless``).
+    (``unmapped``) or that leave their root (``outside_root``: a Windows root's entry with
+    ``..\\``), and the keys of manifests with no asset root (``rootless``).
     ``bytes_to_download``: the bytes of ``resolved``."""
 
     keys: list[str] = field(default_factory=list)
@@ -320,6 +321,7 @@ class SyncPlan:
     up_to_date: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
     rootless: list[str] = field(default_factory=list)
+    outside_root: list[str] = field(default_factory=list)
     hash_alg: str = HASH_ALG_XXH128
 
     @property
@@ -340,13 +342,15 @@ class SyncResult:
     def as_dict(self) -> dict[str, object]:
         """The ``--json`` line of a poll: the transfer summary (same shape as ``vfs
         attachment download``) plus ``manifests`` (new keys), ``files_up_to_date``,
-        ``unmapped``, ``manifests_without_root``, ``watermark`` and ``checkpoint``."""
+        ``unmapped``, ``manifests_without_root``, ``outside_root``, ``watermark`` and
+        ``checkpoint``."""
         return {
             "manifests": list(self.plan.keys),
             **self.stats.as_dict(),
             "files_up_to_date": len(self.plan.up_to_date),
             "unmapped": list(self.plan.unmapped),
             "manifests_without_root": list(self.plan.rootless),
+            "outside_root": list(self.plan.outside_root),
             "watermark": self.watermark,
             "checkpoint": self.checkpoint,
         }
@@ -361,6 +365,12 @@ def _entries(manifest: Any) -> list[Entry]:
     if isinstance(manifest, Manifest):
         return list(manifest.paths)
     return [f for f in manifest.files if not f.deleted]
+
+
+def _folded_parts(path: str, fmt: PathFormat) -> tuple[str, ...]:
+    """The components of ``path``, lower-cased for a Windows path (case-insensitive)."""
+    parts = split_source_path(path, fmt)
+    return tuple(p.lower() for p in parts) if fmt is PathFormat.WINDOWS else parts
 
 
 def _is_up_to_date(local_path: str, entry: Entry) -> bool:
@@ -512,8 +522,14 @@ class OutputSync:
                 plan.rootless.append(f.key.key)
                 continue
             fmt = self._format_of(root)
+            root_parts = _folded_parts(join_source_path(root, ".", fmt), fmt)
             for entry in _entries(f.manifest):
                 source = join_source_path(root, entry.path, fmt)
+                if _folded_parts(source, fmt)[: len(root_parts)] != root_parts:
+                    # A Windows root's entry may hold "..\\": never leave the root.
+                    log.warning("%s: %r leaves its root %r; skipped", f.key.key, entry.path, root)
+                    plan.outside_root.append(source)
+                    continue
                 local = self._local_path(source, fmt)
                 if local is None:
                     plan.unmapped.append(source)
