@@ -425,3 +425,24 @@ def test_manifest_without_root_metadata_and_paths_leaving_the_root(tmp_path: Pat
     assert got.plan.outside_root == ["C:\\evil.exr"]
     assert len(got.plan.rootless) == 1 and "-3/" in got.plan.rootless[0]
     assert len(got.plan.keys) == 3  # all recorded: none is fetched again
+
+
+def test_local_store_lists_only_the_prefix_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling a ``file://`` store lists the queue's manifests without walking ``Data/``."""
+    store = LocalStore(str(tmp_path / "store"))
+    key = put_output(store, TASK1, f"{SESSION}-1", T0, {"a.exr": b"a"})
+    walked: list[str] = []
+    real_walk = os.walk
+
+    def spy(top: str, *args: Any, **kwargs: Any) -> Any:
+        walked.append(os.fspath(top))
+        return real_walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(os, "walk", spy)
+    prefix = f"Manifests/{FARM}/{QUEUE}/"
+    assert [k for k, _ in store.list_keys(prefix)] == [key]
+    assert [k for k, _ in store.list_keys(f"Manifests/{FARM}/{QUEUE}/job-0")] == [key]
+    assert walked == [str(tmp_path / "store" / prefix.rstrip("/"))] * 2
+    assert list(store.list_keys(".vfs-meta/x")) == list(store.list_keys("Manifests/../")) == []
