@@ -59,7 +59,7 @@ from typing import Any
 from vfs.defaults import default_cache_dir
 from vfs.errors import VfsError
 from vfs.hashing import hash_string
-from vfs.manifest import HASH_ALG_XXH128, Manifest
+from vfs.manifest import HASH_ALG_XXH128, AnyManifest, Manifest
 from vfs.pathmap.applier import PathMappingApplier, split_source_path
 from vfs.pathmap.profiles import PathMappingRule
 from vfs.pathmap.resolve import ResolvedManifestPath, join_source_path
@@ -300,7 +300,7 @@ def mirrored_path(dest: str, source_path: str, fmt: PathFormat) -> str:
 @dataclass(slots=True)
 class _Fetched:
     key: OutputManifestKey
-    manifest: Any
+    manifest: AnyManifest
     asset_root: str | None
     last_modified: float
 
@@ -360,7 +360,7 @@ def _entry_size(entry: Entry) -> int:
     return int(entry.size or 0)
 
 
-def _entries(manifest: Any) -> list[Entry]:
+def _entries(manifest: AnyManifest) -> list[Entry]:
     """The files of a manifest of either format (v2 delete markers left out)."""
     if isinstance(manifest, Manifest):
         return list(manifest.paths)
@@ -403,7 +403,8 @@ def remove_stale_temp_files(local_paths: Sequence[str]) -> int:
         except OSError:
             continue
         for name in names:
-            if name.endswith(".part") and any(name.startswith(p) for p in prefixes):
+            cut = name.rfind(".vfs-")
+            if name.endswith(".part") and cut > 0 and name[: cut + 5] in prefixes:
                 remove_quietly(os.path.join(directory, name))
                 removed += 1
     return removed
@@ -411,7 +412,7 @@ def remove_stale_temp_files(local_paths: Sequence[str]) -> int:
 
 class OutputSync:
     """Incremental download of the outputs of ``job_ids`` (every job of the queue when
-    empty) from ``store`` (seconds; keys relative to the store root).
+    empty) of queue ``queue_id`` of farm ``farm_id`` from ``store``.
 
     ``dest``: directory under which paths no rule maps are mirrored (see the module
     docstring); ``rules``: path mapping rules (one source format); at least one of the two
