@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import pytest
 from conftest import S3Relay
-from test_cli_manifest import oracle
+from test_cli_manifest import oracle, vfs
 from test_render_node import COMPAT, worker_agent_dir
 
 from vfs.hashing import hash_bytes
@@ -446,3 +446,29 @@ def test_local_store_lists_only_the_prefix_folder(
     assert [k for k, _ in store.list_keys(f"Manifests/{FARM}/{QUEUE}/job-0")] == [key]
     assert walked == [str(tmp_path / "store" / prefix.rstrip("/"))] * 2
     assert list(store.list_keys(".vfs-meta/x")) == list(store.list_keys("Manifests/../")) == []
+
+
+def test_cli_rules_file_json_summary_and_errors(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"))
+    put_output(store, TASK1, f"{SESSION}-1", T0, {"out/a.exr": b"a"})
+    put_output(store, TASK1, f"{SESSION}-2", T0, {"b.exr": b"b"}, root="/elsewhere")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"source_path_format": "posix", "source_path": ROOT,
+                                  "destination_path": str(tmp_path / "local")}]))  # fmt: skip
+    base = ["attachment", "sync-output", "--store", store.uri, "--farm-id", FARM,
+            "--queue-id", QUEUE, "--checkpoint", str(tmp_path / "cp.json")]  # fmt: skip
+    got = json.loads(vfs(*base, "--path-mapping-rules", str(rules), "--json").stdout)
+    assert len(got["manifests"]) == 2 and got["files_transferred"] == 1
+    assert got["unmapped"] == ["/elsewhere/b.exr"]
+    assert got["checkpoint"] == str(tmp_path / "cp.json") and got["watermark"] is not None
+    assert files_under(tmp_path / "local") == {"out/a.exr": b"a"}
+    again = vfs(*base, "--path-mapping-rules", str(rules)).stdout
+    assert again.startswith("0 new output manifests")
+    # Errors name what to fix, without a traceback.
+    err = vfs(*base, exit_code=1).stderr
+    assert "--dest" in err and "Traceback" not in err
+    rules.write_text("[{")
+    err = vfs(*base, "--path-mapping-rules", str(rules), exit_code=1).stderr
+    assert str(rules) in err
+    err = vfs(*base, "--dest", str(tmp_path / "d"), exit_code=1).stderr
+    assert "cp.json was written for" in err and "another --checkpoint" in err
