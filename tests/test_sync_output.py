@@ -423,6 +423,15 @@ def test_manifest_without_root_metadata_and_paths_leaving_the_root(tmp_path: Pat
     assert files_under(tmp_path / "mapped") == {"n.exr": b"n"}
     assert files_under(tmp_path / "dest") == {"C/Proj/ok.exr": b"ok"}
     assert got.plan.outside_root == ["C:\\evil.exr"]
+    # An undecodable manifest is reported and recorded, and blocks nothing.
+    bad = manifest_key(output_manifest_path(FARM, QUEUE, JOB, STEP, TASK2, f"{SESSION}-4", T0,
+                                            ROOT))  # fmt: skip
+    store.put_bytes(bad, b"not json", manifest_metadata(ROOT))
+    put_output(store, TASK2, f"{SESSION}-5", T0, {"m.exr": b"m"})
+    more = OutputSync(store, FARM, QUEUE, rules=rules, dest=str(tmp_path / "dest"),
+                      checkpoint_path=str(tmp_path / "cp.json")).poll()  # fmt: skip
+    assert more.plan.unreadable == [bad] and len(more.plan.keys) == 2
+    assert (tmp_path / "mapped/m.exr").read_bytes() == b"m"
     assert len(got.plan.rootless) == 1 and "-3/" in got.plan.rootless[0]
     assert len(got.plan.keys) == 3  # all recorded: none is fetched again
 

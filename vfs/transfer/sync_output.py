@@ -14,7 +14,8 @@ done here from a listing of the store (seeds 000/001; reference/job-attachments.
    metadata (deadline ``_get_asset_root_from_metadata``); a manifest without it is matched
    to the path mapping rule whose ``xxh128(source_path)`` is the ``{hash}`` of its name
    (the root-path hash of ``compute_root_path_hash`` without a location name), else it is
-   reported and skipped.
+   reported and skipped; so is a manifest that cannot be decoded (both are recorded, so
+   one bad manifest never blocks the queue).
 3. **Resolve**: each entry's absolute source path (root joined with the entry's path with
    the source's rules, normalised) is mapped with the path mapping rules
    (``strict_transform``); a path no rule maps goes under ``dest``, mirrored: the source
@@ -57,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfs.defaults import default_cache_dir
-from vfs.errors import VfsError
+from vfs.errors import ManifestError, VfsError
 from vfs.hashing import hash_string
 from vfs.manifest import HASH_ALG_XXH128, AnyManifest, Manifest
 from vfs.pathmap.applier import PathMappingApplier, split_source_path
@@ -311,7 +312,8 @@ class SyncPlan:
     ``LastModified``), the files to download (``resolved``), the destinations already up
     to date (``up_to_date``, local paths), the absolute source paths no rule maps
     (``unmapped``) or that leave their root (``outside_root``: a Windows root's entry with
-    ``..\\``), and the keys of manifests with no asset root (``rootless``).
+    ``..\\``), and the keys of manifests with no asset root (``rootless``) or that cannot
+    be decoded (``unreadable``; both are recorded as processed, not read again).
     ``bytes_to_download``: the bytes of ``resolved``."""
 
     keys: list[str] = field(default_factory=list)
@@ -321,6 +323,7 @@ class SyncPlan:
     up_to_date: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
     rootless: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
     outside_root: list[str] = field(default_factory=list)
     hash_alg: str = HASH_ALG_XXH128
 
@@ -342,14 +345,15 @@ class SyncResult:
     def as_dict(self) -> dict[str, object]:
         """The ``--json`` line of a poll: the transfer summary (same shape as ``vfs
         attachment download``) plus ``manifests`` (new keys), ``files_up_to_date``,
-        ``unmapped``, ``manifests_without_root``, ``outside_root``, ``watermark`` and
-        ``checkpoint``."""
+        ``unmapped``, ``manifests_without_root``, ``manifests_unreadable``,
+        ``outside_root``, ``watermark`` and ``checkpoint``."""
         return {
             "manifests": list(self.plan.keys),
             **self.stats.as_dict(),
             "files_up_to_date": len(self.plan.up_to_date),
             "unmapped": list(self.plan.unmapped),
             "manifests_without_root": list(self.plan.rootless),
+            "manifests_unreadable": list(self.plan.unreadable),
             "outside_root": list(self.plan.outside_root),
             "watermark": self.watermark,
             "checkpoint": self.checkpoint,
@@ -487,20 +491,28 @@ class OutputSync:
 
     def plan(self, checkpoint: SyncCheckpoint) -> SyncPlan:
         """List the store, read the manifests not in ``checkpoint`` and decide what to
-        download. Raises the store's errors and :class:`~vfs.errors.ManifestError` for an
-        undecodable manifest (naming it)."""
+        download. An undecodable manifest is reported (``unreadable``), not raised. Raises
+        the store's errors."""
         listed = list_output_manifest_keys(self.store, self.farm_id, self.queue_id, self.job_ids)
         new = [k for k in listed if k.key not in checkpoint.processed]
         plan = SyncPlan()
         if not new:
             return plan
 
-        def fetch(k: OutputManifestKey) -> _Fetched:
-            got = download_manifest(self.store, k.key)
+        def fetch(k: OutputManifestKey) -> _Fetched | ManifestError:
+            try:
+                got = download_manifest(self.store, k.key)
+            except ManifestError as e:  # will not heal: report it, do not block the queue
+                return e
             return _Fetched(k, got.manifest, got.asset_root, got.last_modified)
 
         with ThreadPoolExecutor(MANIFEST_FETCH_WORKERS, thread_name_prefix="vfs-sync") as pool:
-            fetched = list(pool.map(fetch, new))
+            answers = list(pool.map(fetch, new))
+        fetched = [a for a in answers if isinstance(a, _Fetched)]
+        for k, a in zip(new, answers, strict=True):
+            if isinstance(a, ManifestError):
+                log.warning("%s; its files are not downloaded", a)
+                plan.unreadable.append(k.key)
         fetched.sort(key=lambda f: (f.last_modified, f.key.session_action_order()))
         algs = {f.manifest.hash_alg for f in fetched}
         if len(algs) > 1:
@@ -508,7 +520,10 @@ class OutputSync:
                 f"the new output manifests use different hash algorithms {sorted(algs)}",
                 hint="sync them separately (--job-id)",
             )
-        plan.hash_alg = algs.pop()
+        plan.hash_alg = algs.pop() if algs else HASH_ALG_XXH128
+        for key in plan.unreadable:  # recorded as processed: reading it again cannot help
+            plan.keys.append(key)
+            plan.last_modified[key] = 0.0
         merged: dict[str, ResolvedManifestPath[Entry]] = {}
         for f in fetched:
             plan.keys.append(f.key.key)
