@@ -296,6 +296,34 @@ def test_watch_polls_until_ctrl_c(tmp_path: Path) -> None:
     assert "stopped" in err.decode()
 
 
+def test_watch_keeps_polling_after_a_failed_poll(tmp_path: Path) -> None:
+    """An output whose data is not in the store yet fails the poll; the poll records
+    nothing, --watch goes on, and a later poll downloads it once the data is there."""
+    store = LocalStore(str(tmp_path / "store"))
+    key = put_output(store, TASK1, f"{SESSION}-1", T0, {"a.exr": b"late data"})
+    data = tmp_path / "store" / data_key(hash_bytes(b"late data"))
+    data.rename(tmp_path / "held")
+    dest = tmp_path / "dest"
+    args = [sys.executable, "-m", "vfs", "attachment", "sync-output", "--store", store.uri,
+            "--farm-id", FARM, "--queue-id", QUEUE, "--dest", str(dest),
+            "--checkpoint", str(tmp_path / "cp.json"), "--watch", "0.2", "--json"]  # fmt: skip
+    out, err = tmp_path / "out.jsonl", tmp_path / "err.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(args, stdout=o, stderr=e)
+        try:
+            wait_for(lambda: err.read_text().count("trying again") >= 2, timeout=30,
+                     what="two failed polls")  # fmt: skip
+            assert not (tmp_path / "cp.json").exists()
+            (tmp_path / "held").rename(data)
+            wait_for(lambda: key in out.read_text(), timeout=30, what="the successful poll")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.read_text()
+    assert (dest / ROOT.lstrip("/") / "a.exr").read_bytes() == b"late data"
+    assert "does not exist" in err.read_text()  # the failure says which object is missing
+
+
 # -- deadline's writers and reader ---------------------------------------------------------------
 
 
