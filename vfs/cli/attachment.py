@@ -19,7 +19,7 @@ from vfs.cli.common import (
     s3_options,
 )
 from vfs.defaults import default_cache_dir
-from vfs.errors import VfsError
+from vfs.errors import AccessDeniedError, BucketNotFoundError, StoreError, VfsError
 from vfs.hashing import hash_string
 from vfs.manifest import decode_any_manifest, decode_manifest
 from vfs.pathmap import PathMappingRule, parse_path_mapping_rules
@@ -27,11 +27,13 @@ from vfs.storage import open_store, read_location
 from vfs.storage.check_cache import S3CheckCache
 from vfs.transfer import (
     ConflictResolution,
+    DownloadError,
     DownloadOrchestrator,
     TransferProgress,
     TransferStatistics,
     upload_manifest_files,
 )
+from vfs.transfer.sync_output import OutputSync, sleep_until
 
 
 @click.group(cls=VfsGroup)
@@ -542,3 +544,139 @@ def prepare_job(
             err=True,
         )
     emit_json(prepared.attachments.to_dict())
+
+
+@attachment.command("sync-output")
+@click.option(
+    "--s3-root-uri",
+    "--store",
+    "s3_root_uri",
+    required=True,
+    metavar="URI",
+    help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
+)
+@click.option("--farm-id", required=True, help="Farm of the queue.")
+@click.option("--queue-id", required=True, help="Queue whose job outputs are synced.")
+@click.option(
+    "--job-id",
+    "job_ids",
+    multiple=True,
+    help="Only this job's outputs (repeatable; default: every job of the queue).",
+)
+@click.option(
+    "--dest",
+    default=None,
+    metavar="DIR",
+    help="Directory under which outputs land at their job path "
+    "(/mnt/proj/out/a.exr -> DIR/mnt/proj/out/a.exr) unless a path mapping rule maps them.",
+)
+@click.option(
+    "--path-mapping-rules",
+    default=None,
+    metavar="FILE",
+    help="JSON rules file mapping the jobs' roots to local directories (these win over --dest).",
+)
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="FILE",
+    help="Where to record the manifests already downloaded (default: one file per store, "
+    "queue and destination in the vfs cache directory).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="Poll again every SECONDS until Ctrl-C.",
+)
+@click.option(
+    "--conflict-resolution",
+    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
+    default=ConflictResolution.OVERWRITE.value,
+    show_default=True,
+    help="When a different file exists: skip it, overwrite it, or write 'name (1).ext'.",
+)
+@click.option("--verify-hash", is_flag=True, help="Hash every file before it gets its name.")
+@click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
+@s3_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per poll.")
+def sync_output(
+    s3_root_uri: str,
+    farm_id: str,
+    queue_id: str,
+    job_ids: tuple[str, ...],
+    dest: str | None,
+    path_mapping_rules: str | None,
+    checkpoint: str | None,
+    watch: float | None,
+    conflict_resolution: str,
+    verify_hash: bool,
+    workers: int,
+    endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+    as_json: bool,
+) -> None:
+    """Download the outputs of a queue's jobs that are new since the last run.
+
+    Output manifests are found by listing the store under Manifests/FARM/QUEUE/[JOB/],
+    merged per local path (later session actions win, as deadline's sync-output), and
+    their files downloaded. The checkpoint records the manifests done, so each run (or
+    --watch poll) fetches only new ones; a run that was killed resumes: files already
+    complete are not fetched again and no partial file is ever left under a final name.
+    """
+    s3 = make_s3_options(endpoint_url, expected_bucket_owner)
+    rules = _read_rules(path_mapping_rules)
+    store = open_store(s3_root_uri, s3)
+    sync = OutputSync(
+        store, farm_id, queue_id, job_ids, dest=dest, rules=rules,
+        checkpoint_path=checkpoint,
+        conflict_resolution=ConflictResolution(conflict_resolution.lower()),
+        orchestrator=DownloadOrchestrator(store, workers=workers, verify_hash=verify_hash),
+    )  # fmt: skip
+    if watch is None:
+        _sync_once(sync, as_json, quiet=False)
+        return
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                _sync_once(sync, as_json, quiet=True)
+            except (StoreError, DownloadError) as e:
+                if isinstance(e, AccessDeniedError | BucketNotFoundError):
+                    raise
+                click.echo(f"sync-output: this poll failed, trying again: {e}", err=True)
+            sleep_until(started + watch)
+    except KeyboardInterrupt:
+        # Ctrl-C ends --watch; a poll it interrupted left no partial file and recorded
+        # nothing, so the next run takes it up again.
+        click.echo("sync-output: stopped", err=True)
+
+
+def _sync_once(sync: OutputSync, as_json: bool, *, quiet: bool) -> None:
+    """One poll with a progress bar and its summary (``quiet``: no line when nothing was
+    new)."""
+    with sync.locked() as state, ctrl_c_cancels() as interrupt:
+        plan = sync.plan(state)
+        with byte_progress("sync-output", plan.bytes_to_download, not as_json) as advance:
+            result = sync.run(plan, state, progress=interrupt.guard(_BarFeed(advance)))
+    if as_json:
+        emit_json(result.as_dict())
+    elif result.plan.keys or not quiet:
+        s = result.stats
+        click.echo(
+            f"{len(result.plan.keys)} new output manifests: {s.files_transferred} files "
+            f"downloaded ({s.bytes_transferred} bytes), {len(result.plan.up_to_date)} up to "
+            f"date, {s.files_skipped} skipped, {len(result.plan.unmapped)} unmapped"
+        )
+
+
+def _read_rules(path: str | None) -> list[PathMappingRule]:
+    """The rules of a rules file (``[]`` without one). Raises :class:`VfsError` naming it."""
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_path_mapping_rules(json.load(f))
+    except (OSError, ValueError) as e:
+        raise VfsError(f"cannot read path mapping rules {path}: {e}") from None

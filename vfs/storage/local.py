@@ -215,7 +215,15 @@ class LocalStore:
             self._write(key, lambda out: shutil.copyfileobj(src, out, 8 * 1024 * 1024))
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
-        for dirpath, dirs, files in os.walk(self.root):
+        # Walk only the deepest directory every match lies in (``Manifests/f/q/`` for
+        # ``Manifests/f/q/j``), not the whole store: listing a queue's manifests must not
+        # read every ``Data/`` object's directory entry.
+        folder = prefix.rpartition("/")[0]
+        try:
+            top = self._path(folder) if folder else self.root
+        except StoreError:  # a reserved or escaping folder holds no key
+            return
+        for dirpath, dirs, files in os.walk(top):
             if dirpath == self.root and METADATA_DIR in dirs:
                 dirs.remove(METADATA_DIR)
             for name in files:

@@ -52,6 +52,7 @@ from vfs.manifest import (
     Manifest,
     ManifestFilePath,
     ManifestPath,
+    ManifestV2,
 )
 from vfs.osutil import current_umask
 from vfs.pathmap.resolve import ResolvedManifestPath
@@ -205,6 +206,37 @@ class DownloadOrchestrator:
         os.makedirs(root, exist_ok=True)
         return self._run(
             items, dirs, manifest.hash_alg, conflict_resolution, progress, available_bytes
+        )
+
+    def download_files_in_directory(
+        self,
+        manifest: AnyManifest,
+        directory: str,
+        dest_root: str,
+        *,
+        conflict_resolution: ConflictResolution = ConflictResolution.CREATE_COPY,
+        progress: ProgressCallback | None = None,
+        available_bytes: int | None = None,
+    ) -> TransferStatistics:
+        """Download only the entries of ``manifest`` under ``directory`` into ``dest_root``.
+
+        ``directory`` is a manifest-relative, ``/``-separated directory (``renders/shot1``;
+        a trailing ``/`` and a leading ``./`` are ignored; ``""`` or ``.`` means the whole
+        manifest). Matching is by whole components: ``ab`` selects ``ab/x`` but neither
+        ``abc/x`` nor a file named ``ab`` (deadline's ``download_files_in_directory``
+        compares string prefixes, so there ``ab`` also takes ``abc/x``). Files keep their
+        full manifest path under ``dest_root`` (``renders/shot1/f.exr`` lands at
+        ``{dest_root}/renders/shot1/f.exr``); v2 directories under ``directory`` are
+        created too. Raises ``ValueError`` for an absolute ``directory`` or one with
+        ``..``, and otherwise as :meth:`download_manifest`.
+        """
+        prefix = normalize_manifest_directory(directory)
+        return self.download_manifest(
+            subtree_of(manifest, prefix),
+            dest_root,
+            conflict_resolution=conflict_resolution,
+            progress=progress,
+            available_bytes=available_bytes,
         )
 
     def download_to_resolved_paths(
@@ -603,6 +635,43 @@ class _Run:
                 f"{where} has {pos} bytes, the manifest gives {length} for {item.source}",
                 key=where,
             )
+
+
+def normalize_manifest_directory(directory: str) -> str:
+    """``directory`` as a manifest-relative directory without leading ``./`` or trailing
+    ``/`` (``""`` for the whole manifest). Raises ``ValueError`` for an absolute path or a
+    ``..`` component, which no manifest path has."""
+    d = directory.replace("\\", "/") if os.sep == "\\" else directory
+    if d.startswith("/"):
+        raise ValueError(f"directory {directory!r} must be relative to the manifest's root")
+    parts = [p for p in d.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"directory {directory!r} must not contain '..'")
+    return "/".join(parts)
+
+
+def in_directory(path: str, prefix: str) -> bool:
+    """Whether the manifest path ``path`` lies under the directory ``prefix`` (normalised
+    by :func:`normalize_manifest_directory`), comparing whole components."""
+    return not prefix or path.startswith(prefix + "/")
+
+
+def subtree_of(manifest: AnyManifest, prefix: str) -> AnyManifest:
+    """The manifest of the entries under directory ``prefix`` (:func:`in_directory`);
+    paths are kept as they are. v2 directories under ``prefix`` are kept as well."""
+    if not prefix:
+        return manifest
+    if isinstance(manifest, Manifest):
+        return Manifest(
+            paths=[p for p in manifest.paths if in_directory(p.path, prefix)],
+            hash_alg=manifest.hash_alg,
+            manifest_version=manifest.manifest_version,
+        )
+    return ManifestV2(
+        files=[f for f in manifest.files if in_directory(f.path, prefix)],
+        dirs=[d for d in manifest.dirs if in_directory(d.path, prefix)],
+        hash_alg=manifest.hash_alg,
+    )
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
