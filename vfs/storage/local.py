@@ -214,6 +214,10 @@ class LocalStore:
             self._write_metadata(key, None)
             self._write(key, lambda out: shutil.copyfileobj(src, out, 8 * 1024 * 1024))
 
+    def put_stream(self, key: str, stream: Readable) -> None:
+        self._write_metadata(key, None)
+        self._write(key, lambda out: shutil.copyfileobj(stream, out, 8 * 1024 * 1024))
+
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         for dirpath, dirs, files in os.walk(self.root):
             if dirpath == self.root and METADATA_DIR in dirs:
