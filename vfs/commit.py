@@ -140,7 +140,11 @@ class CommitOptions:
 @dataclass(slots=True)
 class CommitResult:
     """The outcome: counts of files (``files``: outputs written to the manifest; ``bytes``:
-    their total size), CAS objects uploaded and skipped (with bytes), deletions and mode
+    their total size), candidates whose content was read to hash it (``hashed``,
+    ``hashed_bytes``) and whose hash the mount recorded while they were written
+    (``hash_reused``, ``hash_reused_bytes``: not read), CAS objects uploaded and skipped
+    (with bytes; ``written_behind``: skipped without asking the store because the mount's
+    write-behind stored them, a subset of ``skipped``), deletions and mode
     changes recorded (v2), the files skipped because they are open for writing, the
     manifest's ``manifest_key`` (relative to the store root, ``Manifests/…``) and
     ``manifest_uri`` (the full location), ``output_manifest_path`` (the key without
@@ -149,10 +153,16 @@ class CommitResult:
 
     files: int = 0
     bytes: int = 0
+    hashed: int = 0
+    hashed_bytes: int = 0
+    hash_reused: int = 0
+    hash_reused_bytes: int = 0
     uploaded: int = 0
     uploaded_bytes: int = 0
     skipped: int = 0
     skipped_bytes: int = 0
+    written_behind: int = 0
+    written_behind_bytes: int = 0
     deleted: int = 0
     mode_changes: int = 0
     open_for_writing: list[str] = field(default_factory=list)
@@ -168,10 +178,16 @@ class CommitResult:
         return {
             "files": self.files,
             "bytes": self.bytes,
+            "hashed": self.hashed,
+            "hashed_bytes": self.hashed_bytes,
+            "hash_reused": self.hash_reused,
+            "hash_reused_bytes": self.hash_reused_bytes,
             "uploaded": self.uploaded,
             "uploaded_bytes": self.uploaded_bytes,
             "skipped": self.skipped,
             "skipped_bytes": self.skipped_bytes,
+            "written_behind": self.written_behind,
+            "written_behind_bytes": self.written_behind_bytes,
             "deleted": self.deleted,
             "mode_changes": self.mode_changes,
             "open_for_writing": self.open_for_writing,
@@ -454,14 +470,21 @@ def _commit(
     base, store = stores  # the mount's store (base objects), the one committed to
     committed = log_db.committed()
     if on_total is not None:
-        on_total(2 * sum(f.size for f in candidates if f.known_hash is None))
+        to_hash = sum(f.size for f in candidates if f.known_hash is None)
+        on_total(to_hash + sum(f.size for f in candidates if f.hash_recorded) + to_hash)
     lock = threading.Lock()
 
     def hash_one(f: FileState) -> tuple[FileState, str, str | None]:
         h, temp = _hash_candidate(snap, f, base, tmp_dir)
-        if progress is not None and f.known_hash is None:
-            with lock:
-                progress(f.size)
+        with lock:
+            if f.known_hash is None:
+                result.hashed += 1
+                result.hashed_bytes += f.size
+                if progress is not None:
+                    progress(f.size)
+            elif f.hash_recorded:
+                result.hash_reused += 1
+                result.hash_reused_bytes += f.size
         return f, h, temp
 
     outputs: list[_Output] = []
@@ -612,11 +635,18 @@ def _upload_objects(
         by_hash.setdefault(o.hash, o)
     lock = threading.Lock()
     failures: list[str] = []
+    behind = snap.uploaded(store.uri)  # stored by write-behind, verified as they were sent
 
     def one(o: _Output) -> None:
         key = data_key(o.hash)
         try:
-            if store.head(key) == o.state.size:
+            if behind.get(o.hash) == o.state.size:
+                with lock:
+                    result.skipped += 1
+                    result.skipped_bytes += o.state.size
+                    result.written_behind += 1
+                    result.written_behind_bytes += o.state.size
+            elif store.head(key) == o.state.size:
                 with lock:
                     result.skipped += 1
                     result.skipped_bytes += o.state.size
