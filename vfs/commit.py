@@ -6,13 +6,16 @@ Steps (:func:`commit_overlay`):
    with the mount running or not) and list the candidates: new, renamed, written, chmod'ed
    or touched regular files under the output directories. Files still open for writing
    are named and skipped (or waited for with ``wait``).
-2. Hash each candidate whose content is not known (xxh128, :mod:`vfs.hashing`) and keep
+2. Hash each candidate whose content is not known (xxh128, :mod:`vfs.hashing`; a hash the
+   mount recorded while the file was written sequentially is reused, not read) and keep
    only the outputs: a file whose hash differs from what its path held before (the base
    manifest, or the last commit). A file rewritten with identical bytes, or only touched,
    is not an output; in format 2025-12-04-beta a changed execute bit is recorded, and so
    are deletions.
 3. Upload the outputs' CAS objects, ``Data/{hash}.xxh128`` (reference/job-attachments.md
-   §4, §8.3); an object the store has at the right size is skipped. Unlike deadline, the
+   §4, §8.3); an object the store has at the right size is skipped, and so is one the
+   mount's write-behind stored in the same store (recorded in the overlay, verified as it
+   was sent: no request at all). Unlike deadline, the
    data goes up *before* the manifest, so a published manifest never names missing data.
 4. Write the output manifest: canonical format 2023-03-03 by default (paths relative to the
    asset root, the mount's root; reference §1), or a 2025-12-04-beta diff manifest whose
