@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from test_commit import BASE, IDS, PREFIX, Local, check_manifest, commit, listed
 
 from vfs.hashing import hash_bytes
 from vfs.manifest import decode_manifest
-from vfs.mount.writebehind import ContentChangedError, upload_object
+from vfs.mount.writebehind import YIELD_MAX, ContentChangedError, VerifyingReader, upload_object
 from vfs.storage import LocalStore, S3Options, S3Store, data_key
 from vfs.testing import run_vfs
 from vfs.testing.mounts import unmount_path, vfs_unmount_command
@@ -317,3 +318,26 @@ def test_write_behind_never_stores_bytes_that_are_not_the_key(
         assert upload_object(store, str(src), size, hash_bytes(content), "out/data")
         assert store.get_bytes(data_key(hash_bytes(content))) == content
         assert not upload_object(store, str(src), size, hash_bytes(content), "out/data")
+
+
+def test_uploads_pause_while_the_mount_fetches(tmp_path: Path) -> None:
+    src = tmp_path / "data"
+    src.write_bytes(b"z" * 3000)
+    until = time.monotonic() + 0.5
+
+    def busy() -> bool:  # demand fetches in flight for the first half second
+        return time.monotonic() < until
+
+    with open(src, "rb") as f:
+        reader = VerifyingReader(f, 3000, hash_bytes(b"z" * 3000), "out/data", busy)
+        t0 = time.monotonic()
+        assert reader.read(1000) == b"z" * 1000
+        paused = time.monotonic() - t0
+        t1 = time.monotonic()
+        assert reader.read() == b"z" * 2000 and reader.read() == b""
+        assert 0.4 <= paused <= YIELD_MAX + 0.5 and time.monotonic() - t1 < 0.2
+    with open(src, "rb") as f:
+        forever = VerifyingReader(f, 3000, hash_bytes(b"z" * 3000), "x", lambda: True)
+        t0 = time.monotonic()
+        forever.read(10)
+        assert YIELD_MAX - 0.1 <= time.monotonic() - t0 <= YIELD_MAX + 0.5  # never starved
