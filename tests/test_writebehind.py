@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +29,13 @@ from typing import Any
 import pytest
 from conftest import Mounted, S3Relay
 from test_commit import BASE, IDS, PREFIX, Local, check_manifest, commit, listed, put_base
+from test_overlay import World
 
 from vfs.hashing import hash_bytes
 from vfs.manifest import decode_manifest
+from vfs.mount.overlay import Overlay
+from vfs.mount.overlaydb import KnownHash
+from vfs.mount.tree import ROOT_INODE
 from vfs.mount.writebehind import YIELD_MAX, ContentChangedError, VerifyingReader, upload_object
 from vfs.storage import LocalStore, S3Options, S3Store, data_key
 from vfs.testing import run_vfs
@@ -163,6 +169,44 @@ def test_a_touch_after_the_close_keeps_the_hash(tmp_path: Path, local: Local) ->
     assert got["hash_reused"] == 1 and got["hashed_bytes"] == 0
     manifest = check_manifest((tmp_path / "o").read_bytes(), m.path, {"frame.exr": data})
     assert manifest.paths[0].mtime == 1_800_000_000_123_456
+
+
+def test_the_recorded_hash_persists_and_goes_before_the_data_changes(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    data = os.urandom(3 * MiB + 5)
+
+    async def write(o: Overlay) -> None:
+        ino = o.create(ROOT_INODE, b"frame", 0o644).ino
+        o.opened(ino, writing=True)
+        for off in range(0, len(data), MiB):
+            await o.write(ino, off, data[off : off + MiB])
+        o.released(ino, writing=True)
+        assert o.hashes[ino] == KnownHash(hash_bytes(data), len(data), o.nodes[ino].mtime_ns)
+
+    w.run(write)
+    db = os.path.join(w.dir, "overlay.db")
+
+    def rows() -> list[tuple[str, int]]:
+        with sqlite3.connect(db) as c:
+            return list(c.execute("SELECT hash, size FROM hashes"))
+
+    assert rows() == [(hash_bytes(data), len(data))]
+
+    async def rewrite(o: Overlay) -> None:
+        ino = w.ino(o, "frame")
+        assert o.hashes[ino].hash == hash_bytes(data)  # loaded again
+        # The data file cannot be written (a directory now): the write fails, and by
+        # then the record is gone, as a crash right after the data changed would need.
+        data_file = os.path.join(w.dir, "data", str(ino))
+        os.unlink(data_file)
+        os.mkdir(data_file)
+        with pytest.raises(OSError):
+            await o.write(ino, 10, b"new bytes")
+        assert rows() == [] and ino not in o.hashes
+        os.rmdir(data_file)
+        shutil.copyfile(os.devnull, data_file)
+
+    w.run(rewrite)
 
 
 # -- overlay counters -----------------------------------------------------------------------------
