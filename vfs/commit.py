@@ -76,6 +76,11 @@ from vfs.storage import (
 
 log = logging.getLogger(__name__)
 
+SMALL_OBJECT = 8 * 1024 * 1024
+"""Objects up to this many bytes are sent with one PUT from memory (s3transfer's multipart
+threshold; a transfer manager per small file costs about a third more time on a local
+server)."""
+
 WAIT_POLL = 0.25
 """Seconds between looks at the files open for writing, with ``wait``."""
 
@@ -654,7 +659,12 @@ def _upload_objects(
                     result.skipped += 1
                     result.skipped_bytes += o.state.size
             else:
-                store.put_file(key, _upload_source(snap, o, base, tmp_dir))
+                source = _upload_source(snap, o, base, tmp_dir)
+                if o.state.size <= SMALL_OBJECT:  # one PUT, no transfer manager
+                    with open(source, "rb") as f:
+                        store.put_bytes(key, f.read(o.state.size))
+                else:
+                    store.put_file(key, source)
                 with lock:
                     result.uploaded += 1
                     result.uploaded_bytes += o.state.size

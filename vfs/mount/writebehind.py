@@ -60,6 +60,9 @@ RETRY_MAX = 60.0
 YIELD_POLL = 0.02
 """Seconds between looks at the mount's demand fetches while an upload yields to them."""
 
+SMALL_OBJECT = 8 * 1024 * 1024
+"""Objects up to this many bytes are read (and checked) whole, then sent with one PUT."""
+
 YIELD_MAX = 1.0
 """Longest pause of an upload per piece read while reads are being fetched, in seconds."""
 
@@ -150,7 +153,11 @@ def upload_object(
     if store.head(key) == size:
         return False
     with open(path, "rb") as f:
-        store.put_stream(key, VerifyingReader(f, size, hash_, what, busy))
+        reader = VerifyingReader(f, size, hash_, what, busy)
+        if size <= SMALL_OBJECT:  # checked in memory, then sent as it is: one PUT
+            store.put_bytes(key, reader.read())
+        else:
+            store.put_stream(key, reader)
     return True
 
 
