@@ -6,13 +6,16 @@ Steps (:func:`commit_overlay`):
    with the mount running or not) and list the candidates: new, renamed, written, chmod'ed
    or touched regular files under the output directories. Files still open for writing
    are named and skipped (or waited for with ``wait``).
-2. Hash each candidate whose content is not known (xxh128, :mod:`vfs.hashing`) and keep
+2. Hash each candidate whose content is not known (xxh128, :mod:`vfs.hashing`; a hash the
+   mount recorded while the file was written sequentially is reused, not read) and keep
    only the outputs: a file whose hash differs from what its path held before (the base
    manifest, or the last commit). A file rewritten with identical bytes, or only touched,
    is not an output; in format 2025-12-04-beta a changed execute bit is recorded, and so
    are deletions.
 3. Upload the outputs' CAS objects, ``Data/{hash}.xxh128`` (reference/job-attachments.md
-   §4, §8.3); an object the store has at the right size is skipped. Unlike deadline, the
+   §4, §8.3); an object the store has at the right size is skipped, and so is one the
+   mount's write-behind stored in the same store (recorded in the overlay, verified as it
+   was sent: no request at all). Unlike deadline, the
    data goes up *before* the manifest, so a published manifest never names missing data.
 4. Write the output manifest: canonical format 2023-03-03 by default (paths relative to the
    asset root, the mount's root; reference §1), or a 2025-12-04-beta diff manifest whose
@@ -72,6 +75,11 @@ from vfs.storage import (
 )
 
 log = logging.getLogger(__name__)
+
+SMALL_OBJECT = 8 * 1024 * 1024
+"""Objects up to this many bytes are sent with one PUT from memory (s3transfer's multipart
+threshold; a transfer manager per small file costs about a third more time on a local
+server)."""
 
 WAIT_POLL = 0.25
 """Seconds between looks at the files open for writing, with ``wait``."""
@@ -140,7 +148,11 @@ class CommitOptions:
 @dataclass(slots=True)
 class CommitResult:
     """The outcome: counts of files (``files``: outputs written to the manifest; ``bytes``:
-    their total size), CAS objects uploaded and skipped (with bytes), deletions and mode
+    their total size), candidates whose content was read to hash it (``hashed``,
+    ``hashed_bytes``) and whose hash the mount recorded while they were written
+    (``hash_reused``, ``hash_reused_bytes``: not read), CAS objects uploaded and skipped
+    (with bytes; ``written_behind``: skipped without asking the store because the mount's
+    write-behind stored them, a subset of ``skipped``), deletions and mode
     changes recorded (v2), the files skipped because they are open for writing, the
     manifest's ``manifest_key`` (relative to the store root, ``Manifests/…``) and
     ``manifest_uri`` (the full location), ``output_manifest_path`` (the key without
@@ -149,10 +161,16 @@ class CommitResult:
 
     files: int = 0
     bytes: int = 0
+    hashed: int = 0
+    hashed_bytes: int = 0
+    hash_reused: int = 0
+    hash_reused_bytes: int = 0
     uploaded: int = 0
     uploaded_bytes: int = 0
     skipped: int = 0
     skipped_bytes: int = 0
+    written_behind: int = 0
+    written_behind_bytes: int = 0
     deleted: int = 0
     mode_changes: int = 0
     open_for_writing: list[str] = field(default_factory=list)
@@ -168,10 +186,16 @@ class CommitResult:
         return {
             "files": self.files,
             "bytes": self.bytes,
+            "hashed": self.hashed,
+            "hashed_bytes": self.hashed_bytes,
+            "hash_reused": self.hash_reused,
+            "hash_reused_bytes": self.hash_reused_bytes,
             "uploaded": self.uploaded,
             "uploaded_bytes": self.uploaded_bytes,
             "skipped": self.skipped,
             "skipped_bytes": self.skipped_bytes,
+            "written_behind": self.written_behind,
+            "written_behind_bytes": self.written_behind_bytes,
             "deleted": self.deleted,
             "mode_changes": self.mode_changes,
             "open_for_writing": self.open_for_writing,
@@ -454,14 +478,21 @@ def _commit(
     base, store = stores  # the mount's store (base objects), the one committed to
     committed = log_db.committed()
     if on_total is not None:
-        on_total(2 * sum(f.size for f in candidates if f.known_hash is None))
+        to_hash = sum(f.size for f in candidates if f.known_hash is None)
+        on_total(to_hash + sum(f.size for f in candidates if f.hash_recorded) + to_hash)
     lock = threading.Lock()
 
     def hash_one(f: FileState) -> tuple[FileState, str, str | None]:
         h, temp = _hash_candidate(snap, f, base, tmp_dir)
-        if progress is not None and f.known_hash is None:
-            with lock:
-                progress(f.size)
+        with lock:
+            if f.known_hash is None:
+                result.hashed += 1
+                result.hashed_bytes += f.size
+                if progress is not None:
+                    progress(f.size)
+            elif f.hash_recorded:
+                result.hash_reused += 1
+                result.hash_reused_bytes += f.size
         return f, h, temp
 
     outputs: list[_Output] = []
@@ -612,16 +643,28 @@ def _upload_objects(
         by_hash.setdefault(o.hash, o)
     lock = threading.Lock()
     failures: list[str] = []
+    behind = snap.uploaded(store.uri)  # stored by write-behind, verified as they were sent
 
     def one(o: _Output) -> None:
         key = data_key(o.hash)
         try:
-            if store.head(key) == o.state.size:
+            if behind.get(o.hash) == o.state.size:
+                with lock:
+                    result.skipped += 1
+                    result.skipped_bytes += o.state.size
+                    result.written_behind += 1
+                    result.written_behind_bytes += o.state.size
+            elif store.head(key) == o.state.size:
                 with lock:
                     result.skipped += 1
                     result.skipped_bytes += o.state.size
             else:
-                store.put_file(key, _upload_source(snap, o, base, tmp_dir))
+                source = _upload_source(snap, o, base, tmp_dir)
+                if o.state.size <= SMALL_OBJECT:  # one PUT, no transfer manager
+                    with open(source, "rb") as f:
+                        store.put_bytes(key, f.read(o.state.size))
+                else:
+                    store.put_file(key, source)
                 with lock:
                     result.uploaded += 1
                     result.uploaded_bytes += o.state.size

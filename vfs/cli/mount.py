@@ -137,6 +137,12 @@ def _octal(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="The overlay of a --writable mount, kept across remounts (default: "
     "CACHE_DIR/overlays/<mount point>).",
 )
+@click.option(
+    "--upload-on-close",
+    is_flag=True,
+    help="Write-behind (with --writable): files closed after writing are hashed and their "
+    "CAS objects stored in the background, one at a time, so vfs commit has little left.",
+)
 @click.option("-f", "--foreground", is_flag=True, help="Serve in this process until unmounted.")
 @click.option(
     "--allow-other", is_flag=True, help="Let other users read the mount (-o allow_other)."
@@ -187,6 +193,7 @@ def mount(
     fuse_options: tuple[str, ...],
     writable: bool,
     overlay_dir: str | None,
+    upload_on_close: bool,
     foreground: bool,
     allow_other: bool,
     allow_root: bool,
@@ -221,6 +228,8 @@ def mount(
         if not writable:
             raise click.UsageError("--overlay-dir needs --writable")
         overlay_dir = os.path.abspath(overlay_dir)
+    if upload_on_close and not writable:
+        raise click.UsageError("--upload-on-close needs --writable")
     if foreground:
         from vfs.mount.fetcher import DEFAULT_POLICY, FetchPolicy
         from vfs.mount.service import MountConfig, run_mount
@@ -257,6 +266,7 @@ def mount(
             file_mode=file_mode,
             writable=writable,
             overlay_dir=overlay_dir,
+            upload_on_close=upload_on_close,
         )
         run_mount(config, ready_fd)
         return
@@ -283,6 +293,8 @@ def mount(
         argv += ["--writable"]
     if overlay_dir is not None:
         argv += ["--overlay-dir", overlay_dir]
+    if upload_on_close:
+        argv += ["--upload-on-close"]
     if endpoint_url:
         argv += ["--endpoint-url", endpoint_url]
     if expected_bucket_owner:

@@ -33,7 +33,10 @@ def read_mount_stats(mountpoint: str) -> dict[str, int]:
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
 def stats(mountpoint: str, as_json: bool) -> None:
     """Show a mount's counters: requests by kind, cache hits and misses, bytes fetched and
-    served, retries and I/O errors."""
+    served, retries and I/O errors.
+
+    On a writable mount also the overlay's (files and bytes changed, copy-ups, hashes kept)
+    and write-behind's (objects and bytes uploaded)."""
     counters = read_mount_stats(mountpoint)
     if as_json:
         emit_json(counters)

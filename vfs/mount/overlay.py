@@ -24,6 +24,14 @@ commit before they return. Size and mtime of a file being written are kept in me
 committed on flush, fsync, release and close (and every second by the mount); after a
 ``kill -9`` the data file's size is taken as the file's size.
 
+Hash reuse: while a file is written strictly sequentially from offset 0 (a renderer writing
+a frame), a running xxh128 of its bytes is kept; at its last close for writing, when those
+writes covered its whole content, the hash is recorded (``hashes``, with size and mtime) for
+``vfs commit``, which then does not read the file again. Any other write, a truncate below
+what was hashed, or a write after the close drops the record (in the database before the
+data file changes). :meth:`Overlay.generation` counts content changes per inode, so that
+work done meanwhile in another thread (write-behind hashing) can tell it is stale.
+
 Errors are ``OSError`` with the errno the caller should answer (``ENOENT``, ``EEXIST``,
 ``ENOTEMPTY``, ``ENOSPC`` …); the FUSE adapter passes them on.
 """
@@ -35,6 +43,7 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,9 +53,10 @@ from typing import Any
 import trio
 
 from vfs.errors import MountError, VfsError
+from vfs.hashing import new_hasher
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.fetcher import ContentFetcher
-from vfs.mount.overlaydb import DirentView, Node, OverlayDB, content_sources
+from vfs.mount.overlaydb import DirentView, KnownHash, Node, OverlayDB, content_sources
 from vfs.mount.overlaydb import base_fingerprint as base_fingerprint  # re-exported
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
@@ -89,6 +99,17 @@ def _merge(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int
     out.append((lo, hi))
     out.sort()
     return out
+
+
+class _Sequential:
+    """The running xxh128 of a file written sequentially from offset 0: ``pos`` is the
+    number of bytes hashed, the offset the next write must start at to continue."""
+
+    __slots__ = ("hasher", "pos")
+
+    def __init__(self) -> None:
+        self.hasher = new_hasher()
+        self.pos = 0
 
 
 class BaseContentError(OSError):
@@ -146,6 +167,37 @@ class Overlay(DirentView):
         self._changing = 0
         self._nlinks: dict[int, int] = {}  # link counts of changed directories, until a
         # subdirectory is added to or removed from them
+        self.hashes: dict[int, KnownHash] = {}  # recorded content hashes (hash reuse)
+        self._sequential: dict[int, _Sequential] = {}  # files being written from offset 0
+        self._generation: dict[int, int] = {}  # content changes per inode, this mount
+        self.on_closed: Callable[[int], None] | None = None
+        """Called with the inode when a file's last handle open for writing is released
+        and the file still has a name and changed content (write-behind queues it)."""
+        stats.gauges(self.counters)
+
+    def counters(self) -> dict[str, int]:
+        """The overlay's state for ``vfs stats``: ``overlay.files.changed`` (regular files
+        with a name whose content is new or written: created, or base files with a data
+        file), ``overlay.files.created`` (of those, the new ones), ``overlay.bytes.changed``
+        (their sizes, in bytes), ``overlay.files.deleted`` (base files and directories
+        removed), ``overlay.hashes.known`` (changed files whose hash is recorded)."""
+        files = created = size = deleted = known = 0
+        for ino, node in self.nodes.items():
+            if node.nlink == 0:
+                deleted += node.base
+                continue
+            if stat.S_ISREG(node.mode) and node.data:
+                files += 1
+                created += not node.base
+                size += node.size
+                known += ino in self.hashes
+        return {
+            "overlay.files.changed": files,
+            "overlay.files.created": created,
+            "overlay.bytes.changed": size,
+            "overlay.files.deleted": deleted,
+            "overlay.hashes.known": known,
+        }
 
     @classmethod
     def open(cls, root: str, tree: InodeTree, read_base: BaseReader, stats: MountStats) -> Overlay:
@@ -193,6 +245,7 @@ class Overlay(DirentView):
             self.nodes = self.db.load_nodes()
             self.dirents = self.db.load_dirents()
             self._recover()
+            self.hashes = self.db.load_hashes()  # after the rows of dropped content went
         except Exception as e:
             if isinstance(e, MountError):
                 raise
@@ -272,6 +325,8 @@ class Overlay(DirentView):
             self.next_ino = max(self.next_ino, int(self.db.get_meta("next_ino") or 0))
             self.nodes = self.db.load_nodes()
             self.dirents = self.db.load_dirents()
+            self.hashes = self.db.load_hashes()
+            self._sequential.clear()
             self._nlinks.clear()
             for node in self.nodes.values():
                 if node.data:
@@ -486,6 +541,7 @@ class Overlay(DirentView):
 
     def _forget(self, node: Node) -> None:
         """Delete an unlinked inode's data; keep a base inode's tombstone row."""
+        self._content_changed(node.ino, record=False)  # the rows go with clear_content
         fd = self._fds.pop(node.ino, None)
         if fd is not None:
             os.close(fd)
@@ -562,8 +618,13 @@ class Overlay(DirentView):
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
+        known = self.hashes.get(ino)
         with self._change():
             self.db.save_node(node)
+            if known is not None and mtime_ns is not None:  # the content stays: so does its hash
+                known = KnownHash(known.hash, known.size, mtime_ns)
+                self.db.set_hash(ino, known)
+                self.hashes[ino] = known
         return self.attr(ino)
 
     # -- content ----------------------------------------------------------------------------
@@ -602,9 +663,55 @@ class Overlay(DirentView):
                 last_writer = True
         try:
             self._release(ino)
+            if last_writer:
+                self._closed_for_writing(ino)
         finally:
             if last_writer:
+                self._sequential.pop(ino, None)
                 self.db.set_writers(ino, 0)
+
+    def _closed_for_writing(self, ino: int) -> None:
+        """The last writer of ``ino`` is gone: record the hash of its content when
+        sequential writes from offset 0 covered all of it; tell :attr:`on_closed`."""
+        node = self.nodes.get(ino)
+        if node is None or node.nlink == 0 or not node.data or not stat.S_ISREG(node.mode):
+            return
+        seq = self._sequential.pop(ino, None)
+        if seq is not None and seq.pos == node.size:
+            known = KnownHash(seq.hasher.hexdigest(), node.size, node.mtime_ns)
+            try:
+                self.record_hash(ino, known)
+                self.stats.add("overlay.hash.recorded")
+            except (OSError, sqlite3.Error) as e:  # only a saving lost: commit hashes it
+                log.warning("recording the hash of %s failed: %s", self.path_of(ino), e)
+        if self.on_closed is not None:
+            self.on_closed(ino)
+
+    def record_hash(self, ino: int, known: KnownHash) -> None:
+        """Record ``known`` as the hash of ``ino``'s whole content (committed). The caller
+        vouches that the content has not changed since it was hashed."""
+        with self._change():
+            self.db.set_hash(ino, known)
+        self.hashes[ino] = known
+
+    def generation(self, ino: int) -> int:
+        """How many times ``ino``'s content changed during this mount (writes, truncates):
+        equal before and after some work means nothing changed it meanwhile."""
+        return self._generation.get(ino, 0)
+
+    def writing(self, ino: int) -> bool:
+        """True while a handle on ``ino`` is open for writing."""
+        return bool(self._writers.get(ino))
+
+    def _content_changed(self, ino: int, record: bool = True) -> None:
+        """``ino``'s content is about to change: count it, and drop its recorded hash (in
+        the database first, ``record``, so a crash never leaves a stale hash)."""
+        self._generation[ino] = self._generation.get(ino, 0) + 1
+        if ino in self.hashes:
+            if record:
+                with self._change():
+                    self.db.drop_hash(ino)
+            del self.hashes[ino]
 
     def _release(self, ino: int) -> None:
         left = self._open.get(ino, 0) - 1
@@ -651,6 +758,8 @@ class Overlay(DirentView):
             self._fds[ino] = fd
             os.ftruncate(fd, node.size)
             node.data = True
+            if node.base:
+                self.stats.add("overlay.copyup.files")
             with self._change():
                 self.db.save_node(node)  # after the data file exists
         return node
@@ -725,7 +834,15 @@ class Overlay(DirentView):
         """
         node = self._materialize(ino)
         end = off + len(data)
+        self._content_changed(ino)
+        seq = self._sequential.pop(ino, None)
+        if off == 0:  # a new sequential run starts: what it hashes is all written again
+            seq = _Sequential()
         self._pwrite(ino, data, off)  # the data first, then the record of where it is
+        if seq is not None and seq.pos == off:
+            seq.hasher.update(data)
+            seq.pos = end
+            self._sequential[ino] = seq
         crowded = []
         if off < node.base_limit:
             crowded = self._record_extents(node, off, end)
@@ -808,6 +925,10 @@ class Overlay(DirentView):
         if size < 0:
             raise _err(errno.EINVAL, f"negative size for {self.path_of(ino)}")
         node = self._materialize(ino)
+        self._content_changed(ino)
+        seq = self._sequential.get(ino)
+        if seq is not None and size < seq.pos:  # bytes hashed are gone
+            del self._sequential[ino]
         os.ftruncate(self._fd(ino), size)
         node.base_limit = min(node.base_limit, size)
         node.size = size

@@ -23,6 +23,15 @@ it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
 - ``writers``: ``ino -> handles``, the files the running mount has open for writing
   (recorded when the first such handle opens, dropped at its last release, cleared when a
   mount starts), so that ``vfs commit`` can name and skip files still being written.
+- ``hashes``: ``ino -> (hash, size, mtime_ns)``, the xxh128 of a file's whole content
+  computed without reading it again (kept while it was written sequentially from offset 0,
+  or by write-behind), with the size (bytes) and mtime (ns) it had then. Recorded at the
+  last close; the row is deleted *before* any later write or truncate touches the data
+  file, so a row present is a hash of the current content (``vfs commit`` also checks the
+  size and mtime).
+- ``uploads``: ``(hash, store) -> size``: CAS objects write-behind (``--upload-on-close``)
+  stored in ``store`` (a store URI), each verified while it was sent (its bytes hash to its
+  key), so ``vfs commit`` to the same store skips them.
 
 Every change is committed before the operation that made it returns. The durability target
 is ``kill -9`` of the daemon (committed pages are in the kernel), not power loss:
@@ -116,7 +125,29 @@ CREATE TABLE IF NOT EXISTS extents (
     PRIMARY KEY (ino, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS writers (ino INTEGER PRIMARY KEY, handles INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS hashes (
+    ino INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    hash TEXT NOT NULL,
+    store TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (hash, store)
+) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True, slots=True)
+class KnownHash:
+    """A file's content hash known without reading it: ``hash`` (xxh128, 32 hex digits)
+    of the whole content, which had ``size`` bytes and mtime ``mtime_ns`` (ns) then."""
+
+    hash: str
+    size: int
+    mtime_ns: int
 
 
 @dataclass(slots=True)
@@ -232,10 +263,56 @@ class OverlayDB:
             self.clear_content(ino)
 
     def clear_content(self, ino: int) -> None:
-        """Forget which blocks and extents of ``ino`` the data file holds."""
+        """Forget which blocks and extents of ``ino`` the data file holds (and its hash)."""
         with self.transaction() as c:
             c.execute("DELETE FROM blocks WHERE ino = ?", (ino,))
             c.execute("DELETE FROM extents WHERE ino = ?", (ino,))
+            c.execute("DELETE FROM hashes WHERE ino = ?", (ino,))
+
+    # -- content hashes and write-behind uploads ---------------------------------------------
+
+    def set_hash(self, ino: int, known: KnownHash) -> None:
+        """Record ``known`` as the hash of ``ino``'s whole content."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO hashes (ino, hash, size, mtime_ns) VALUES (?, ?, ?, ?)",
+                (ino, known.hash, known.size, known.mtime_ns),
+            )
+
+    def drop_hash(self, ino: int) -> None:
+        """Forget ``ino``'s recorded hash (its content is about to change)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM hashes WHERE ino = ?", (ino,))
+
+    def load_hashes(self) -> dict[int, KnownHash]:
+        """Every recorded hash (``{}`` for an overlay made before the table existed)."""
+        try:
+            rows = self.conn.execute("SELECT ino, hash, size, mtime_ns FROM hashes").fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return {}
+            raise
+        return {int(i): KnownHash(str(h), int(s), int(m)) for i, h, s, m in rows}
+
+    def add_upload(self, hash_: str, store: str, size: int) -> None:
+        """Record that object ``hash_`` (``size`` bytes) is stored in ``store`` (a URI)."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO uploads (hash, store, size) VALUES (?, ?, ?)",
+                (hash_, store, size),
+            )
+
+    def load_uploads(self, store: str) -> dict[str, int]:
+        """``{hash: size}`` of the objects write-behind stored in ``store`` (a URI)."""
+        try:
+            rows = self.conn.execute(
+                "SELECT hash, size FROM uploads WHERE store = ?", (store,)
+            ).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return {}
+            raise
+        return {str(h): int(s) for h, s in rows}
 
     def add_blocks(self, ino: int, indices: Iterable[int]) -> None:
         """Record blocks ``indices`` of ``ino`` as held whole by the data file (their data

@@ -44,6 +44,7 @@ from vfs.mount.overlaydb import (
     META_MOUNTPOINT,
     META_STORE,
     DirentView,
+    KnownHash,
     Node,
     OverlayDB,
     base_fingerprint,
@@ -68,7 +69,8 @@ class FileState:
     names). ``ino``: its inode. ``size`` in bytes; ``mtime_us`` in microseconds since the
     epoch (``st_mtime_ns // 1000``, as manifests store it). ``runnable``: the owner's
     execute bit. ``known_hash``: its xxh128 when known without reading (content still the
-    base object's), else ``None``. ``base_hash``/``base_runnable``: the base file at the
+    base object's, or a hash the mount recorded for the current content: then
+    ``hash_recorded``), else ``None``. ``base_hash``/``base_runnable``: the base file at the
     same path (``None``/``False`` when the base has no regular file there).
     """
 
@@ -80,6 +82,7 @@ class FileState:
     known_hash: str | None
     base_hash: str | None
     base_runnable: bool
+    hash_recorded: bool = False
 
 
 def _base_mode(tree: InodeTree, ino: int) -> int:
@@ -110,6 +113,7 @@ class OverlaySnapshot(DirentView):
         self.writers: set[int] = set()
         self.nodes: dict[int, Node] = {}
         self.dirents: dict[int, dict[bytes, int]] = {}
+        self.hashes: dict[int, KnownHash] = {}
         self.tree = InodeTree()
         self.base_hash: str | None = None
         self._lock_fd = -1
@@ -184,6 +188,7 @@ class OverlaySnapshot(DirentView):
             self.manifests = [str(m) for m in json.loads(manifests)]
             self.nodes = db.load_nodes()
             self.dirents = db.load_dirents()
+            self.hashes = db.load_hashes()
             self.writers = db.load_writers() if self.mounted else set()
             db.conn.execute("COMMIT")
         finally:
@@ -194,6 +199,18 @@ class OverlaySnapshot(DirentView):
         Raises :class:`OverlayError`."""
         try:
             self._read(os.path.join(self.root, "overlay.db"))
+        except sqlite3.Error as e:
+            raise OverlayError(f"cannot read the overlay database in {self.root}: {e}") from None
+
+    def uploaded(self, store_uri: str) -> dict[str, int]:
+        """``{hash: size}`` of the CAS objects the mount's write-behind stored in the store
+        at ``store_uri`` (verified as they were sent). Raises :class:`OverlayError`."""
+        try:
+            db = OverlayDB.reader(os.path.join(self.root, "overlay.db"))
+            try:
+                return db.load_uploads(store_uri)
+            finally:
+                db.close()
         except sqlite3.Error as e:
             raise OverlayError(f"cannot read the overlay database in {self.root}: {e}") from None
 
@@ -289,15 +306,22 @@ class OverlaySnapshot(DirentView):
         known = None
         if ino <= len(tree) and (node is None or not node.data) and ino not in tree.chunks:
             known = tree.hash_hex(ino)
+        recorded = False
         if node is not None:
             size, mtime_us, mode = node.size, node.mtime_ns // 1000, node.mode
             if node.base and not node.data:
                 size = min(size, node.base_limit)
+            # A hash the mount recorded for this content (dropped before any later change;
+            # size and mtime must still be those it was recorded with).
+            rec = self.hashes.get(ino)
+            if (node.data and rec is not None and rec.size == node.size
+                    and rec.mtime_ns == node.mtime_ns):  # fmt: skip
+                known, recorded = rec.hash, True
         else:
             size, mtime_us, mode = tree.size[ino], tree.mtime[ino], _base_mode(tree, ino)
         return FileState(
             path, ino, size, mtime_us, bool(mode & stat.S_IXUSR), known, base_hash,
-            base is not None and base in tree.runnable,
+            base is not None and base in tree.runnable, recorded,
         )  # fmt: skip
 
     def deleted_paths(self) -> list[str]:

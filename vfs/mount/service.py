@@ -47,6 +47,7 @@ from vfs.mount.prefetch import PrefetchPlanner, PrefetchPolicy
 from vfs.mount.preflight import check_fuse_options, check_mountpoint, check_store
 from vfs.mount.stats import MountStats
 from vfs.mount.tree import InodeTree
+from vfs.mount.writebehind import WriteBehind
 from vfs.storage import S3Options, open_store, read_location
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class MountConfig:
     the cache's file system kept free; ``policy``: fetch limits and timeouts.
     ``writable``: writes land in the overlay in ``overlay_dir`` (default: one per mount
     point under ``cache_dir/overlays``, :func:`default_overlay_dir`).
+    ``upload_on_close``: write-behind (:mod:`vfs.mount.writebehind`): files closed after
+    writing are hashed and their CAS objects stored in the background.
     """
 
     mountpoint: str
@@ -100,6 +103,7 @@ class MountConfig:
     file_mode: int = 0o644
     writable: bool = False
     overlay_dir: str | None = None
+    upload_on_close: bool = False
 
 
 def load_manifests(
@@ -262,12 +266,19 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         fetcher = ContentFetcher(cache, store, stats, config.policy)
         planner = PrefetchPlanner(tree, config.prefetch)
         overlay: Overlay | None = None
+        write_behind: WriteBehind | None = None
         if config.writable:
             overlay_dir = config.overlay_dir or default_overlay_dir(config.cache_dir, mountpoint)
             overlay = Overlay.open(overlay_dir, tree, fetcher_reader(tree, fetcher), stats)
             record_overlay_origin(overlay, sources, config.store_uri, mountpoint)
             log.info("writable: the overlay is %s (%d changed inodes)", overlay_dir,
                      len(overlay.nodes))  # fmt: skip
+            if config.upload_on_close:
+                slots = fetcher.slots
+                write_behind = WriteBehind(overlay, store, stats,
+                                           busy=lambda: slots.borrowed_tokens > 0)  # fmt: skip
+                overlay.on_closed = write_behind.enqueue
+                log.info("write-behind: closed files are stored in %s", store.uri)
             ops: ReadOnlyOperations = WritableOperations(tree, fetcher, stats, overlay, planner)
         else:
             ops = ReadOnlyOperations(tree, fetcher, stats, planner)
@@ -356,8 +367,17 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
             nursery.start_soon(flush_cache_index)
             nursery.start_soon(persist_overlay)
             nursery.start_soon(failsafe, "reconciling the cache index", cache.reconcile)
+            behind = trio.CancelScope()
+            if write_behind is not None:
+
+                async def run_write_behind() -> None:
+                    with behind:
+                        await write_behind.run()
+
+                nursery.start_soon(run_write_behind)
             # pyfuse3.main returns when the file system is unmounted or terminated.
             await pyfuse3.main()
+            behind.cancel()  # what it did not store, vfs commit stores
             # Unmounted: a new mount may take the point (and the overlay) while the cache
             # writes finish.
             if overlay is not None:

@@ -93,6 +93,13 @@ class ObjectStore(Protocol):
         """Create or replace the object with the content of a local file."""
         ...
 
+    def put_stream(self, key: str, stream: Readable) -> None:
+        """Create or replace the object with what ``stream`` yields, read once, in order,
+        to its end. When ``stream.read`` raises, nothing is stored (a single PUT is not
+        sent or is cut short; a multipart upload is aborted) and the error propagates
+        (wrapped in ``StoreError`` by S3)."""
+        ...
+
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Yield ``(key, size)`` of every object whose key starts with ``prefix``."""
         ...

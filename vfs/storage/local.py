@@ -214,6 +214,10 @@ class LocalStore:
             self._write_metadata(key, None)
             self._write(key, lambda out: shutil.copyfileobj(src, out, 8 * 1024 * 1024))
 
+    def put_stream(self, key: str, stream: Readable) -> None:
+        self._write_metadata(key, None)
+        self._write(key, lambda out: shutil.copyfileobj(stream, out, 8 * 1024 * 1024))
+
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         # Walk only the deepest directory every match lies in (``Manifests/f/q/`` for
         # ``Manifests/f/q/j``), not the whole store: listing a queue's manifests must not

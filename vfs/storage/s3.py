@@ -26,6 +26,7 @@ from vfs.errors import (
     ObjectNotFoundError,
     RangeNotHonoredError,
     StoreError,
+    VfsError,
 )
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
 from vfs.storage.layout import join_key
@@ -250,6 +251,21 @@ class S3Store:
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, key, "PUT") from None
         except Exception as e:  # s3transfer wraps client errors in S3UploadFailedError
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, ClientError | BotoCoreError):
+                raise self._error(cause, key, "PUT") from None
+            raise StoreError(f"PUT {self.describe(key)}: {e}", key=self.describe(key)) from None
+
+    def put_stream(self, key: str, stream: Readable) -> None:
+        # s3transfer reads a stream without seek in order, part by part, and aborts the
+        # multipart upload (or sends no PUT) when a read raises.
+        try:
+            self.client.upload_fileobj(stream, self.bucket, self.full_key(key))  # type: ignore[arg-type]  # any object with read() will do
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key, "PUT") from None
+        except VfsError:  # the stream's own, e.g. content that changed: as it is
+            raise
+        except Exception as e:
             cause = e.__cause__ or e.__context__
             if isinstance(cause, ClientError | BotoCoreError):
                 raise self._error(cause, key, "PUT") from None
