@@ -289,7 +289,7 @@ class _Run:
         return {cache_keys[c] for c in cache.fresh_keys(cache_keys)}
 
     def stopped(self) -> bool:
-        return self.cancel.cancelled
+        return self.cancel.cancelled or self.tracker.cancelled.is_set()
 
     def run_pool(
         self,
@@ -451,7 +451,7 @@ class _Run:
         try:
             size = os.fstat(fd).st_size
             data: bytes | None = None
-            if source.length <= INLINE_LIMIT:
+            if not multipart and source.length <= INLINE_LIMIT:
                 data = FileSlice(fd, source.offset, source.length).read()
                 actual = xxhash.xxh3_128_hexdigest(data)
             else:
