@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import S3Relay
 from test_compat_deadline import ROOT_PREFIX, oracle
 from test_upload import make_root
 
@@ -232,6 +233,76 @@ def test_what_we_upload_deadline_downloads_byte_exact(
         p.relative_to(theirs).as_posix(): p.read_bytes() for p in theirs.rglob("*") if p.is_file()
     }
     assert got == files
+
+
+def test_listing_replaces_heads_on_s3(
+    tmp_path: Path, s3_bucket: str, s3_client: Any, s3_relay: S3Relay
+) -> None:
+    """From 100 objects on, one LIST request answers for 1,000 keys: no HEAD is sent, the
+    objects listed with the right size are skipped, one of a wrong size is replaced."""
+    root = tmp_path / "root"
+    files = {f"f{i:03d}.bin": random.Random(i).randbytes(100 + i) for i in range(150)}
+    m = make_root(root, files)
+    present = list(files.values())[:20]
+    for data in present:
+        s3_client.put_object(Bucket=s3_bucket, Key=f"ja/{data_key(hash_bytes(data))}", Body=data)
+    wrong = files["f140.bin"]
+    s3_client.put_object(Bucket=s3_bucket, Key=f"ja/{data_key(hash_bytes(wrong))}", Body=b"x")
+    s3_relay.seen.clear()
+    stats = UploadOrchestrator(s3_store(s3_relay.url, s3_bucket, "ja")).upload_manifest(
+        m, str(root)
+    )
+    assert (stats.files_skipped, stats.files_transferred) == (20, 130)
+    methods = [r.method for r in s3_relay.seen]
+    assert methods.count("HEAD") == 0
+    assert methods.count("PUT") == 130
+    lists = [r for r in s3_relay.seen if r.method == "GET" and "list-type=2" in r.path]
+    assert len(lists) == 1 and "prefix=ja%2FData%2F" in lists[0].path
+    got = s3_client.get_object(Bucket=s3_bucket, Key=f"ja/{data_key(hash_bytes(wrong))}")
+    assert got["Body"].read() == wrong
+
+
+def test_a_listing_stopped_by_its_budget_settles_only_keys_up_to_the_last_listed(
+    tmp_path: Path, s3_bucket: str, s3_client: Any, s3_relay: S3Relay
+) -> None:
+    """Beyond its budget the listing stops; the keys after the last one listed (S3 lists
+    in ascending order) are asked for with HEAD, so none is skipped or uploaded wrongly."""
+    root = tmp_path / "root"
+    files = {f"f{i:03d}.bin": random.Random(2000 + i).randbytes(64) for i in range(150)}
+    m = make_root(root, files)
+    keys = [data_key(hash_bytes(d)) for d in files.values()]
+    for key, data in list(zip(keys, files.values(), strict=True))[::2]:
+        s3_client.put_object(Bucket=s3_bucket, Key=f"ja/{key}", Body=data)
+    last = sorted(keys[::2])[44]  # a budget of 150 × 0.0003 × 1000 = 45 keys
+    s3_relay.seen.clear()
+    orch = UploadOrchestrator(s3_store(s3_relay.url, s3_bucket, "ja"), list_budget=0.0003)
+    stats = orch.upload_manifest(m, str(root))
+    assert (stats.files_skipped, stats.files_transferred) == (75, 75)
+    heads = [r.path for r in s3_relay.seen if r.method == "HEAD" and "/ja/" in r.path]
+    assert len(heads) == sum(1 for k in keys if k > last)
+    assert all(p.split("/ja/")[1] > last for p in heads)
+    for key, data in zip(keys, files.values(), strict=True):
+        assert s3_client.get_object(Bucket=s3_bucket, Key=f"ja/{key}")["Body"].read() == data
+
+
+def test_an_unordered_listing_settles_only_what_it_found(tmp_path: Path) -> None:
+    """A local directory lists in no particular order: a listing stopped early there
+    settles only the keys it found; every other one is looked up."""
+    store = LocalStore(str(tmp_path / "store"))
+    rng = random.Random(5)
+    for _ in range(1200):  # other objects of the CAS, spread over the key space
+        store.put_bytes(data_key(f"{rng.getrandbits(128):032x}"), b"other")
+    root = tmp_path / "root"
+    files = {f"f{i:03d}.bin": random.Random(1000 + i).randbytes(64) for i in range(150)}
+    m = make_root(root, files)
+    present = list(files.values())[::2]
+    for data in present:
+        store.put_bytes(data_key(hash_bytes(data)), data)
+    orch = UploadOrchestrator(store, list_existing=True, list_budget=0.001)  # 1,000 keys
+    stats = orch.upload_manifest(m, str(root))
+    assert (stats.files_skipped, stats.files_transferred) == (75, 75)
+    for data in files.values():
+        assert store.get_bytes(data_key(hash_bytes(data))) == data
 
 
 @pytest.mark.slow

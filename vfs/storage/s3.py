@@ -299,12 +299,19 @@ class S3Store:
             if on_bytes is not None:
                 on_bytes(length)
             return
-        self._multipart_upload(key, body, part_size, concurrency, on_bytes, cancel)
+        source: str | FileSlice = body
+        proc_fd = f"/proc/self/fd/{fd}"
+        if offset == 0 and length == os.fstat(fd).st_size and os.path.exists(proc_fd):
+            # The whole file: s3transfer then opens it once per part and reads the parts in
+            # its worker threads (a file object is read part by part in one thread); the
+            # /proc path reopens this very file, even if it was renamed or replaced since.
+            source = proc_fd
+        self._multipart_upload(key, source, part_size, concurrency, on_bytes, cancel)
 
     def _multipart_upload(
         self,
         key: str,
-        body: FileSlice,
+        body: str | FileSlice,
         part_size: int,
         concurrency: int,
         on_bytes: Callable[[int], None] | None,
@@ -326,7 +333,10 @@ class S3Store:
         manager = TransferManager(self.client, config)
         try:
             future = manager.upload(
-                cast(IO[bytes], body), self.bucket, self.full_key(key), subscribers=[Progress()]
+                body if isinstance(body, str) else cast(IO[bytes], body),
+                self.bucket,
+                self.full_key(key),
+                subscribers=[Progress()],
             )
             hook: CancelToken | None = cancel
             with hook.on_cancel(future.cancel) if hook is not None else contextlib.nullcontext():
