@@ -23,6 +23,7 @@ from vfs.manifest import (
     encode_manifest,
 )
 from vfs.storage import LocalStore, S3Options, S3Store, data_key
+from vfs.storage.slices import SourceChangedError
 from vfs.transfer import (
     DownloadOrchestrator,
     TransferProgress,
@@ -58,14 +59,15 @@ def test_large_files_go_multipart_small_ones_in_one_put(
     root = tmp_path / "root"
     files = {
         "big.bin": random.Random(1).randbytes(12 * MiB + 123),  # > threshold: 3 parts of 5 MiB
-        "mid.bin": random.Random(2).randbytes(7 * MiB),  # <= threshold: one PUT
-        "small.txt": b"small",
+        "mid.bin": random.Random(2).randbytes(9 * MiB),  # <= threshold: one PUT, streamed
+        "small.bin": random.Random(3).randbytes(MiB),  # one PUT from memory
+        "tiny.txt": b"small",
     }
     m = make_root(root, files)
     store = s3_store(s3_endpoint, s3_bucket)
-    orch = UploadOrchestrator(store, small_file_threshold=8 * MiB, part_size=5 * MiB)
+    orch = UploadOrchestrator(store, small_file_threshold=10 * MiB, part_size=5 * MiB)
     stats = orch.upload_manifest(m, str(root))
-    assert (stats.files_total, stats.files_transferred, stats.files_skipped) == (3, 3, 0)
+    assert (stats.files_total, stats.files_transferred, stats.files_skipped) == (4, 4, 0)
     assert stats.bytes_transferred == sum(len(d) for d in files.values())
     for rel, data in files.items():
         key = f"jobs/root/{data_key(hash_bytes(data))}"
@@ -73,11 +75,11 @@ def test_large_files_go_multipart_small_ones_in_one_put(
     tags = {rel: etag(s3_client, s3_bucket, f"jobs/root/{data_key(hash_bytes(d))}")
             for rel, d in files.items()}  # fmt: skip
     assert tags["big.bin"].endswith("-3"), tags  # S3's multipart ETag: "{md5 of md5s}-{parts}"
-    assert "-" not in tags["mid.bin"] and "-" not in tags["small.txt"], tags
+    assert not any("-" in tags[rel] for rel in ("mid.bin", "small.bin", "tiny.txt")), tags
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
     again = orch.upload_manifest(m, str(root))
-    assert (again.files_transferred, again.files_skipped) == (0, 3)
+    assert (again.files_transferred, again.files_skipped) == (0, 4)
     assert again.bytes_skipped == stats.bytes_transferred
 
 
@@ -303,6 +305,35 @@ def test_an_unordered_listing_settles_only_what_it_found(tmp_path: Path) -> None
     assert (stats.files_skipped, stats.files_transferred) == (75, 75)
     for data in files.values():
         assert store.get_bytes(data_key(hash_bytes(data))) == data
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_file_shorter_than_its_range_fails_at_once_and_stores_nothing(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_client: Any, multipart: bool
+) -> None:
+    """A file that shrank after it was hashed: the store refuses the range at once, naming
+    the change, instead of announcing more bytes than it sends (the request would wait for
+    them until the read timeout) or storing a short object."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(random.Random(1).randbytes(7 * MiB))
+    options = S3Options(endpoint_url=s3_endpoint, read_timeout=5, max_attempts=1)
+    s3 = S3Store(s3_bucket, "r", options)
+    local = LocalStore(str(tmp_path / "store"))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for store in (s3, local):
+            t0 = time.monotonic()
+            with pytest.raises(SourceChangedError) as info:
+                store.put_file_range(
+                    "Data/x.xxh128", fd, 0, 12 * MiB, multipart=multipart, part_size=5 * MiB
+                )
+            assert time.monotonic() - t0 < 15
+            assert "shrank while it was being sent" in str(info.value)
+    finally:
+        os.close(fd)
+    assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert list(local.list_keys("")) == []
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from vfs.errors import (
 )
 from vfs.osutil import current_umask
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
-from vfs.storage.slices import CancelToken, FileSlice
+from vfs.storage.slices import CancelToken, FileSlice, ShortReadError
 
 BinaryIOWriter = Callable[[BinaryIO], object]
 
@@ -232,7 +232,8 @@ class LocalStore:
         """Create ``key`` from ``length`` bytes of ``fd`` at ``offset``, copied in
         ``part_size`` pieces through a temporary file renamed when complete (``multipart``
         and ``concurrency`` do not apply). Raises :class:`TransferCancelledError` (the
-        temporary file removed) when ``cancel`` is cancelled between pieces."""
+        temporary file removed) when ``cancel`` is cancelled between pieces, and
+        :class:`~vfs.storage.slices.SourceChangedError` when the file ends too soon."""
         src = FileSlice(fd, offset, length)
         step = max(part_size, 1024 * 1024)
 
@@ -248,7 +249,11 @@ class LocalStore:
                     on_bytes(len(data))
 
         self._write_metadata(key, None)
-        self._write(key, fill)
+        try:
+            self._write(key, fill)
+        except ShortReadError:
+            src.check(self._path(key))
+            raise
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         for dirpath, dirs, files in os.walk(self.root):

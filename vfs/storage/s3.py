@@ -34,7 +34,7 @@ from vfs.storage.layout import join_key
 from vfs.storage.options import S3Options
 from vfs.storage.ranges import content_range_problem
 from vfs.storage.s3errors import classify
-from vfs.storage.slices import CancelToken, FileSlice
+from vfs.storage.slices import CancelToken, FileSlice, ShortReadError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -295,23 +295,20 @@ class S3Store:
                     ContentLength=length,
                 )
             except (ClientError, BotoCoreError) as e:
+                body.check(self.describe(key))
                 raise self._error(e, key, "PUT") from None
+            except ShortReadError:  # raised while botocore computed the body's checksum
+                body.check(self.describe(key))
+                raise
             if on_bytes is not None:
                 on_bytes(length)
             return
-        source: str | FileSlice = body
-        proc_fd = f"/proc/self/fd/{fd}"
-        if offset == 0 and length == os.fstat(fd).st_size and os.path.exists(proc_fd):
-            # The whole file: s3transfer then opens it once per part and reads the parts in
-            # its worker threads (a file object is read part by part in one thread); the
-            # /proc path reopens this very file, even if it was renamed or replaced since.
-            source = proc_fd
-        self._multipart_upload(key, source, part_size, concurrency, on_bytes, cancel)
+        self._multipart_upload(key, body, part_size, concurrency, on_bytes, cancel)
 
     def _multipart_upload(
         self,
         key: str,
-        body: str | FileSlice,
+        body: FileSlice,
         part_size: int,
         concurrency: int,
         on_bytes: Callable[[int], None] | None,
@@ -333,7 +330,7 @@ class S3Store:
         manager = TransferManager(self.client, config)
         try:
             future = manager.upload(
-                body if isinstance(body, str) else cast(IO[bytes], body),
+                cast(IO[bytes], body),
                 self.bucket,
                 self.full_key(key),
                 subscribers=[Progress()],
@@ -343,12 +340,15 @@ class S3Store:
                 try:
                     future.result()
                 except CancelledError:
+                    body.check(self.describe(key))
                     raise TransferCancelledError(
                         f"upload of {self.describe(key)} cancelled (multipart upload aborted)"
                     ) from None
                 except (ClientError, BotoCoreError) as e:
+                    body.check(self.describe(key))
                     raise self._error(e, key, "PUT") from None
                 except Exception as e:  # s3transfer may wrap a client error
+                    body.check(self.describe(key))
                     cause = e.__cause__ or e.__context__
                     if isinstance(cause, ClientError | BotoCoreError):
                         raise self._error(cause, key, "PUT") from None

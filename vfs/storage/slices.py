@@ -14,18 +14,34 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
+from vfs.errors import StoreError
+
+
+class SourceChangedError(StoreError):
+    """The local file an object was being created from ended before the range it should
+    hold: it changed after it was hashed. Concerns that object only (not fatal)."""
+
+
+class ShortReadError(ValueError):
+    """Raised by :meth:`FileSlice.read` when the file ends inside the slice (a ValueError,
+    not an OSError, so HTTP libraries do not take it for a broken connection)."""
+
 
 class FileSlice:
     """A read-only, seekable file object over ``length`` bytes of the open descriptor ``fd``
     from ``offset`` (bytes). Reads use ``os.pread``, so several slices may share one
     descriptor; the descriptor is not closed by the slice. Positions are relative to the
-    slice's start; reading past its end returns ``b""``."""
+    slice's start; reading past its end returns ``b""``. When the file ends before the
+    slice does (it shrank since it was hashed), ``read`` raises :class:`ShortReadError` and
+    sets :attr:`shrunk`: sending fewer bytes than announced would leave an HTTP request
+    waiting for the rest, and fewer bytes in a part would store a wrong object."""
 
     def __init__(self, fd: int, offset: int, length: int) -> None:
         self._fd = fd
         self._offset = offset
         self._length = length
         self._pos = 0
+        self.shrunk = False
 
     def __len__(self) -> int:
         return self._length
@@ -55,12 +71,27 @@ class FileSlice:
         parts = []
         while n > 0:
             data = os.pread(self._fd, n, self._offset + self._pos)
-            if not data:  # the file shrank: the caller's size check reports it
-                break
+            if not data:
+                self.shrunk = True
+                raise ShortReadError(
+                    f"the file ends at {self._offset + self._pos} bytes, inside the range "
+                    f"{self._offset}+{self._length} being read"
+                )
             parts.append(data)
             self._pos += len(data)
             n -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def check(self, where: str) -> None:
+        """Raise :class:`SourceChangedError` naming ``where`` if a read found the file
+        shorter than the slice."""
+        if self.shrunk:
+            raise SourceChangedError(
+                f"{where}: the local file shrank while it was being sent (it changed after "
+                f"it was hashed); nothing was stored",
+                key=where,
+                hint="upload again once the file no longer changes",
+            )
 
     def close(self) -> None:
         """Nothing to release (the descriptor belongs to the caller)."""

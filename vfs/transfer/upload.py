@@ -9,7 +9,10 @@ Format and behaviour facts (reference/job-attachments.md §8.3, deadline ``uploa
   256 MiB)`` of the file;
 * an object already known is not uploaded again: first the S3 check cache (reference §3.3;
   deadline samples it against the store and resets it when stale), then a ``HEAD`` (vfs
-  also compares the size, so a truncated object is replaced);
+  also compares the size, so a truncated object is replaced). Beyond deadline, from
+  :data:`LIST_MIN_OBJECTS` objects on, a listing of the CAS folder comes before the
+  ``HEAD`` requests and settles most objects with one request per 1,000 keys
+  (:data:`LIST_BUDGET`);
 * small and large files are handled apart: ``size <= 160 MiB`` (deadline's
   ``S3_MULTIPART_UPLOAD_CHUNK_SIZE`` 8 MiB × the default ``small_file_threshold_multiplier``
   20) is small. Small files are uploaded in parallel threads, one ``PutObject`` each; large
@@ -60,7 +63,7 @@ from vfs.manifest import (
 from vfs.storage.base import ObjectStore
 from vfs.storage.check_cache import S3CheckCache, check_cache_key, reset_check_cache_if_stale
 from vfs.storage.layout import data_key
-from vfs.storage.slices import CancelToken, FileSlice, RangeUploadStore
+from vfs.storage.slices import CancelToken, FileSlice, RangeUploadStore, ShortReadError
 from vfs.transfer.progress import ProgressCallback, ProgressTracker, TransferStatistics
 
 log = logging.getLogger(__name__)
@@ -516,17 +519,22 @@ class _Run:
         try:
             size = os.fstat(fd).st_size
             data: bytes | None = None
-            if not multipart and source.length <= INLINE_LIMIT:
-                data = FileSlice(fd, source.offset, source.length).read()
-                actual = xxhash.xxh3_128_hexdigest(data)
-            else:
-                actual = _hash_range(fd, source.offset, source.length)
-            if actual != obj.hash or size != source.file_size:
-                what = (
-                    ""
-                    if source.length == source.file_size
-                    else f" (bytes {source.offset}+{source.length})"
+            whole = source.length == source.file_size
+            what = "" if whole else f" (bytes {source.offset}+{source.length})"
+            if size != source.file_size:
+                raise _Failed(
+                    f"{source.path} changed since the manifest was made: {size} bytes, "
+                    f"manifest {source.file_size} (snapshot the root again)"
                 )
+            try:
+                if not multipart and source.length <= INLINE_LIMIT:
+                    data = FileSlice(fd, source.offset, source.length).read()
+                    actual = xxhash.xxh3_128_hexdigest(data)
+                else:
+                    actual = _hash_range(fd, source.offset, source.length)
+            except ShortReadError:
+                actual = "(the file shrank while it was read)"
+            if actual != obj.hash:
                 raise _Failed(
                     f"{source.path} changed since the manifest was made{what}: hash {actual}, "
                     f"manifest {obj.hash} (snapshot the root again)"
@@ -548,7 +556,11 @@ class _Run:
                     concurrency=self.o.part_workers, on_bytes=on_bytes, cancel=self.cancel,
                 )  # fmt: skip
             else:
-                self.store.put_bytes(obj.key, FileSlice(fd, source.offset, source.length).read())
+                try:
+                    data = FileSlice(fd, source.offset, source.length).read()
+                except ShortReadError:
+                    raise _Failed(f"{source.path} shrank while it was being sent") from None
+                self.store.put_bytes(obj.key, data)
                 on_bytes(source.length)
         finally:
             os.close(fd)
