@@ -308,7 +308,7 @@ class _Run:
         try:
             reset_check_cache_if_stale(cache, self.store, keys)
         except FATAL_ERRORS as e:
-            self.fatal = e
+            self.set_fatal(e)
             return set()
         cache_keys = {check_cache_key(self.store, k): k for k in keys}
         return {cache_keys[c] for c in cache.fresh_keys(cache_keys)}
@@ -411,6 +411,8 @@ class _Run:
         (within the orchestrator's ``list_budget``); present ones are counted as skipped.
         Returns ``(missing, still unknown)``. Without ``list_existing``, or for fewer than
         :data:`LIST_MIN_OBJECTS` objects: all unknown (a ``HEAD`` each is cheaper)."""
+        if self.fatal is not None or self.stopped():
+            return [], []
         if len(objects) < LIST_MIN_OBJECTS or not self.o.list_existing:
             return [], objects
         wanted = {o.key: o for o in objects}
