@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,22 +174,21 @@ def test_cli_upload_to_file_store(tmp_path: Path, local_store: tuple[Path, str])
     manifest_file = write_manifest_file(str(root), m, str(tmp_path / "manifests"))
     out = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri, "--json")
     n = len(distinct())
-    assert out == [
-        {
-            "manifest": manifest_file,
-            "root": str(root),
-            "objects": n,
-            "uploaded": n,
-            "uploaded_bytes": sum(len(d) for d in distinct().values()),
-            "skipped": 0,
-            "skipped_bytes": 0,
-        }
-    ]
+    assert len(out) == 1
+    got = out[0]
+    assert (got["manifest"], got["root"], got["dest"]) == (manifest_file, str(root), uri)
+    # The shape of `vfs attachment download --json` (TransferStatistics.as_dict), in objects.
+    assert got["files_total"] == got["files_transferred"] == n
+    assert got["bytes_transferred"] == sum(len(d) for d in distinct().values())
+    assert (got["files_skipped"], got["bytes_skipped"], got["files_failed"]) == (0, 0, 0)
+    assert (got["errors"], got["cancelled"]) == ([], False)
+    assert {"elapsed_seconds", "bytes_per_second"} <= set(got)
     assert stored(LocalStore(str(store_dir))) == distinct()
     again = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri, "--json")
-    assert (again[0]["uploaded"], again[0]["skipped"]) == (0, n)
+    assert (again[0]["files_transferred"], again[0]["files_skipped"]) == (0, n)
     text = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri)
-    assert f"0 objects uploaded (0 bytes), {n} already in {uri}" in text.stdout
+    assert "0 objects uploaded (0 bytes, " in text.stdout
+    assert f"{n} already in {uri}" in text.stdout
 
 
 def test_cli_upload_two_roots_paired_by_manifest_name(
@@ -247,7 +250,7 @@ def test_cli_upload_to_moto(
     uri = f"s3://{s3_bucket}/jobs/root"
     args = ("-m", manifest_file, "-r", str(root), "--s3-root-uri", uri)
     out = cli_upload(*args, "--endpoint-url", s3_endpoint, "--json")
-    assert out[0]["uploaded"] == len(distinct())
+    assert out[0]["files_transferred"] == len(distinct())
     listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="jobs/root/")["Contents"]
     assert sorted(o["Key"] for o in listed) == sorted(f"jobs/root/{k}" for k in distinct())
     for key, data in distinct().items():
@@ -255,7 +258,7 @@ def test_cli_upload_to_moto(
         assert body == data
     # The endpoint can also come from AWS_ENDPOINT_URL.
     result = run_vfs("attachment", "upload", *args, "--json", env={"AWS_ENDPOINT_URL": s3_endpoint})
-    assert json.loads(result.stdout)[0]["skipped"] == len(distinct())
+    assert json.loads(result.stdout)[0]["files_skipped"] == len(distinct())
 
 
 # -- ExpectedBucketOwner through the CLI, observed on the wire --------------------------------
@@ -278,7 +281,7 @@ def test_cli_sends_expected_bucket_owner_on_every_request(
         *("--s3-root-uri", f"s3://{s3_bucket}/jobs", "--endpoint-url", proxy.url),
     )
     out = cli_upload(*args, "--expected-bucket-owner", OWNER, "--json")
-    assert out[0]["uploaded"] == len(distinct())
+    assert out[0]["files_transferred"] == len(distinct())
     methods = {r.method for r in proxy.seen}
     assert {"GET", "HEAD", "PUT"} <= methods
     assert all(r.owner == OWNER for r in proxy.seen), proxy.seen
@@ -305,10 +308,10 @@ def test_s3_check_cache_skips_heads_and_survives_a_deleted_object(
             "--endpoint-url", s3_relay.url, "--s3-check-cache-dir", str(tmp_path / "cc"),
             "--json")  # fmt: skip
     first = json.loads(run_vfs("attachment", "upload", *args).stdout)[0]
-    assert first["uploaded"] == 40
+    assert first["files_transferred"] == 40
     s3_relay.seen.clear()
     second = json.loads(run_vfs("attachment", "upload", *args).stdout)[0]
-    assert second["skipped"] == 40
+    assert second["files_skipped"] == 40
     heads = [r for r in s3_relay.seen if r.method == "HEAD"]
     assert len(heads) <= 30  # only deadline's integrity sample, not one HEAD per object
     assert not [r for r in s3_relay.seen if r.method == "PUT"]
@@ -317,7 +320,7 @@ def test_s3_check_cache_skips_heads_and_survives_a_deleted_object(
     for key in [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]:
         s3_client.delete_object(Bucket=s3_bucket, Key=key)
     third = json.loads(run_vfs("attachment", "upload", *args).stdout)[0]
-    assert third["uploaded"] == 40
+    assert third["files_transferred"] == 40
     body = s3_client.get_object(Bucket=s3_bucket, Key=f"ja/{gone}")["Body"].read()
     assert body == files["f0.bin"]
 
@@ -375,3 +378,39 @@ def test_cli_upload_shows_progress_on_a_terminal_only(
     assert "uploading" in shown and "/s" in shown  # the bar with its rate
     quiet = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", local_store[1])
     assert "uploading" not in quiet.stderr
+
+
+def test_cli_ctrl_c_stops_an_upload_promptly(
+    tmp_path: Path, s3_relay: S3Relay, s3_bucket: str
+) -> None:
+    """Ctrl-C during ``vfs attachment upload``: no new object starts, the command exits
+    within a few seconds (each PUT answered 0.5 s late) with a failure status and no
+    traceback, long before the 200 objects could have gone up."""
+    root = tmp_path / "root"
+    rng = random.Random(5)
+    for i in range(200):
+        (root / f"f{i:03}.bin").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"f{i:03}.bin").write_bytes(rng.randbytes(1000))
+    manifest_file = write_manifest_file(str(root), snapshot_directory(str(root)), str(tmp_path))
+    s3_relay.stall, s3_relay.stall_only = 0.5, "PUT "
+    args = ("-m", manifest_file, "-r", str(root), "--s3-root-uri", f"s3://{s3_bucket}/root")
+    relay_args = ("--endpoint-url", s3_relay.url, "--workers", "4")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vfs", "attachment", "upload", *args, *relay_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len([r for r in s3_relay.seen if r.method == "PUT"]) < 8:
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err
+    puts = [r for r in s3_relay.seen if r.method == "PUT"]
+    assert len(puts) < 60, len(puts)

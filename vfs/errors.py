@@ -109,3 +109,8 @@ class SnapshotError(VfsError):
 
 class UploadError(VfsError):
     """Files could not be uploaded to the content-addressed store."""
+
+
+class TransferCancelledError(VfsError):
+    """A transfer was cancelled (a progress callback returned ``False``, or the transfer was
+    stopped after an error elsewhere) before it completed; nothing was half-written."""

@@ -21,7 +21,7 @@ from vfs.cli.common import (
 from vfs.defaults import default_cache_dir
 from vfs.errors import AccessDeniedError, BucketNotFoundError, StoreError, VfsError
 from vfs.hashing import hash_string
-from vfs.manifest import decode_any_manifest, decode_manifest
+from vfs.manifest import decode_any_manifest
 from vfs.pathmap import PathMappingRule, parse_path_mapping_rules
 from vfs.storage import open_store, read_location
 from vfs.storage.check_cache import S3CheckCache
@@ -31,9 +31,10 @@ from vfs.transfer import (
     DownloadOrchestrator,
     TransferProgress,
     TransferStatistics,
-    upload_manifest_files,
+    UploadOrchestrator,
 )
 from vfs.transfer.sync_output import OutputSync, sleep_until
+from vfs.transfer.upload import plan_objects
 
 
 @click.group(cls=VfsGroup)
@@ -85,7 +86,7 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
     metavar="URI",
     help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
 )
-@click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
+@click.option("--workers", default=16, show_default=True, help="Small objects uploaded at once.")
 @click.option(
     "--s3-check-cache-dir",
     default=None,
@@ -113,40 +114,63 @@ def upload(
     """Upload the files the manifests list to the content-addressed store.
 
     Objects already in the store with the right size are skipped; every other file is
-    hashed again first, so a file changed since its manifest was made is refused.
+    hashed again first, so a file changed since its manifest was made is refused. Files
+    up to 160 MiB go in parallel, larger ones one at a time as multipart uploads; v2
+    manifests' chunked files go as one object per 256 MiB chunk. The upload stops at the
+    first error that would fail every file (no bucket, access denied, no credentials).
     """
     s3 = make_s3_options(endpoint_url, expected_bucket_owner)
     store = open_store(s3_root_uri, s3)
     check_cache = S3CheckCache(s3_check_cache_dir or default_cache_dir())
+    orch = UploadOrchestrator(
+        store, workers=workers, check_cache=None if force_s3_check else check_cache
+    )
     results = []
-    for manifest_file, root in pair_roots(list(manifests), list(roots)):
-        m = decode_manifest(read_location(manifest_file, s3), source=manifest_file)
-        total = sum({p.hash: p.size for p in m.paths}.values())
-        with byte_progress("uploading", total, not as_json) as on_bytes:
-            s = upload_manifest_files(
-                m, root, store, workers=workers,
-                check_cache=None if force_s3_check else check_cache,
-                on_object=None if on_bytes is None else lambda entry, _: on_bytes(entry.size),
-            )  # fmt: skip
-        results.append(
-            {
-                "manifest": manifest_file,
-                "root": root,
-                "objects": s.objects,
-                "uploaded": s.uploaded,
-                "uploaded_bytes": s.uploaded_bytes,
-                "skipped": s.skipped,
-                "skipped_bytes": s.skipped_bytes,
-            }
-        )
-        if not as_json:
-            click.echo(
-                f"{manifest_file}: {s.uploaded} objects uploaded ({s.uploaded_bytes} bytes), "
-                f"{s.skipped} already in {store.uri}"
-            )
-    check_cache.close()
+    try:
+        with ctrl_c_cancels() as interrupt:
+            for manifest_file, root in pair_roots(list(manifests), list(roots)):
+                m = decode_any_manifest(read_location(manifest_file, s3), source=manifest_file)
+                total = sum(o.size for o in plan_objects(m, root))
+                with byte_progress("uploading", total, not as_json) as advance:
+                    stats = orch.upload_manifest(
+                        m, root, progress=interrupt.guard(_UploadBarFeed(advance, total))
+                    )
+                results.append(
+                    {"manifest": manifest_file, "root": root, "dest": store.uri, **stats.as_dict()}
+                )
+                if not as_json:
+                    click.echo(_upload_line(manifest_file, store.uri, stats))
+                if interrupt.hit:
+                    break
+    finally:
+        check_cache.close()
     if as_json:
         emit_json(results)
+
+
+class _UploadBarFeed:
+    """A progress callback feeding a byte progress bar (``advance(n)``): bytes sent, plus
+    the bytes of objects found already stored (they leave the report's ``bytes_total``),
+    so that the bar ends full; never cancels."""
+
+    def __init__(self, advance: Callable[[int], None] | None, total: int) -> None:
+        self.advance = advance
+        self.total = total
+        self.done = 0
+
+    def __call__(self, p: TransferProgress) -> bool:
+        if self.advance is not None:
+            done = p.bytes_done + (self.total - p.bytes_total)
+            self.advance(done - self.done)
+            self.done = done
+        return True
+
+
+def _upload_line(manifest: str, store: str, s: TransferStatistics) -> str:
+    return (
+        f"{manifest}: {s.files_transferred} objects uploaded ({s.bytes_transferred} bytes, "
+        f"{s.rate / 1e6:.1f} MB/s), {s.files_skipped} already in {store}"
+    )
 
 
 def download_destinations(

@@ -29,9 +29,11 @@ from vfs.errors import (
     CorruptObjectError,
     ObjectNotFoundError,
     StoreError,
+    TransferCancelledError,
 )
 from vfs.osutil import current_umask
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
+from vfs.storage.slices import CancelToken, FileSlice, ShortReadError
 
 BinaryIOWriter = Callable[[BinaryIO], object]
 
@@ -217,6 +219,45 @@ class LocalStore:
     def put_stream(self, key: str, stream: Readable) -> None:
         self._write_metadata(key, None)
         self._write(key, lambda out: shutil.copyfileobj(stream, out, 8 * 1024 * 1024))
+
+    def put_file_range(
+        self,
+        key: str,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        multipart: bool = False,
+        part_size: int = 8 * 1024 * 1024,
+        concurrency: int = 10,
+        on_bytes: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        """Create ``key`` from ``length`` bytes of ``fd`` at ``offset``, copied in
+        ``part_size`` pieces through a temporary file renamed when complete (``multipart``
+        and ``concurrency`` do not apply). Raises :class:`TransferCancelledError` (the
+        temporary file removed) when ``cancel`` is cancelled between pieces, and
+        :class:`~vfs.storage.slices.SourceChangedError` when the file ends too soon."""
+        src = FileSlice(fd, offset, length)
+        step = max(part_size, 1024 * 1024)
+
+        def fill(out: BinaryIO) -> None:
+            while True:
+                if cancel is not None and cancel.cancelled:
+                    raise TransferCancelledError(f"upload of {self._path(key)} cancelled")
+                data = src.read(step)
+                if not data:
+                    return
+                out.write(data)
+                if on_bytes is not None:
+                    on_bytes(len(data))
+
+        self._write_metadata(key, None)
+        try:
+            self._write(key, fill)
+        except ShortReadError:
+            src.check(self._path(key))
+            raise
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         # Walk only the deepest directory every match lies in (``Manifests/f/q/`` for

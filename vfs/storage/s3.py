@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
@@ -26,6 +27,7 @@ from vfs.errors import (
     ObjectNotFoundError,
     RangeNotHonoredError,
     StoreError,
+    TransferCancelledError,
     VfsError,
 )
 from vfs.storage.base import RangeStream, Readable, normalize_metadata
@@ -33,6 +35,7 @@ from vfs.storage.layout import join_key
 from vfs.storage.options import S3Options
 from vfs.storage.ranges import content_range_problem
 from vfs.storage.s3errors import classify
+from vfs.storage.slices import CancelToken, FileSlice, ShortReadError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -270,6 +273,106 @@ class S3Store:
             if isinstance(cause, ClientError | BotoCoreError):
                 raise self._error(cause, key, "PUT") from None
             raise StoreError(f"PUT {self.describe(key)}: {e}", key=self.describe(key)) from None
+
+    def put_file_range(
+        self,
+        key: str,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        multipart: bool = False,
+        part_size: int = 8 * 1024 * 1024,
+        concurrency: int = 10,
+        on_bytes: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        """Create ``key`` from ``length`` bytes of ``fd`` at ``offset`` (see
+        :class:`~vfs.storage.slices.RangeUploadStore`).
+
+        Without ``multipart``: one ``PutObject`` streaming the range. With it: s3transfer's
+        ``TransferManager`` (the engine of boto3's ``upload_fileobj``; deadline's
+        ``upload_file_to_s3`` uses it too) with ``part_size``-byte parts, ``concurrency`` at
+        once; cancelling ``cancel`` cancels the transfer, and s3transfer then aborts the
+        multipart upload (``AbortMultipartUpload``, its failure clean-up) once the parts in
+        flight end. Retries are botocore's alone (the client's ``standard`` mode);
+        s3transfer does not retry uploads. Raises :class:`TransferCancelledError` when
+        cancelled and :class:`StoreError` (classified) when S3 refuses.
+        """
+        body = FileSlice(fd, offset, length)
+        if cancel is not None and cancel.cancelled:
+            raise TransferCancelledError(f"upload of {self.describe(key)} cancelled")
+        if not multipart:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.full_key(key),
+                    Body=cast(IO[bytes], body),
+                    ContentLength=length,
+                )
+            except (ClientError, BotoCoreError) as e:
+                body.check(self.describe(key))
+                raise self._error(e, key, "PUT") from None
+            except ShortReadError:  # raised while botocore computed the body's checksum
+                body.check(self.describe(key))
+                raise
+            if on_bytes is not None:
+                on_bytes(length)
+            return
+        self._multipart_upload(key, body, part_size, concurrency, on_bytes, cancel)
+
+    def _multipart_upload(
+        self,
+        key: str,
+        body: FileSlice,
+        part_size: int,
+        concurrency: int,
+        on_bytes: Callable[[int], None] | None,
+        cancel: CancelToken | None,
+    ) -> None:
+        from s3transfer.manager import TransferConfig, TransferManager
+        from s3transfer.subscribers import BaseSubscriber
+
+        class Progress(BaseSubscriber):
+            def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+                if on_bytes is not None:
+                    on_bytes(bytes_transferred)
+
+        config = TransferConfig(
+            multipart_threshold=1,  # always multipart: the caller chose
+            multipart_chunksize=part_size,
+            max_request_concurrency=concurrency,
+        )
+        manager = TransferManager(self.client, config)
+        try:
+            future = manager.upload(
+                cast(IO[bytes], body),
+                self.bucket,
+                self.full_key(key),
+                subscribers=[Progress()],
+            )
+            hook: CancelToken | None = cancel
+            with hook.on_cancel(future.cancel) if hook is not None else contextlib.nullcontext():
+                try:
+                    future.result()
+                except CancelledError:
+                    body.check(self.describe(key))
+                    raise TransferCancelledError(
+                        f"upload of {self.describe(key)} cancelled (multipart upload aborted)"
+                    ) from None
+                except (ClientError, BotoCoreError) as e:
+                    body.check(self.describe(key))
+                    raise self._error(e, key, "PUT") from None
+                except Exception as e:  # s3transfer may wrap a client error
+                    body.check(self.describe(key))
+                    cause = e.__cause__ or e.__context__
+                    if isinstance(cause, ClientError | BotoCoreError):
+                        raise self._error(cause, key, "PUT") from None
+                    raise StoreError(
+                        f"PUT {self.describe(key)}: {e}", key=self.describe(key)
+                    ) from None
+        finally:
+            manager.shutdown(cancel=True)
 
     def list_keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -9,7 +9,12 @@ from vfs.transfer.progress import (
     TransferProgress,
     TransferStatistics,
 )
-from vfs.transfer.upload import UploadSummary, upload_manifest_files
+from vfs.transfer.upload import (
+    UploadIncompleteError,
+    UploadOrchestrator,
+    UploadSummary,
+    upload_manifest_files,
+)
 
 __all__ = [
     "ConflictResolution",
@@ -21,6 +26,8 @@ __all__ = [
     "ProgressCallback",
     "TransferProgress",
     "TransferStatistics",
+    "UploadIncompleteError",
+    "UploadOrchestrator",
     "UploadSummary",
     "is_fatal",
     "upload_manifest_files",
