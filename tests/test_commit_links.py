@@ -1,0 +1,100 @@
+"""Symbolic links created in a writable mount, committed by ``vfs commit``: format
+2025-12-04-beta records them as links (unsafe targets skipped with a warning naming the
+link; a link replacing a base file is a link entry, not a deletion; changes and removals of
+committed links are the next commit's), format 2023-03-03 follows a link to a regular file
+inside the mount like deadline's scan and skips the others with a warning naming them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from test_commit import BASE, Local, commit, local
+
+from vfs.hashing import hash_bytes
+from vfs.manifest import MANIFEST_VERSION_V2, apply_diff, decode_manifest, decode_manifest_v2
+from vfs.testing import run_vfs
+
+__all__ = ["local"]  # the fixture
+
+
+def test_v2_diffs_record_symlinks(tmp_path: Path, local: Local) -> None:
+    m = local.mount()
+    root = m.path
+    (root / "renders").mkdir()
+    (root / "renders" / "frame.exr").write_bytes(b"pixels")
+    os.symlink("frame.exr", root / "renders" / "latest.exr")
+    os.symlink("../scenes/comp.nk", root / "renders" / "comp")
+    os.symlink("/etc/passwd", root / "renders" / "abs")
+    os.symlink("../../elsewhere", root / "renders" / "escape")
+    os.unlink(root / "README")
+    os.symlink("renders/frame.exr", root / "README")  # a base file replaced by a link
+    out = tmp_path / "d1.manifest"
+    result = run_vfs("commit", str(root), "--output", str(out), "--json",
+                     "--manifest-version", MANIFEST_VERSION_V2)  # fmt: skip
+    got = json.loads(result.stdout.splitlines()[-1])
+    assert "renders/abs" in result.stderr and "absolute" in result.stderr
+    assert "renders/escape" in result.stderr and "escapes" in result.stderr
+    assert got["files"] == 1 and got["links"] == 3 and got["deleted"] == 0
+    diff = decode_manifest_v2(out.read_bytes())
+    links = {f.path: f.symlink_target for f in diff.files if f.is_symlink}
+    assert links == {
+        "renders/latest.exr": "frame.exr",
+        "renders/comp": "../scenes/comp.nk",
+        "README": "renders/frame.exr",
+    }
+    assert [f.path for f in diff.files if f.deleted] == []
+    snapshot = apply_diff(decode_manifest(local.manifest.read_bytes()), diff)
+    after = {f.path: f for f in snapshot.files}
+    assert after["README"].symlink_target == "renders/frame.exr"
+    assert after["renders/frame.exr"].hash == hash_bytes(b"pixels")
+
+    # Nothing new: nothing written. Then a changed target and a removed link.
+    again = commit(str(root), "--output", str(tmp_path / "d2.manifest"),
+                   "--manifest-version", MANIFEST_VERSION_V2)  # fmt: skip
+    assert again["manifest_hash"] is None
+    os.unlink(root / "renders" / "latest.exr")
+    os.symlink("frame.0002.exr", root / "renders" / "latest.exr")
+    os.unlink(root / "renders" / "comp")
+    third = commit(str(root), "--output", str(tmp_path / "d3.manifest"),
+                   "--manifest-version", MANIFEST_VERSION_V2)  # fmt: skip
+    assert third["links"] == 1 and third["deleted"] == 1 and third["files"] == 0
+    diff = decode_manifest_v2((tmp_path / "d3.manifest").read_bytes())
+    assert {(f.path, f.symlink_target, f.deleted) for f in diff.files} == {
+        ("renders/latest.exr", "frame.0002.exr", False),
+        ("renders/comp", None, True),
+    }
+
+
+def test_v1_follows_links_to_files_inside_the_mount(tmp_path: Path, local: Local) -> None:
+    m = local.mount()
+    root = m.path
+    (root / "out" / "sub").mkdir(parents=True)
+    (root / "out" / "frame.exr").write_bytes(b"pixels")
+    os.symlink("frame.exr", root / "out" / "latest.exr")  # a new file
+    os.symlink("../../scenes/comp.nk", root / "out" / "sub" / "comp")  # an untouched base file
+    os.symlink("chain", root / "out" / "chain2")  # a link to a link to a file
+    os.symlink("sub/comp", root / "out" / "chain")
+    os.symlink("missing.exr", root / "out" / "dangling")
+    os.symlink("sub", root / "out" / "dir")
+    os.symlink("/etc/hostname", root / "out" / "abs")
+    os.symlink("../../../../x", root / "out" / "up")
+    out = tmp_path / "o.manifest"
+    result = run_vfs("commit", str(root), "--output-dir", "out", "--output", str(out), "--json")
+    for name, why in [("dangling", "dangling"), ("dir", "directory"), ("abs", "dangling or"),
+                      ("up", "dangling or")]:  # fmt: skip
+        assert f"out/{name} is a symbolic link that" in result.stderr and why in result.stderr
+    manifest = decode_manifest(out.read_bytes())
+    comp = BASE["scenes/comp.nk"]
+    assert {p.path: (p.hash, p.size) for p in manifest.paths} == {
+        "out/frame.exr": (hash_bytes(b"pixels"), 6),
+        "out/latest.exr": (hash_bytes(b"pixels"), 6),
+        "out/sub/comp": (hash_bytes(comp), len(comp)),
+        "out/chain": (hash_bytes(comp), len(comp)),
+        "out/chain2": (hash_bytes(comp), len(comp)),
+    }
+    mtimes = {p.path: p.mtime for p in manifest.paths}
+    assert mtimes["out/latest.exr"] == (root / "out" / "frame.exr").stat().st_mtime_ns // 1000
+    assert mtimes["out/chain2"] == (root / "scenes" / "comp.nk").stat().st_mtime_ns // 1000
+    assert local.object(comp) == comp
