@@ -136,8 +136,8 @@ class Overlay(DirentView):
         self.read_base = read_base
         self.stats = stats
         self.data_dir = os.path.join(root, "data")
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.dir_mode = 0o755  # permission bits of base directories (--dir-mode)
+        self.file_mode = 0o644  # and base files (--file-mode; runnable ones add x under r)
         self._lock_fd = -1
         self.closed = False
         self.db: OverlayDB
@@ -344,16 +344,23 @@ class Overlay(DirentView):
             raise _err(errno.ENOENT, f"inode {ino}")
         ns = tree.mtime[ino] * 1000
         if tree.is_dir(ino):
-            return Attr(ino, stat.S_IFDIR | 0o755, DIR_SIZE, ns, ns, tree.nlink(ino), False)
+            return Attr(ino, self._base_mode(ino), DIR_SIZE, ns, ns, tree.nlink(ino), False)
         return Attr(ino, self._base_mode(ino), tree.size[ino], ns, ns, 1, False)
 
     def _base_mode(self, ino: int) -> int:
+        """``st_mode`` of base inode ``ino`` as the mount shows it: :attr:`dir_mode` for
+        directories, :attr:`file_mode` for files (with x where it has r for runnable ones),
+        0o777 for symlinks. A base inode keeps this mode in its overlay record from its
+        first change on (chmod, a write, an attribute); new inodes keep their creator's."""
         tree = self.tree
         if tree.is_dir(ino):
-            return stat.S_IFDIR | 0o755
+            return stat.S_IFDIR | self.dir_mode
         if ino in tree.symlinks:
             return stat.S_IFLNK | 0o777
-        return stat.S_IFREG | (0o755 if ino in tree.runnable else 0o644)
+        mode = self.file_mode
+        if ino in tree.runnable:
+            mode |= (mode & 0o444) >> 2
+        return stat.S_IFREG | mode
 
     def readlink(self, ino: int) -> bytes:
         """Target of symlink ``ino``. Raises ``OSError(EINVAL)`` for anything else."""
