@@ -98,3 +98,32 @@ def test_v1_follows_links_to_files_inside_the_mount(tmp_path: Path, local: Local
     assert mtimes["out/latest.exr"] == (root / "out" / "frame.exr").stat().st_mtime_ns // 1000
     assert mtimes["out/chain2"] == (root / "scenes" / "comp.nk").stat().st_mtime_ns // 1000
     assert local.object(comp) == comp
+
+
+def test_v2_diff_of_a_base_directory_replaced_by_a_file_or_link(
+    tmp_path: Path, local: Local
+) -> None:
+    """Deleting the files of a base directory that is now a file (or a link) is one
+    directory delete marker: per-file markers would make the path a directory too, and the
+    diff would be invalid (a bug this test found)."""
+    m = local.mount()
+    root = m.path
+    os.rename(root / "scenes", root / "old-scenes")  # scenes/comp.nk, scenes/plates/… gone
+    (root / "scenes").write_bytes(b"now a file")
+    os.unlink(root / "textures" / "wood.png")
+    os.rmdir(root / "textures")
+    os.symlink("old-scenes", root / "textures")  # a base directory replaced by a link
+    (root / "out" / "new.txt").write_bytes(b"new")  # out/old.txt stays: files deleted one by one
+    os.unlink(root / "out" / "old.txt")
+    out = tmp_path / "d.manifest"
+    got = commit(str(root), "--output", str(out), "--manifest-version", MANIFEST_VERSION_V2)
+    assert got["deleted"] == 4 and got["links"] == 1
+    diff = decode_manifest_v2(out.read_bytes())
+    assert sorted(d.path for d in diff.dirs if d.deleted) == ["scenes", "textures"]
+    assert sorted(f.path for f in diff.files if f.deleted) == ["out/old.txt"]
+    after = apply_diff(decode_manifest(local.manifest.read_bytes()), diff)
+    files = {f.path: f for f in after.files}
+    assert files["scenes"].hash == hash_bytes(b"now a file")
+    assert files["textures"].symlink_target == "old-scenes"
+    assert "old-scenes/plates/plate.0001.exr" in files and "out/new.txt" in files
+    assert not any(p.startswith(("scenes/", "textures/")) or p == "out/old.txt" for p in files)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from test_writable_mount import snapshot
 
 from vfs.commit import CommitOptions, commit_overlay
 from vfs.hashing import hash_bytes
-from vfs.manifest import decode_manifest
+from vfs.manifest import MANIFEST_VERSION_V2, decode_manifest, decode_manifest_v2
 from vfs.storage import data_key
 
 Mount = Callable[..., Mounted]
@@ -111,6 +112,33 @@ def expected_outputs(ref: Path, prefix: str) -> dict[str, tuple[str, int]]:
             data = p.read_bytes()
             if SUBTREE.get(rel) != data:
                 out[f"{prefix}/{rel}"] = (hash_bytes(data), len(data))
+    return out
+
+
+Entry = tuple[object, ...]
+
+
+def expected_diff(ref: Path, prefix: str) -> set[Entry]:
+    """The 2025-12-04-beta diff of ``ref`` against the base subtree (paths under
+    ``prefix``): ``("file", path, xxh128, size, runnable)`` for files whose content differs
+    or whose execute bit is set (the base has none), ``("link", path, target)`` for every
+    symbolic link (the base has none), ``("deleted", path)`` for base files that are
+    neither a file nor a link now."""
+    tree = snapshot(ref)
+    out: set[Entry] = set()
+    for rel, v in tree.items():
+        path = f"{prefix}/{rel}"
+        if v[0] == "link":
+            out.add(("link", path, v[1]))
+        elif v[0] == "file":
+            _, mode, size, data = v
+            assert isinstance(mode, int) and isinstance(data, bytes)
+            runnable = bool(mode & stat.S_IXUSR)
+            if SUBTREE.get(rel) != data or runnable:
+                out.add(("file", path, hash_bytes(data), size, runnable))
+    for rel in SUBTREE:
+        if tree.get(rel, ("none",))[0] not in ("file", "link"):
+            out.add(("deleted", f"{prefix}/{rel}"))
     return out
 
 
@@ -243,6 +271,10 @@ def test_random_operations_agree_with_a_local_directory(
             if not self.ok:  # a step failed: its error is the one to report
                 return
             out = tmp_path / f"{self.prefix}.manifest"
+            if int(self.prefix[2:]) % 2:  # every other example: a 2025-12-04-beta diff
+                self.check_v2(out)
+                shutil.rmtree(self.ref)
+                return
             commit_overlay(str(overlay), CommitOptions([self.prefix], output_file=str(out)))
             want = expected_outputs(self.ref, self.prefix)
             if not want:
@@ -257,10 +289,36 @@ def test_random_operations_agree_with_a_local_directory(
                 assert stored.read_bytes() == (self.ref.parent / p.path).read_bytes(), p.path
             shutil.rmtree(self.ref)
 
+        def check_v2(self, out: Path) -> None:
+            """The v2 diff ``vfs commit`` writes is the local diff: files changed, execute
+            bits, links, deletions."""
+            commit_overlay(str(overlay), CommitOptions([self.prefix], MANIFEST_VERSION_V2,
+                                                       output_file=str(out)))  # fmt: skip
+            want = expected_diff(self.ref, self.prefix)
+            if not want:
+                assert not out.exists(), "a commit with nothing to commit wrote a manifest"
+                return
+            diff = decode_manifest_v2(out.read_bytes())
+            got: set[Entry] = set()
+            for f in diff.files:
+                if f.deleted:
+                    got.add(("deleted", f.path))
+                elif f.symlink_target is not None:
+                    got.add(("link", f.path, f.symlink_target))
+                else:
+                    got.add(("file", f.path, f.hash, f.size, f.runnable))
+                    assert f.mtime == (m.path / f.path).lstat().st_mtime_ns // 1000, f.path
+            for d in diff.dirs:  # a base directory gone: its base files are deleted
+                if d.deleted:
+                    under = d.path.removeprefix(self.prefix + "/") + "/"
+                    got |= {("deleted", f"{self.prefix}/{p}") for p in SUBTREE
+                            if p.startswith(under)}  # fmt: skip
+            assert got == want
+
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=int(os.environ.get("VFS_SM_EXAMPLES", "25")),
+            max_examples=int(os.environ.get("VFS_SM_EXAMPLES", "60")),
             stateful_step_count=int(os.environ.get("VFS_SM_STEPS", "30")),
             deadline=None,
             database=None,

@@ -44,6 +44,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -59,6 +60,7 @@ from vfs.manifest import (
     MANIFEST_VERSION_V1,
     MANIFEST_VERSION_V2,
     Manifest,
+    ManifestDirectoryPath,
     ManifestFilePath,
     ManifestPath,
     ManifestV2,
@@ -557,7 +559,7 @@ def _commit(
     if not outputs and not mode_changes and not deleted and not link_outputs:
         log.info("nothing to commit in %s", snap.root)
         return result
-    data = _encode(snap, version, outputs, mode_changes, deleted, link_outputs, log_db)
+    data = _encode(snap, version, dirs, outputs, mode_changes, deleted, link_outputs, log_db)
     result.manifest_hash = hash_bytes(data)
 
     # Where it goes; an unfinished commit to the same place fixes the start time (the key).
@@ -624,16 +626,38 @@ def _deleted(snap: OverlaySnapshot, dirs: list[str], committed: dict[str, Commit
     return sorted(out)
 
 
+def _gone_directory(snap: OverlaySnapshot, path: str, dirs: list[str]) -> str | None:
+    """The outermost directory above deleted file ``path`` (within the output ``dirs``)
+    whose path now holds a file or a link, or ``None``."""
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        above = "/".join(parts[:i])
+        if dirs and not any(above == d or above.startswith(d + "/") for d in dirs if d):
+            continue
+        ino = snap.resolve(above)
+        if ino is None:
+            return None  # gone: nothing below is there either; per-file markers are right
+        if not stat.S_ISDIR(snap.mode(ino)):
+            return above
+    return None
+
+
 def _encode(
     snap: OverlaySnapshot,
     version: str,
+    dirs: list[str],
     outputs: list[_Output],
     mode_changes: list[FileState],
     deleted: list[str],
     links: list[tuple[str, str]],
     log_db: CommitLog,
 ) -> bytes:
-    """The manifest's canonical bytes (v1 snapshot of the outputs, or v2 diff)."""
+    """The manifest's canonical bytes (v1 snapshot of the outputs, or v2 diff).
+
+    In a v2 diff, the deleted files under a base directory whose path now holds a file or a
+    link become one directory delete marker: per-file markers would list that directory as an
+    ancestor (v2 paths are ``$N/name`` under a directory table), which a file or link at the
+    same path contradicts (reference §2; deletions apply before additions)."""
     if version == MANIFEST_VERSION_V1:
         paths = [ManifestPath(o.state.path, o.hash, o.state.size, o.state.mtime_us)
                  for o in outputs]  # fmt: skip
@@ -660,9 +684,16 @@ def _encode(
         h = f.known_hash or f.base_hash
         assert h is not None
         files.append(ManifestFilePath.file(f.path, h, f.size, f.mtime_us, runnable=f.runnable))
-    files += [ManifestFilePath.deletion(p) for p in deleted]
+    gone_dirs: set[str] = set()
+    for p in deleted:
+        gone = _gone_directory(snap, p, dirs)
+        if gone is None:
+            files.append(ManifestFilePath.deletion(p))
+        else:
+            gone_dirs.add(gone)
     files += [ManifestFilePath.symlink(p, t) for p, t in links]
-    return encode_manifest_v2(ManifestV2(files=files, parent_manifest_hash=parent))
+    marks = [ManifestDirectoryPath(d, deleted=True) for d in sorted(gone_dirs)]
+    return encode_manifest_v2(ManifestV2(files=files, dirs=marks, parent_manifest_hash=parent))
 
 
 def _upload_objects(
