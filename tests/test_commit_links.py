@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from test_commit import BASE, Local, commit, local
+from test_compat_deadline import oracle
 
 from vfs.hashing import hash_bytes
 from vfs.manifest import MANIFEST_VERSION_V2, apply_diff, decode_manifest, decode_manifest_v2
@@ -127,3 +128,33 @@ def test_v2_diff_of_a_base_directory_replaced_by_a_file_or_link(
     assert files["textures"].symlink_target == "old-scenes"
     assert "old-scenes/plates/plate.0001.exr" in files and "out/new.txt" in files
     assert not any(p.startswith(("scenes/", "textures/")) or p == "out/old.txt" for p in files)
+
+
+def test_v1_links_match_deadlines_scan_of_the_mount(tmp_path: Path, local: Local) -> None:
+    """deadline's snapshot of the mount against the base (the worker's output scan, which
+    follows links) finds our outputs with the same hashes, sizes and mtimes; beyond them only
+    the files under a link to a directory, which vfs skips with a warning."""
+    m = local.mount()
+    root = m.path
+    (root / "renders").mkdir()
+    (root / "renders" / "frame.exr").write_bytes(b"pixels")
+    os.symlink("frame.exr", root / "renders" / "latest.exr")
+    os.symlink("../scenes/comp.nk", root / "renders" / "comp.nk")
+    os.symlink("latest.exr", root / "renders" / "chain.exr")
+    os.symlink("nothing", root / "renders" / "dangling")
+    os.symlink("../scenes/plates", root / "renders" / "plates")
+    out = tmp_path / "o.manifest"
+    commit(str(root), "--output", str(out))
+    ours = {e.path: e for e in decode_manifest(out.read_bytes()).paths}
+    spec = [{"op": "snapshot", "root": str(root), "destination": str(tmp_path / "snap"),
+             "name": "output", "diff": str(local.manifest),
+             "hash_cache_dir": str(tmp_path / "hc")}]  # fmt: skip
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    oracle("batch", str(tmp_path / "spec.json"), str(tmp_path / "res.json"), home=tmp_path / "h")
+    [res] = json.loads((tmp_path / "res.json").read_text())
+    theirs = {e.path: e for e in decode_manifest(Path(res["manifest"]).read_bytes()).paths}
+    assert set(ours) == {"renders/frame.exr", "renders/latest.exr", "renders/comp.nk",
+                         "renders/chain.exr"}  # fmt: skip
+    assert set(theirs) == set(ours) | {"renders/plates/plate.0001.exr"}
+    for path, entry in ours.items():
+        assert theirs[path] == entry, path
