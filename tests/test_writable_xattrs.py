@@ -6,12 +6,14 @@ many bytes), renames and unlinks, and durability across a clean remount and ``ki
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sqlite3
 
 from test_writable_mount import FILES, Setup, errno_of, setup, stats
 
+from vfs.testing import run_vfs
 from vfs.testing.mounts import unmount_path, vfs_unmount_command, wait_exit
 
 __all__ = ["setup"]  # the fixture
@@ -136,3 +138,16 @@ def test_xattrs_follow_renames_go_with_unlinks_and_survive_remounts(setup: Setup
     with sqlite3.connect(setup.overlay / "overlay.db") as db:
         names = sorted(bytes(n) for (n,) in db.execute("SELECT name FROM xattrs"))
     assert names == [b"user.after", b"user.tag"]
+
+
+def test_xattrs_alone_are_no_output(setup: Setup) -> None:
+    """An attribute changes no content: ``vfs commit`` finds nothing to commit (v1, v2)."""
+    m = setup.mount()
+    os.setxattr(m.path / "README", "user.tag", b"x")
+    os.setxattr(m.path / "scenes", "user.tag", b"x")
+    for version in ("2023-03-03", "2025-12-04-beta"):
+        out = setup.tmp / f"{version}.manifest"
+        result = run_vfs("commit", str(m.path), "--output", str(out), "--json",
+                         "--manifest-version", version)  # fmt: skip
+        assert json.loads(result.stdout.splitlines()[-1])["manifest_hash"] is None
+        assert not out.exists()
