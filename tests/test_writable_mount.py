@@ -1,6 +1,6 @@
 """Writable mounts through real FUSE: POSIX operations and their errnos, read-after-write,
-durability across ``kill -9`` and remount, an fsx-style randomized data test, and base files
-that keep the manifest's size and mtime."""
+durability across ``kill -9`` and remount, and base files that keep the manifest's size and
+mtime (the fsx-style randomized data test is in test_fsx.py)."""
 
 from __future__ import annotations
 
@@ -340,83 +340,6 @@ def test_other_base_manifest_is_refused(setup: Setup, tmp_path: Path) -> None:
     with pytest.raises(AssertionError) as e:
         setup.mount()
     assert str(setup.overlay) in str(e.value) and "other base manifests" in str(e.value)
-
-
-FSX_BASE = 16 * 4 * 1024 * 1024 + 777  # a base file of 17 blocks
-
-
-def test_fsx_random_ops_match_a_model(
-    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]
-) -> None:
-    """pwrite / truncate / read / fsync / mmap / dropping the kernel's pages on a 17-block base
-    file and on a new file through the mount, checked against bytearrays after every step
-    (seeded: VFS_FSX_SEED, VFS_FSX_OPS)."""
-    seed = int(os.environ.get("VFS_FSX_SEED", "9"))
-    fsx(tmp_path, vfs_mount, local_store, seed, int(os.environ.get("VFS_FSX_OPS", "300")))
-
-
-@pytest.mark.slow
-def test_fsx_long(tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str]) -> None:
-    """The same, 5,000 operations (about a minute here; slow tests run by default too)."""
-    fsx(tmp_path, vfs_mount, local_store, 5_000, 5_000)
-
-
-def fsx(
-    tmp_path: Path, vfs_mount: Mount, local_store: tuple[Path, str], seed: int, ops: int
-) -> None:
-    """Run ``ops`` seeded random operations (see test_fsx_random_ops_match_a_model)."""
-    rng = random.Random(seed)
-    base = rng.randbytes(FSX_BASE)
-    rw = Setup(tmp_path, vfs_mount, local_store, {"fsx.base": base}).mount()
-    files = {"fsx.base": bytearray(base), "fsx.new": bytearray()}
-    (rw.path / "fsx.new").write_bytes(b"")
-    fds = {name: os.open(rw.path / name, os.O_RDWR) for name in files}
-    limit = FSX_BASE + 2 * 1024 * 1024
-    try:
-        for step in range(ops):
-            name = rng.choice(sorted(files))
-            model, fd = files[name], fds[name]
-            op = rng.choices(
-                ["write", "truncate", "read", "fsync", "drop", "mmap"], [5, 2, 4, 1, 2, 2]
-            )[0]
-            what = f"step {step}: {op} on {name}"
-            if op == "write":
-                off = rng.randrange(0, limit)
-                data = rng.randbytes(rng.choice([1, 100, 4096, 70_000, 1 << 20]))
-                assert os.pwrite(fd, data, off) == len(data), what
-                if off > len(model):
-                    model.extend(bytes(off - len(model)))
-                model[off : off + len(data)] = data
-            elif op == "truncate":
-                size = rng.randrange(0, limit)
-                os.ftruncate(fd, size)
-                if size < len(model):
-                    del model[size:]
-                else:
-                    model.extend(bytes(size - len(model)))
-            elif op == "read":
-                off = rng.randrange(0, max(1, len(model) + 10))
-                size = rng.choice([1, 4096, 100_000, 5 << 20])
-                assert os.pread(fd, size, off) == bytes(model[off : off + size]), what
-            elif op == "mmap" and model:  # shared writable mapping: read, write, msync
-                off = rng.randrange(0, len(model))
-                data = rng.randbytes(min(len(model) - off, rng.choice([1, 5000, 300_000])))
-                with mmap.mmap(fd, 0) as mm:
-                    assert mm[off : off + len(data)] == model[off : off + len(data)], what
-                    mm[off : off + len(data)] = data
-                    mm.flush()
-                model[off : off + len(data)] = data
-            elif op == "drop":  # the kernel's clean pages go: the next read asks the daemon
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            else:
-                os.fsync(fd)
-            assert os.fstat(fd).st_size == len(model), what
-        for name, model in files.items():
-            assert (rw.path / name).read_bytes() == bytes(model), name
-        assert stats(rw)["req.read"] > ops // 20  # the daemon's read path was exercised
-    finally:
-        for fd in fds.values():
-            os.close(fd)
 
 
 def test_disk_full_gives_enospc_and_the_mount_stays_up(setup: Setup) -> None:

@@ -20,6 +20,13 @@ Steps (:func:`commit_overlay`):
 4. Write the output manifest: canonical format 2023-03-03 by default (paths relative to the
    asset root, the mount's root; reference §1), or a 2025-12-04-beta diff manifest whose
    ``parentManifestHash`` is the base manifest (then the previous v2 commit; reference §2).
+   Symbolic links created or moved: format 2025-12-04-beta records them as links (a target
+   that is absolute or climbs out of the root is skipped with a warning, as ``vfs manifest
+   snapshot`` refuses it); format 2023-03-03 has no links, so, like deadline's scan of the
+   asset root (reference §1.1, §8.1: ``os.path.isfile`` follows links), a link to a regular
+   file inside the mount is followed and the file recorded under the link's path; a link
+   that is dangling, leads out of the mount or to a directory is skipped with a warning
+   naming it (deadline would upload a directory link's files too).
    With session ids it goes to the official key ``Manifests/{farm}/{queue}/{job}/{step}/
    [{task}/]{ts}_{sessionAction}/{xxh128(fsl + rootPath)}_output`` with the output metadata
    (``asset-root``…; reference §4, §4.1, §8.4); with ``output_file`` to a local file.
@@ -40,6 +47,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -55,13 +63,15 @@ from vfs.manifest import (
     MANIFEST_VERSION_V1,
     MANIFEST_VERSION_V2,
     Manifest,
+    ManifestDirectoryPath,
     ManifestFilePath,
     ManifestPath,
     ManifestV2,
     encode_manifest,
     encode_manifest_v2,
+    symlink_target_problem,
 )
-from vfs.mount.overlaydiff import FileState, OverlaySnapshot
+from vfs.mount.overlaydiff import FileState, LinkState, OverlaySnapshot
 from vfs.storage import (
     ObjectStore,
     S3Options,
@@ -153,8 +163,9 @@ class CommitResult:
     (``hash_reused``, ``hash_reused_bytes``: not read), CAS objects uploaded and skipped
     (with bytes; ``written_behind``: skipped without asking the store because the mount's
     write-behind stored them, a subset of ``skipped``), deletions and mode
-    changes recorded (v2), the files skipped because they are open for writing, the
-    manifest's ``manifest_key`` (relative to the store root, ``Manifests/…``) and
+    changes recorded (v2), ``links`` (symbolic links recorded, v2), the files skipped
+    because they are open for writing, the manifest's ``manifest_key`` (relative to the
+    store root, ``Manifests/…``) and
     ``manifest_uri`` (the full location), ``output_manifest_path`` (the key without
     ``Manifests/``: what the worker reports as ``outputManifestPath``, reference §4, §8.4)
     and/or ``output_file``, and its hash (``None`` when there was nothing to commit)."""
@@ -173,6 +184,7 @@ class CommitResult:
     written_behind_bytes: int = 0
     deleted: int = 0
     mode_changes: int = 0
+    links: int = 0
     open_for_writing: list[str] = field(default_factory=list)
     manifest_key: str | None = None
     manifest_uri: str | None = None
@@ -198,6 +210,7 @@ class CommitResult:
             "written_behind_bytes": self.written_behind_bytes,
             "deleted": self.deleted,
             "mode_changes": self.mode_changes,
+            "links": self.links,
             "open_for_writing": self.open_for_writing,
             "manifest_key": self.manifest_key,
             "manifest_uri": self.manifest_uri,
@@ -425,16 +438,69 @@ def commit_overlay(
         for path in result.open_for_writing:
             log.warning("%s is open for writing: not committed (use --wait)", path)
         busy_inos = {f.ino for f in busy}
+        links = [k for k in snap.changed_links() if _under(k.path, dirs)]
+        if version == MANIFEST_VERSION_V1:
+            candidates += _follow_links(snap, links)
+            links = []
         candidates = [f for f in candidates if f.ino not in busy_inos]
         base = open_store(snap.store_uri, s3)
         store = open_store(options.store_uri, s3) if options.store_uri else base
         with _commit_lock(overlay_dir) as tmp_dir:
             log_db = CommitLog(os.path.join(overlay_dir, "commits.db"))
             try:
-                return _commit(snap, options, version, dirs, candidates, (base, store),
+                return _commit(snap, options, version, dirs, candidates, links, (base, store),
                                log_db, tmp_dir, result, progress, on_total)  # fmt: skip
             finally:
                 log_db.close()
+
+
+def _follow_links(snap: OverlaySnapshot, links: list[LinkState]) -> list[FileState]:
+    """Format 2023-03-03: each link to a regular file inside the mount, as that file seen
+    at the link's path; the others are skipped with a warning naming them."""
+    out: list[FileState] = []
+    for link in links:
+        ino = snap.follow(link.path)
+        if ino is not None and snap.is_file(ino):
+            out.append(snap.state_at(link.path, ino))
+            continue
+        why = "is dangling or leads out of the mount" if ino is None else "leads to a directory"
+        log.warning("%s is a symbolic link that %s: not committed (format %s records regular "
+                    "files only)", link.path, why, MANIFEST_VERSION_V1)  # fmt: skip
+    return out
+
+
+def _link_outputs(
+    snap: OverlaySnapshot, links: list[LinkState], committed: dict[str, Committed]
+) -> tuple[list[tuple[str, str]], set[str]]:
+    """Format 2025-12-04-beta: ``(path, target)`` of the links to record (new or changed
+    since the base or the last commit), and the paths of every link with a safe target
+    (recorded now or before: not deletions). Unsafe targets are skipped with a warning."""
+    out: list[tuple[str, str]] = []
+    safe: set[str] = set()
+    for link in links:
+        try:
+            target = link.target.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("%s: the symbolic link's target is not UTF-8: not committed", link.path)
+            continue
+        problem = symlink_target_problem(link.path, target)
+        if problem is not None:
+            log.warning("%s: %s: not committed", link.path, problem)
+            continue
+        safe.add(link.path)
+        before = committed.get(link.path)
+        if before is not None:
+            if before.hash == _link_hash(target):
+                continue
+        elif snap.base_link(link.path) == link.target:
+            continue
+        out.append((link.path, target))
+    return out, safe
+
+
+def _link_hash(target: str) -> str:
+    """How the commit log records a symbolic link (its ``hash`` column)."""
+    return "symlink:" + target
 
 
 @contextlib.contextmanager
@@ -468,6 +534,7 @@ def _commit(
     version: str,
     dirs: list[str],
     candidates: list[FileState],
+    links: list[LinkState],
     stores: tuple[ObjectStore, ObjectStore],
     log_db: CommitLog,
     tmp_dir: str,
@@ -510,17 +577,20 @@ def _commit(
             if f.runnable != prev_runnable:
                 mode_changes.append(f)
     deleted: list[str] = []
+    link_outputs: list[tuple[str, str]] = []
     if version == MANIFEST_VERSION_V1:
         mode_changes = []  # format 2023-03-03 records neither
     else:
-        deleted = _deleted(snap, dirs, committed)
+        link_outputs, linked = _link_outputs(snap, links, committed)
+        deleted = [p for p in _deleted(snap, dirs, committed) if p not in linked]
     result.files = len(outputs)
     result.bytes = sum(o.state.size for o in outputs)
     result.deleted, result.mode_changes = len(deleted), len(mode_changes)
-    if not outputs and not mode_changes and not deleted:
+    result.links = len(link_outputs)
+    if not outputs and not mode_changes and not deleted and not link_outputs:
         log.info("nothing to commit in %s", snap.root)
         return result
-    data = _encode(snap, version, outputs, mode_changes, deleted, log_db)
+    data = _encode(snap, version, dirs, outputs, mode_changes, deleted, link_outputs, log_db)
     result.manifest_hash = hash_bytes(data)
 
     # Where it goes; an unfinished commit to the same place fixes the start time (the key).
@@ -567,6 +637,7 @@ def _commit(
         entries += [(f.path, f.base_hash if f.path not in committed else
                      committed[f.path].hash, f.runnable) for f in mode_changes]  # fmt: skip
         entries += [(p, None, False) for p in deleted]
+        entries += [(p, _link_hash(t), False) for p, t in link_outputs]
     log_db.finish(commit_id, entries)
     return result
 
@@ -581,20 +652,43 @@ def _deleted(snap: OverlaySnapshot, dirs: list[str], committed: dict[str, Commit
         if c.hash is None or path in present or not _under(path, dirs):
             continue
         ino = snap.resolve(path)
-        if ino is None or not snap.is_file(ino):
+        if ino is None or not snap.is_file(ino):  # a link kept is taken out by the caller
             out.append(path)
     return sorted(out)
+
+
+def _gone_directory(snap: OverlaySnapshot, path: str, dirs: list[str]) -> str | None:
+    """The outermost directory above deleted file ``path`` (within the output ``dirs``)
+    whose path now holds a file or a link, or ``None``."""
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        above = "/".join(parts[:i])
+        if dirs and not any(above == d or above.startswith(d + "/") for d in dirs if d):
+            continue
+        ino = snap.resolve(above)
+        if ino is None:
+            return None  # gone: nothing below is there either; per-file markers are right
+        if not stat.S_ISDIR(snap.mode(ino)):
+            return above
+    return None
 
 
 def _encode(
     snap: OverlaySnapshot,
     version: str,
+    dirs: list[str],
     outputs: list[_Output],
     mode_changes: list[FileState],
     deleted: list[str],
+    links: list[tuple[str, str]],
     log_db: CommitLog,
 ) -> bytes:
-    """The manifest's canonical bytes (v1 snapshot of the outputs, or v2 diff)."""
+    """The manifest's canonical bytes (v1 snapshot of the outputs, or v2 diff).
+
+    In a v2 diff, the deleted files under a base directory whose path now holds a file or a
+    link become one directory delete marker: per-file markers would list that directory as an
+    ancestor (v2 paths are ``$N/name`` under a directory table), which a file or link at the
+    same path contradicts (reference §2; deletions apply before additions)."""
     if version == MANIFEST_VERSION_V1:
         paths = [ManifestPath(o.state.path, o.hash, o.state.size, o.state.mtime_us)
                  for o in outputs]  # fmt: skip
@@ -621,8 +715,16 @@ def _encode(
         h = f.known_hash or f.base_hash
         assert h is not None
         files.append(ManifestFilePath.file(f.path, h, f.size, f.mtime_us, runnable=f.runnable))
-    files += [ManifestFilePath.deletion(p) for p in deleted]
-    return encode_manifest_v2(ManifestV2(files=files, parent_manifest_hash=parent))
+    gone_dirs: set[str] = set()
+    for p in deleted:
+        gone = _gone_directory(snap, p, dirs)
+        if gone is None:
+            files.append(ManifestFilePath.deletion(p))
+        else:
+            gone_dirs.add(gone)
+    files += [ManifestFilePath.symlink(p, t) for p, t in links]
+    marks = [ManifestDirectoryPath(d, deleted=True) for d in sorted(gone_dirs)]
+    return encode_manifest_v2(ManifestV2(files=files, dirs=marks, parent_manifest_hash=parent))
 
 
 def _upload_objects(

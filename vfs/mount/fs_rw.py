@@ -3,6 +3,11 @@
 Decisions (what exists, copy-up, whiteouts, errors) live in :class:`~vfs.mount.overlay.Overlay`;
 this layer turns its answers into pyfuse3 attributes and its ``OSError`` into ``FUSEError``.
 
+Extended attributes: vfs's own ``user.vfs.*`` (read-only) and any other ``user.*``
+attribute, set on any file or directory (on a base inode that records its metadata in the
+overlay, never its content); other namespaces give ``ENOTSUP`` (see
+:meth:`~vfs.mount.overlay.Overlay.set_xattr`).
+
 Caching: every change goes through the kernel, which updates its own dentries and sizes, so
 entries keep long timeouts. A base inode never changed keeps the long attribute timeout and
 ``keep_cache`` of the read-only mount; changed and new inodes get :data:`CHANGED_TIMEOUT`
@@ -30,7 +35,7 @@ from vfs.mount.fs import (
     _guarded,
     describe_error,
 )
-from vfs.mount.overlay import Attr, BaseContentError, Overlay
+from vfs.mount.overlay import Attr, BaseContentError, Overlay, XattrSpaceError
 from vfs.mount.prefetch import PrefetchPlanner
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
@@ -41,6 +46,10 @@ log = logging.getLogger(__name__)
 XATTR_OVERLAY = b"user.vfs.overlay"
 """Extended attribute of a writable mount's root: the overlay directory (``vfs commit
 MOUNTPOINT`` finds the overlay by it)."""
+
+XATTR_VFS = b"user.vfs."
+"""Prefix of vfs's own extended attributes (read-only; see :mod:`vfs.mount.fs`). Other
+``user.*`` attributes are the overlay's (:meth:`~vfs.mount.overlay.Overlay.set_xattr`)."""
 
 CHANGED_TIMEOUT = 1.0
 """Attribute timeout in seconds of new and changed inodes."""
@@ -67,7 +76,7 @@ def _translated(
             return await handler(self, *args, **kwargs)
         except OSError as e:
             code = e.errno or errno.EIO
-            if code in _DISK_ERRORS:
+            if code in _DISK_ERRORS and not isinstance(e, XattrSpaceError):
                 log.error("%s in %s: %s", handler.__name__, self.overlay.root, describe_error(e))
             raise pyfuse3.FUSEError(code) from None
         except sqlite3.Error as e:  # the overlay's database: disk full, or worse
@@ -368,15 +377,34 @@ class WritableOperations(ReadOnlyOperations):
 
     @_translated
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if name == XATTR_OVERLAY and inode == pyfuse3.ROOT_INODE:
-            return os.fsencode(self.overlay.root)
-        if self.overlay.content_changed(inode) and inode != pyfuse3.ROOT_INODE:
+        if name.startswith(XATTR_VFS):
+            if name == XATTR_OVERLAY and inode == pyfuse3.ROOT_INODE:
+                return os.fsencode(self.overlay.root)
+            if self.overlay.content_changed(inode) and inode != pyfuse3.ROOT_INODE:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # the base's hash, source… no longer
+            return await super().getxattr(inode, name, ctx)
+        value = self.overlay.get_xattr(inode, name)
+        if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return await super().getxattr(inode, name, ctx)
+        return value
 
     @_translated
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        if self.overlay.content_changed(inode) and inode != pyfuse3.ROOT_INODE:
-            return []
-        names = await super().listxattr(inode, ctx)
-        return [*names, XATTR_OVERLAY] if inode == pyfuse3.ROOT_INODE else names
+        names: list[bytes] = []
+        if inode == pyfuse3.ROOT_INODE:
+            names = [*await super().listxattr(inode, ctx), XATTR_OVERLAY]
+        elif not self.overlay.content_changed(inode):
+            names = list(await super().listxattr(inode, ctx))
+        return names + self.overlay.list_xattrs(inode)
+
+    @_translated
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self.stats.add("req.setxattr")
+        self.overlay.set_xattr(inode, name, value)
+
+    @_translated
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.stats.add("req.removexattr")
+        self.overlay.set_xattr(inode, name, None)

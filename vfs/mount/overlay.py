@@ -56,7 +56,14 @@ from vfs.errors import MountError, VfsError
 from vfs.hashing import new_hasher
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.fetcher import ContentFetcher
-from vfs.mount.overlaydb import DirentView, KnownHash, Node, OverlayDB, content_sources
+from vfs.mount.overlaydb import (
+    XATTR_MAX_BYTES,
+    DirentView,
+    KnownHash,
+    Node,
+    OverlayDB,
+    content_sources,
+)
 from vfs.mount.overlaydb import base_fingerprint as base_fingerprint  # re-exported
 from vfs.mount.readahead import ReadaheadState
 from vfs.mount.stats import MountStats
@@ -117,6 +124,11 @@ class BaseContentError(OSError):
     message names the file and the cause. Its errno is EIO."""
 
 
+class XattrSpaceError(OSError):
+    """An inode's extended attributes would pass
+    :data:`~vfs.mount.overlaydb.XATTR_MAX_BYTES` (errno ``ENOSPC``; the disk is fine)."""
+
+
 def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{os.strerror(code)}: {what}")
 
@@ -152,13 +164,14 @@ class Overlay(DirentView):
         self.read_base = read_base
         self.stats = stats
         self.data_dir = os.path.join(root, "data")
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.dir_mode = 0o755  # permission bits of base directories (--dir-mode)
+        self.file_mode = 0o644  # and base files (--file-mode; runnable ones add x under r)
         self._lock_fd = -1
         self.closed = False
         self.db: OverlayDB
         self.nodes: dict[int, Node] = {}
         self.dirents: dict[int, dict[bytes, int]] = {}
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}  # user.* attributes per inode
         self.next_ino = len(tree) + 1
         self._fds: dict[int, int] = {}
         self._open: dict[int, int] = {}
@@ -244,6 +257,7 @@ class Overlay(DirentView):
             self.next_ino = int(self.db.get_meta("next_ino") or self.next_ino)
             self.nodes = self.db.load_nodes()
             self.dirents = self.db.load_dirents()
+            self.xattrs = self.db.load_xattrs()
             self._recover()
             self.hashes = self.db.load_hashes()  # after the rows of dropped content went
         except Exception as e:
@@ -263,11 +277,14 @@ class Overlay(DirentView):
             if node.nlink == 0 and not node.base:
                 self.db.delete_node(ino)
                 del self.nodes[ino]
+                self.xattrs.pop(ino, None)
             elif node.nlink == 0 and node.data:
                 node.data, node.blocks, node.extents = False, set(), {}
                 node.base_limit = node.size = 0
                 self.db.save_node(node)
                 self.db.clear_content(ino)
+            if node.nlink == 0 and self.xattrs.pop(ino, None) is not None:
+                self.db.clear_xattrs(ino)
         for name in os.listdir(self.data_dir):
             found = self.nodes.get(int(name)) if name.isdigit() else None
             path = os.path.join(self.data_dir, name)
@@ -327,6 +344,7 @@ class Overlay(DirentView):
             self.dirents = self.db.load_dirents()
             self.hashes = self.db.load_hashes()
             self._sequential.clear()
+            self.xattrs = self.db.load_xattrs()
             self._nlinks.clear()
             for node in self.nodes.values():
                 if node.data:
@@ -388,16 +406,23 @@ class Overlay(DirentView):
             raise _err(errno.ENOENT, f"inode {ino}")
         ns = tree.mtime[ino] * 1000
         if tree.is_dir(ino):
-            return Attr(ino, stat.S_IFDIR | 0o755, DIR_SIZE, ns, ns, tree.nlink(ino), False)
+            return Attr(ino, self._base_mode(ino), DIR_SIZE, ns, ns, tree.nlink(ino), False)
         return Attr(ino, self._base_mode(ino), tree.size[ino], ns, ns, 1, False)
 
     def _base_mode(self, ino: int) -> int:
+        """``st_mode`` of base inode ``ino`` as the mount shows it: :attr:`dir_mode` for
+        directories, :attr:`file_mode` for files (with x where it has r for runnable ones),
+        0o777 for symlinks. A base inode keeps this mode in its overlay record from its
+        first change on (chmod, a write, an attribute); new inodes keep their creator's."""
         tree = self.tree
         if tree.is_dir(ino):
-            return stat.S_IFDIR | 0o755
+            return stat.S_IFDIR | self.dir_mode
         if ino in tree.symlinks:
             return stat.S_IFLNK | 0o777
-        return stat.S_IFREG | (0o755 if ino in tree.runnable else 0o644)
+        mode = self.file_mode
+        if ino in tree.runnable:
+            mode |= (mode & 0o444) >> 2
+        return stat.S_IFREG | mode
 
     def readlink(self, ino: int) -> bytes:
         """Target of symlink ``ino``. Raises ``OSError(EINVAL)`` for anything else."""
@@ -549,6 +574,8 @@ class Overlay(DirentView):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._data_path(node.ino))
         self.dirents.pop(node.ino, None)
+        if self.xattrs.pop(node.ino, None) is not None:
+            self.db.clear_xattrs(node.ino)
         if node.base:
             node.data, node.blocks, node.extents = False, set(), {}
             node.size = node.base_limit = 0
@@ -626,6 +653,58 @@ class Overlay(DirentView):
                 self.db.set_hash(ino, known)
                 self.hashes[ino] = known
         return self.attr(ino)
+
+    # -- extended attributes ------------------------------------------------------------------
+
+    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
+        """Value of the ``user.*`` attribute ``name`` of ``ino``, or ``None``."""
+        return self.xattrs.get(ino, {}).get(name)
+
+    def list_xattrs(self, ino: int) -> list[bytes]:
+        """Names of the ``user.*`` attributes set on ``ino``."""
+        return list(self.xattrs.get(ino, ()))
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes | None) -> None:
+        """Set (``value``) or remove (``None``) the extended attribute ``name`` of ``ino``;
+        committed before it returns, kept across renames and remounts, dropped with the
+        inode's last name. A base inode gets an overlay record of its metadata (its content
+        stays the base's: nothing is fetched), as chmod does.
+
+        Raises ``OSError``: ``ENOTSUP`` for names outside ``user.`` (``trusted.``,
+        ``security.``, ``system.``: a vfs mount keeps none), ``EPERM`` for ``user.vfs.*``
+        (vfs's own read-only attributes), ``ENODATA`` when removing an attribute that is
+        not set, :class:`XattrSpaceError` (``ENOSPC``) when the inode's names and values
+        would pass :data:`~vfs.mount.overlaydb.XATTR_MAX_BYTES`, ``ENOENT``.
+        """
+        if not name.startswith(b"user."):
+            raise _err(errno.ENOTSUP, f"{name!r} on {self.path_of(ino)}: only user.* "
+                       "extended attributes are kept")  # fmt: skip
+        if name.startswith(b"user.vfs."):
+            raise _err(errno.EPERM, f"{name!r} on {self.path_of(ino)} is vfs's own")
+        if not self.exists(ino):
+            raise _err(errno.ENOENT, f"inode {ino}")
+        current = self.xattrs.get(ino, {})
+        if value is None and name not in current:
+            raise _err(errno.ENODATA, f"{name!r} on {self.path_of(ino)}")
+        if value is not None:
+            others = sum(len(n) + len(v) for n, v in current.items() if n != name)
+            if others + len(name) + len(value) > XATTR_MAX_BYTES:
+                raise XattrSpaceError(
+                    errno.ENOSPC,
+                    f"extended attributes of {self.path_of(ino)}"
+                    f" (at most {XATTR_MAX_BYTES} bytes of names and values)",
+                )
+        node = self._node(ino)
+        node.ctime_ns = time.time_ns()
+        with self._change():
+            self.db.save_node(node)
+            self.db.set_xattr(ino, name, value)
+        if value is None:
+            del current[name]
+            if not current:
+                self.xattrs.pop(ino, None)
+        else:
+            self.xattrs.setdefault(ino, {})[name] = value
 
     # -- content ----------------------------------------------------------------------------
 

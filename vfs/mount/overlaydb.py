@@ -20,6 +20,8 @@ it in ``data/<ino>`` files, see :mod:`vfs.mount.overlay`):
 - ``extents``: ``(ino, index) -> spans``, the byte ranges (absolute ``[start, end)`` pairs,
   JSON) of a base file's block that writes put in its data file, for a block written only
   in part; the rest of the block is still read from the base (recorded after the write).
+- ``xattrs``: ``(ino, name) -> value``, the ``user.*`` extended attributes set through the
+  mount (names and values are bytes; at most :data:`XATTR_MAX_BYTES` per inode).
 - ``writers``: ``ino -> handles``, the files the running mount has open for writing
   (recorded when the first such handle opens, dropped at its last release, cleared when a
   mount starts), so that ``vfs commit`` can name and skip files still being written.
@@ -136,8 +138,18 @@ CREATE TABLE IF NOT EXISTS uploads (
     store TEXT NOT NULL,
     size INTEGER NOT NULL,
     PRIMARY KEY (hash, store)
+);
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
 """
+
+XATTR_MAX_BYTES = 64 * 1024
+"""Most bytes of ``user.*`` attribute names and values one inode may hold (the kernel's
+limit of one value, ``XATTR_SIZE_MAX``, and of a listing, ``XATTR_LIST_MAX``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +269,10 @@ class OverlayDB:
         node.dirty = False
 
     def delete_node(self, ino: int) -> None:
-        """Remove inode ``ino``'s row and its block records."""
+        """Remove inode ``ino``'s row, its block records and its extended attributes."""
         with self.transaction() as c:
             c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+            c.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
             self.clear_content(ino)
 
     def clear_content(self, ino: int) -> None:
@@ -367,6 +380,31 @@ class OverlayDB:
         """Drop the record of entry ``name`` of ``parent`` (the base entry shows again)."""
         with self.transaction() as c:
             c.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, name))
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes | None) -> None:
+        """Set attribute ``name`` of ``ino`` to ``value`` (``None``: remove it)."""
+        with self.transaction() as c:
+            if value is None:
+                c.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+            else:
+                c.execute(
+                    "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)",
+                    (ino, name, value),
+                )
+
+    def clear_xattrs(self, ino: int) -> None:
+        """Remove every attribute of ``ino`` (its last name is gone)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+
+    def load_xattrs(self) -> dict[int, dict[bytes, bytes]]:
+        """Every attribute: ``{ino: {name: value}}``."""
+        out: dict[int, dict[bytes, bytes]] = {}
+        for ino, name, value in self.conn.execute("SELECT ino, name, value FROM xattrs"):
+            out.setdefault(ino, {})[bytes(name)] = bytes(value)
+        return out
 
     # -- files open for writing -------------------------------------------------------------
 

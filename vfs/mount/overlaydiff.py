@@ -19,8 +19,9 @@ for a base file written only in part, the base objects (by ranged reads from the
 
 Limits: data files are read after the namespace snapshot, so a file written again while
 a commit reads it is read as it is then (files open for writing are reported in
-:attr:`OverlaySnapshot.writers` and skipped by ``vfs commit``). Symbolic links are
-reported but not followed.
+:attr:`OverlaySnapshot.writers` and skipped by ``vfs commit``). Symbolic links created or
+moved are listed apart (:meth:`OverlaySnapshot.changed_links`); :meth:`OverlaySnapshot.follow`
+resolves one inside the mount, as a reader of the mount would.
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ READ_SIZE = 8 * 1024 * 1024
 
 class OverlayError(VfsError):
     """An overlay directory cannot be read for a commit; the message names it."""
+
+
+MAX_SYMLINKS = 40
+"""Symbolic links followed in one path resolution before giving up (Linux's ``ELOOP``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """A symbolic link of the mount that is new or moved: ``path`` (relative to the mount
+    root, ``/``-separated), its inode ``ino`` and its ``target`` (the link's text)."""
+
+    path: str
+    ino: int
+    target: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +261,60 @@ class OverlaySnapshot(DirentView):
             ino = self.lookup(ino, part.encode("utf-8", "surrogateescape"))
         return ino
 
+    def link_target(self, ino: int) -> bytes | None:
+        """The text of symbolic link ``ino``, or ``None`` when it is no link."""
+        node = self.nodes.get(ino)
+        if node is not None:
+            return node.target if stat.S_ISLNK(node.mode) else None
+        return self.tree.symlinks.get(ino)
+
+    def follow(self, path: str) -> int | None:
+        """The inode ``path`` leads to with every symbolic link followed (also the last
+        component), as the mount resolves it; ``None`` when a component is missing, a link
+        is absolute or climbs above the mount root (outside it), or after
+        :data:`MAX_SYMLINKS` links (a loop)."""
+        parts = path.split("/")
+        chain = [ROOT_INODE]  # the directories walked, for ".."
+        links = 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(chain) == 1:
+                    return None
+                chain.pop()
+                continue
+            if not stat.S_ISDIR(self.mode(chain[-1])):
+                return None
+            ino = self.lookup(chain[-1], part.encode("utf-8", "surrogateescape"))
+            if ino is None:
+                return None
+            target = self.link_target(ino)
+            if target is None:
+                chain.append(ino)
+                continue
+            links += 1
+            if links > MAX_SYMLINKS or target.startswith(b"/"):
+                return None
+            parts = target.decode("utf-8", "surrogateescape").split("/") + parts
+        return chain[-1]
+
+    def state_at(self, path: str, ino: int) -> FileState:
+        """The :class:`FileState` of regular file ``ino`` seen at ``path`` (a link's path:
+        the content, size and mtime are the file's, the base compared with is ``path``'s)."""
+        return self._state(path, ino, self.nodes.get(ino))
+
+    def base_link(self, path: str) -> bytes | None:
+        """The target of the base tree's symbolic link at ``path``, or ``None``."""
+        tree = self.tree
+        ino: int | None = ROOT_INODE
+        for part in path.split("/"):
+            if ino is None or not tree.is_dir(ino):
+                return None
+            ino = tree.lookup(ino, part.encode("utf-8", "surrogateescape"))
+        return None if ino is None else tree.symlinks.get(ino)
+
     def _base_file(self, path: str) -> int | None:
         """The base tree's regular file at ``path``, or ``None``."""
         tree = self.tree
@@ -279,6 +348,18 @@ class OverlaySnapshot(DirentView):
         """The regular files that may differ from the base, in walk order: every file under
         a new or moved directory, every new or renamed file, every base file whose content,
         mode or mtime changed. Unchanged subtrees are not walked."""
+        for item in self._changed():
+            if isinstance(item, FileState):
+                yield item
+
+    def changed_links(self) -> Iterator[LinkState]:
+        """The symbolic links that are new or moved (under a new or moved directory, or
+        renamed), in walk order; a base link where the base has it is not listed."""
+        for item in self._changed():
+            if isinstance(item, LinkState):
+                yield item
+
+    def _changed(self) -> Iterator[FileState | LinkState]:
         marked = self._marked()
         tree = self.tree
         ntree = len(tree)
@@ -296,6 +377,10 @@ class OverlaySnapshot(DirentView):
                         stack.append((ino, path + "/", not at_base))
                 elif stat.S_ISREG(mode) and (not at_base or node is not None):
                     yield self._state(path, ino, node)
+                elif stat.S_ISLNK(mode) and not at_base:
+                    target = self.link_target(ino)
+                    if target is not None:
+                        yield LinkState(path, ino, target)
 
     def _state(self, path: str, ino: int, node: Node | None) -> FileState:
         tree = self.tree

@@ -286,6 +286,8 @@ def run_mount(config: MountConfig, ready_fd: int | None = None) -> None:
         ops.uid = os.getuid() if config.uid is None else config.uid
         ops.gid = os.getgid() if config.gid is None else config.gid
         ops.dir_mode, ops.file_mode = config.dir_mode, config.file_mode
+        if overlay is not None:  # base entries show them; new ones keep their creator's
+            overlay.dir_mode, overlay.file_mode = config.dir_mode, config.file_mode
         failed: RuntimeError | None = None
         with captured_stderr() as libfuse:
             try:
