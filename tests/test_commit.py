@@ -63,7 +63,8 @@ Mount = Callable[..., Mounted]
 
 def workload(root: Path) -> dict[str, bytes]:
     """A task-like run: creates, modifies, rewrites with the same bytes, touches, deletes,
-    chmods, writes 4 KiB into the middle of a big base file. Returns the expected outputs."""
+    chmods, writes 4 KiB into the middle of a big base file, writes dot-files. Returns the
+    expected outputs (without the dot-files)."""
     (root / "out" / "sub").mkdir(parents=True)
     new1, new2 = os.urandom(200_000), b"frame log\n" * 50
     (root / "out" / "frame.0001.exr").write_bytes(new1)
@@ -81,6 +82,10 @@ def workload(root: Path) -> dict[str, bytes]:
     big = bytearray(BASE["big.bin"])
     big[5 * 1024 * 1024 + 17 : 5 * 1024 * 1024 + 17 + 4096] = patch
     (root / "out" / "old.txt").read_bytes()  # read only
+    # Dot-files and dot-directories are not outputs (the worker's glob skips them).
+    (root / "out" / ".frame.0002.exr.part").write_bytes(b"renderer temp")
+    (root / ".cache" / "shaders").mkdir(parents=True)
+    (root / ".cache" / "shaders" / "k.bin").write_bytes(b"shader cache")
     return {
         "out/frame.0001.exr": new1,
         "out/sub/log.txt": new2,
@@ -156,6 +161,12 @@ def test_commit_holds_exactly_the_changed_files(tmp_path: Path, local: Local) ->
     check_manifest((tmp_path / "o4").read_bytes(), m.path,
                    {"out/frame.0001.exr": b"re-rendered"})  # fmt: skip
     assert third["uploaded"] == 1
+    # Dot-files only when asked for.
+    dots = commit(str(m.path), "--include-dotfiles", "--output", str(tmp_path / "o5"))
+    check_manifest((tmp_path / "o5").read_bytes(), m.path,
+                   {"out/.frame.0002.exr.part": b"renderer temp",
+                    ".cache/shaders/k.bin": b"shader cache"})  # fmt: skip
+    assert dots["files"] == 2
 
 
 def test_commit_of_a_stopped_mount_and_v2_diff(

@@ -142,6 +142,8 @@ class CommitOptions:
     two). ``asset_root``: the ``rootPath`` of the job's manifest (metadata and manifest
     name; default: the mount point). ``store_uri``: the store for CAS objects and the
     manifest (default: the mount's store). ``wait``: wait for files open for writing.
+    ``include_dotfiles``: also commit names starting with ``.`` (the worker's own scan
+    skips them; :class:`OutputSelection`).
     """
 
     output_dirs: Sequence[str] = ()
@@ -153,6 +155,7 @@ class CommitOptions:
     store_uri: str | None = None
     wait: bool = False
     workers: int = 8
+    include_dotfiles: bool = False
 
 
 @dataclass(slots=True)
@@ -336,8 +339,28 @@ def normalize_output_dirs(dirs: Sequence[str]) -> list[str]:
     return out
 
 
-def _under(path: str, dirs: Sequence[str]) -> bool:
-    return not dirs or any(d == "" or path.startswith(d + "/") for d in dirs)
+@dataclass(frozen=True, slots=True)
+class OutputSelection:
+    """Which relative paths are outputs: those under one of ``dirs`` (all of the mount when
+    there are none) whose names below that directory do not start with ``.``, unless
+    ``dotfiles``. The worker selects outputs with the glob ``escape(dir) + "/**"``, and a
+    Python glob does not match names starting with a dot, so dot-files and everything in
+    dot-directories are never outputs there (reference §8.1, §8.2 step 2); by default
+    ``vfs commit`` selects the same files."""
+
+    dirs: tuple[str, ...]
+    dotfiles: bool = False
+
+    def __contains__(self, path: object) -> bool:
+        if not isinstance(path, str):
+            return False
+        for d in self.dirs or ("",):
+            if d and not path.startswith(d + "/"):
+                continue
+            below = path[len(d) + 1 :] if d else path
+            if self.dotfiles or not any(name.startswith(".") for name in below.split("/")):
+                return True
+        return False
 
 
 @dataclass(slots=True)
@@ -423,9 +446,10 @@ def commit_overlay(
             hint="give --farm-id … --session-action-id (or DEADLINE_* variables), or --output FILE",
         )
     dirs = normalize_output_dirs(options.output_dirs)
+    selected = OutputSelection(tuple(dirs), options.include_dotfiles)
     with OverlaySnapshot.open(overlay_dir, s3) as snap:
         while True:
-            candidates = [f for f in snap.changed_files() if _under(f.path, dirs)]
+            candidates = [f for f in snap.changed_files() if f.path in selected]
             busy = [f for f in candidates if f.ino in snap.writers]
             if not busy or not options.wait:
                 break
@@ -438,7 +462,7 @@ def commit_overlay(
         for path in result.open_for_writing:
             log.warning("%s is open for writing: not committed (use --wait)", path)
         busy_inos = {f.ino for f in busy}
-        links = [k for k in snap.changed_links() if _under(k.path, dirs)]
+        links = [k for k in snap.changed_links() if k.path in selected]
         if version == MANIFEST_VERSION_V1:
             candidates += _follow_links(snap, links)
             links = []
@@ -448,7 +472,7 @@ def commit_overlay(
         with _commit_lock(overlay_dir) as tmp_dir:
             log_db = CommitLog(os.path.join(overlay_dir, "commits.db"))
             try:
-                return _commit(snap, options, version, dirs, candidates, links, (base, store),
+                return _commit(snap, options, version, selected, candidates, links, (base, store),
                                log_db, tmp_dir, result, progress, on_total)  # fmt: skip
             finally:
                 log_db.close()
@@ -532,7 +556,7 @@ def _commit(
     snap: OverlaySnapshot,
     options: CommitOptions,
     version: str,
-    dirs: list[str],
+    selected: OutputSelection,
     candidates: list[FileState],
     links: list[LinkState],
     stores: tuple[ObjectStore, ObjectStore],
@@ -582,7 +606,7 @@ def _commit(
         mode_changes = []  # format 2023-03-03 records neither
     else:
         link_outputs, linked = _link_outputs(snap, links, committed)
-        deleted = [p for p in _deleted(snap, dirs, committed) if p not in linked]
+        deleted = [p for p in _deleted(snap, selected, committed) if p not in linked]
     result.files = len(outputs)
     result.bytes = sum(o.state.size for o in outputs)
     result.deleted, result.mode_changes = len(deleted), len(mode_changes)
@@ -590,6 +614,7 @@ def _commit(
     if not outputs and not mode_changes and not deleted and not link_outputs:
         log.info("nothing to commit in %s", snap.root)
         return result
+    dirs = list(selected.dirs)
     data = _encode(snap, version, dirs, outputs, mode_changes, deleted, link_outputs, log_db)
     result.manifest_hash = hash_bytes(data)
 
@@ -642,14 +667,16 @@ def _commit(
     return result
 
 
-def _deleted(snap: OverlaySnapshot, dirs: list[str], committed: dict[str, Committed]) -> list[str]:
-    """Paths (under ``dirs``) that held a file before and hold none now, not recorded as
-    deleted by an earlier commit."""
-    gone = [p for p in snap.deleted_paths() if _under(p, dirs)]
+def _deleted(
+    snap: OverlaySnapshot, selected: OutputSelection, committed: dict[str, Committed]
+) -> list[str]:
+    """Paths (``selected`` ones) that held a file before and hold none now, not recorded
+    as deleted by an earlier commit."""
+    gone = [p for p in snap.deleted_paths() if p in selected]
     out = [p for p in gone if not (p in committed and committed[p].hash is None)]
     present = set(out)
     for path, c in committed.items():
-        if c.hash is None or path in present or not _under(path, dirs):
+        if c.hash is None or path in present or path not in selected:
             continue
         ino = snap.resolve(path)
         if ino is None or not snap.is_file(ino):  # a link kept is taken out by the caller

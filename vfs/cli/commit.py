@@ -61,6 +61,10 @@ def overlay_of_mount(mountpoint: str) -> str:
 @click.option("--file-system-location-name", metavar="NAME",
               help="The root's storage-profile location name, if it has one.")  # fmt: skip
 @click.option("--wait", is_flag=True, help="Wait for files still open for writing.")
+@click.option("--include-dotfiles", is_flag=True,
+              help="Also commit names starting with '.' (and what dot-directories hold); the "
+              "worker agent's own output scan skips them, and so does vfs commit by "
+              "default.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @s3_options
 def commit(
@@ -80,6 +84,7 @@ def commit(
     asset_root: str | None,
     file_system_location_name: str | None,
     wait: bool,
+    include_dotfiles: bool,
     as_json: bool,
     endpoint_url: str | None,
     expected_bucket_owner: str | None,
@@ -109,6 +114,7 @@ def commit(
         file_system_location_name=file_system_location_name,
         store_uri=store_uri,
         wait=wait,
+        include_dotfiles=include_dotfiles,
     )
     with byte_progress("committing", None, enabled=not as_json) as advance:
         result = commit_overlay(
