@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +62,13 @@ os.environ.update(
 )
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_var, None)
+
+# Tests of Ctrl-C send SIGINT to commands they start, as a terminal does. A suite started in
+# the background by a non-interactive shell (`nohup … &`, some CI runners) inherits SIGINT
+# ignored, and an ignored signal stays ignored across exec: give this process and so every
+# command it starts the interactive default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def require_tool(name: str, package: str) -> str:

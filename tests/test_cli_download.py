@@ -194,3 +194,18 @@ def test_ctrl_c_is_a_cancel_request_not_an_exception_anywhere() -> None:
         assert interrupt.guard(lambda p: True)(None) is False
     assert reached
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_stays_ignored_where_it_was_ignored() -> None:
+    """Under ``nohup`` (SIGINT ignored) a Ctrl-C sent to the process group must not stop a
+    transfer: :func:`ctrl_c_cancels` leaves an ignored SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ctrl_c_cancels() as interrupt:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert not interrupt.hit
+            assert interrupt.guard(lambda p: True)(None) is True
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -98,10 +98,12 @@ def apply(root: Path, op: str, a: str, b: str, data: bytes, n: int) -> int:
 def expected_outputs(ref: Path, prefix: str) -> dict[str, tuple[str, int]]:
     """``{path: (xxh128, size)}`` of the files under ``ref`` whose content differs from the
     base subtree's at the same path (paths under ``prefix``). Symbolic links are followed
-    to regular files inside ``ref`` like deadline's scan (format 2023-03-03 has no links);
-    dangling ones, links to directories and out of ``ref`` are not outputs."""
+    to regular files like deadline's scan (format 2023-03-03 has no links); dangling ones,
+    links to directories and out of the mount are not outputs. ``ref.parent`` mirrors the
+    mount root: a link at an example's top that climbs out of it (``../a``) leads to a file
+    there that an earlier example may have written through such a link, in both trees."""
     out: dict[str, tuple[str, int]] = {}
-    inside = os.path.realpath(ref) + "/"
+    inside = os.path.realpath(ref.parent) + "/"
     for dirpath, _dirs, files in os.walk(ref):
         for name in files:
             p = Path(dirpath) / name

@@ -50,9 +50,13 @@ def ctrl_c_cancels() -> Iterator[Interrupt]:
     for forever (the download outlived a stalled body by minutes). The transfer stops at
     its next report (0.1 s), removes its temporary files, and ``KeyboardInterrupt`` is
     raised here once it returned (click prints "Aborted!", exit status 1). A second
-    Ctrl-C raises at once. Outside the main thread this does nothing."""
+    Ctrl-C raises at once. Outside the main thread, or when SIGINT is ignored (a command
+    started with ``nohup`` or in the background of a script), this does nothing."""
     flag = Interrupt()
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
         yield flag
         return
 
