@@ -71,6 +71,8 @@ def test_new_big_output_is_chunked(tmp_path: Path, local: Local) -> None:
     got = commit(str(m.path), "--output", str(tmp_path / "o1"), *V2)
     assert got["files"] == 1 and got["bytes"] == SIZE
     assert got["uploaded"] == 2 and got["uploaded_bytes"] == SIZE
+    # The whole-file hash the mount recorded does not give the chunk hashes: read once.
+    assert got["hashed"] == 1 and got["hash_reused"] == 0
     entry = entries(tmp_path / "o1")["out/render.exr"]
     assert entry.hash is None and entry.size == SIZE
     assert list(entry.chunkhashes or ()) == chunk_hashes(big)
@@ -81,9 +83,11 @@ def test_new_big_output_is_chunked(tmp_path: Path, local: Local) -> None:
     orch = DownloadOrchestrator(LocalStore(str(local.store_dir)), verify_hash=True)
     orch.download_manifest(ManifestV2(files=[entry]), str(dest))
     assert (dest / "out" / "render.exr").read_bytes() == big
-    # The commit log holds the chunk list: nothing new the second time.
+    # The commit log holds the chunk list: nothing new the second time, and the chunk list
+    # of the recorded whole-file hash is known: not read again.
     again = commit(str(m.path), "--output", str(tmp_path / "o2"), *V2)
     assert again["files"] == 0 and again["uploaded"] == 0 and again["manifest_hash"] is None
+    assert again["hashed"] == 0 and again["hash_reused"] == 1
     assert not (tmp_path / "o2").exists()
     # A later change to the second chunk: found, and only that chunk goes up.
     with open(m.path / "out" / "render.exr", "r+b") as f:
@@ -93,6 +97,7 @@ def test_new_big_output_is_chunked(tmp_path: Path, local: Local) -> None:
     changed[CHUNK + 5 * MIB : CHUNK + 5 * MIB + 4096] = b"\xff" * 4096
     third = commit(str(m.path), "--output", str(tmp_path / "o3"), *V2)
     assert third["files"] == 1 and third["uploaded"] == 1 and third["skipped"] == 1
+    assert third["hashed"] == 1
     assert list(entries(tmp_path / "o3")["out/render.exr"].chunkhashes or ()) == chunk_hashes(
         bytes(changed)
     )

@@ -15,9 +15,10 @@ Steps (:func:`commit_overlay`):
    per chunk (``chunkhashes``, reference §2; :class:`~vfs.hashing.ChunkHasher`): its hash
    is then the chunk list, compared with the base's chunk list (``hash_text``) or the last
    commit's, and recorded as such. A whole-file hash the mount recorded does not give the
-   chunk hashes, so such a file is read; one still holding a chunked base file's content
-   keeps that chunk list unread, and one still holding a base object hashed whole keeps
-   that hash (the format allows ``hash`` at any size, and the object is in the store).
+   chunk hashes, so such a file is read once (the commit log then keeps its chunk list by
+   whole-file hash, and a later commit reuses it unread); one still holding a chunked base
+   file's content keeps that chunk list unread, and one still holding a base object hashed
+   whole keeps that hash (the format allows ``hash`` at any size, and the object is in the store).
 3. Upload the outputs' CAS objects, ``Data/{hash}.xxh128`` (reference/job-attachments.md
    §4, §8.3), one per 256 MiB chunk of a chunked file (bytes ``[i * 256 MiB, (i + 1) *
    256 MiB)``, sent from that range with the store's ``put_file_range``; write-behind
@@ -60,7 +61,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,7 +258,10 @@ class CommitLog:
     ``key`` and ``state`` (``pending`` until the manifest upload is confirmed, then
     ``done``). ``committed``: per path (bytes), what the last finished commit recorded
     (``hash``: the xxh128, or a chunked file's chunk hashes joined by commas; NULL for a
-    deletion; ``runnable``). Raises ``sqlite3.Error``.
+    deletion; ``runnable``). ``chunk_lists``: content read by a commit for its 256 MiB
+    chunk hashes, by whole-file xxh128 and size (bytes) -> the chunk hashes joined by commas
+    (a fact about bytes: a later commit of content whose whole hash the mount recorded
+    need not read it again). Raises ``sqlite3.Error``.
     """
 
     SCHEMA = """
@@ -267,6 +271,9 @@ class CommitLog:
         created REAL NOT NULL);
     CREATE TABLE IF NOT EXISTS committed (
         path BLOB PRIMARY KEY, hash TEXT, runnable INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS chunk_lists (
+        hash TEXT NOT NULL, size INTEGER NOT NULL, chunks TEXT NOT NULL,
+        PRIMARY KEY (hash, size)) WITHOUT ROWID;
     """
 
     def __init__(self, path: str) -> None:
@@ -284,6 +291,25 @@ class CommitLog:
             bytes(p).decode("utf-8", "surrogateescape"): Committed(h, bool(r))
             for p, h, r in self.conn.execute("SELECT path, hash, runnable FROM committed")
         }
+
+    def chunk_lists(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The chunk lists known for ``(whole-file xxh128, size)`` keys."""
+        out: dict[tuple[str, int], str] = {}
+        for h, size in set(keys):
+            row = self.conn.execute(
+                "SELECT chunks FROM chunk_lists WHERE hash = ? AND size = ?", (h, size)
+            ).fetchone()
+            if row is not None:
+                out[(h, size)] = str(row[0])
+        return out
+
+    def add_chunk_list(self, whole: str, size: int, chunks: str) -> None:
+        """Record that content of ``size`` bytes hashing to ``whole`` has chunk hashes
+        ``chunks`` (joined by commas)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO chunk_lists (hash, size, chunks) VALUES (?, ?, ?)",
+            (whole, size, chunks),
+        )
 
     def pending_start(self, target: str) -> float | None:
         """The start time an unfinished commit to ``target`` chose, if any."""
@@ -412,31 +438,75 @@ def _is_chunked(version: str, f: FileState) -> bool:
     return version == MANIFEST_VERSION_V2 and f.size > FILE_CHUNK_SIZE_BYTES
 
 
-def _known_text(snap: OverlaySnapshot, f: FileState, chunked: bool) -> str | None:
+ChunkLists = Mapping[tuple[str, int], str]
+"""Chunk lists (hashes joined by commas) by whole-file xxh128 and size (:class:`CommitLog`)."""
+
+
+def _known_text(
+    snap: OverlaySnapshot, f: FileState, chunked: bool, lists: ChunkLists
+) -> str | None:
     """A candidate's content hash as text when known without reading: a chunked base file's
-    chunk list; in a chunked output, a recorded whole-file hash does not give the chunk
-    hashes (``None``: read), but the whole hash of content still the base object's is kept
-    (the format allows ``hash`` at any size, and that object is in the store)."""
+    chunk list; in a chunked output, a recorded whole-file hash gives the chunk list only
+    when an earlier commit read that content (``lists``; else ``None``: read), and the whole
+    hash of content still the base object's is kept (the format allows ``hash`` at any
+    size, and that object is in the store)."""
     if f.known_hash is None:
         chunks = snap.base_chunks(f.ino) if chunked else None
         return ",".join(chunks) if chunks is not None else None
     if chunked and f.hash_recorded:
-        return None
+        return lists.get((f.known_hash, f.size))
     return f.known_hash
 
 
+@dataclass(frozen=True, slots=True)
+class _Hashed:
+    """A candidate's content hash as text (``text``), the temp file holding its assembled
+    content (or ``None``), whether it was read, and for a chunked file read, its whole-file
+    xxh128 (``whole``, for :meth:`CommitLog.add_chunk_list`)."""
+
+    text: str
+    temp: str | None
+    read: bool
+    whole: str | None = None
+
+
+class _ChunksAndWhole:
+    """Chunk hashes and the whole-file hash of one stream, in one pass."""
+
+    def __init__(self) -> None:
+        self.chunks = ChunkHasher(FILE_CHUNK_SIZE_BYTES)
+        self.whole = new_hasher()
+
+    def update(self, data: bytes) -> None:
+        self.chunks.update(data)
+        self.whole.update(data)
+
+    def hexdigest(self) -> str:
+        return self.chunks.hexdigest()
+
+
 def _hash_candidate(
-    snap: OverlaySnapshot, f: FileState, base: ObjectStore, tmp_dir: str, chunked: bool
-) -> tuple[str, str | None, bool]:
-    """``(hash text, temp file or None, read)`` of a candidate's content: known, or read
-    from its data file, or assembled into a temp file from data file and base objects (read
-    from ``base``, the mount's store); ``read`` tells whether it was read. ``chunked``: hash
-    each 256 MiB chunk (:func:`_is_chunked`; the text is the chunk list)."""
-    known = _known_text(snap, f, chunked)
+    snap: OverlaySnapshot,
+    f: FileState,
+    base: ObjectStore,
+    tmp_dir: str,
+    chunked: bool,
+    lists: ChunkLists,
+) -> _Hashed:
+    """A candidate's content hash: known (:func:`_known_text`), or read from its data file,
+    or assembled into a temp file from data file and base objects (read from ``base``, the
+    mount's store). ``chunked``: hash each 256 MiB chunk (:func:`_is_chunked`; the text is
+    the chunk list)."""
+    known = _known_text(snap, f, chunked, lists)
     if known is not None:
-        return known, None, False
+        return _Hashed(known, None, False)
     path = snap.data_path(f.ino)
-    hasher: ChunkHasher | xxh3_128 = ChunkHasher(FILE_CHUNK_SIZE_BYTES) if chunked else new_hasher()
+    hasher: _ChunksAndWhole | xxh3_128 = _ChunksAndWhole() if chunked else new_hasher()
+
+    def result(temp: str | None) -> _Hashed:
+        whole = hasher.whole.hexdigest() if isinstance(hasher, _ChunksAndWhole) else None
+        return _Hashed(hasher.hexdigest(), temp, True, whole)
+
     if path is not None:
         with open(path, "rb", buffering=0) as src:
             left = f.size
@@ -446,7 +516,7 @@ def _hash_candidate(
                     piece = bytes(min(left, 8 * 1024 * 1024))
                 hasher.update(piece)
                 left -= len(piece)
-        return hasher.hexdigest(), None, True
+        return result(None)
     fd, temp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{f.ino}-")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -456,7 +526,7 @@ def _hash_candidate(
     except BaseException:
         os.unlink(temp)
         raise
-    return hasher.hexdigest(), temp, True
+    return result(temp)
 
 
 def _upload_source(snap: OverlaySnapshot, out: _Output, base: ObjectStore, tmp_dir: str) -> str:
@@ -626,16 +696,18 @@ def _commit(
 ) -> CommitResult:
     base, store = stores  # the mount's store (base objects), the one committed to
     committed = log_db.committed()
+    recorded = [f for f in candidates if f.hash_recorded and _is_chunked(version, f)]
+    lists = log_db.chunk_lists((f.known_hash, f.size) for f in recorded if f.known_hash)
     if on_total is not None:
         to_hash = sum(f.size for f in candidates
-                      if _known_text(snap, f, _is_chunked(version, f)) is None)  # fmt: skip
+                      if _known_text(snap, f, _is_chunked(version, f), lists) is None)  # fmt: skip
         on_total(to_hash + sum(f.size for f in candidates if f.hash_recorded) + to_hash)
     lock = threading.Lock()
 
-    def hash_one(f: FileState) -> tuple[FileState, str, str | None]:
-        h, temp, read = _hash_candidate(snap, f, base, tmp_dir, _is_chunked(version, f))
+    def hash_one(f: FileState) -> tuple[FileState, _Hashed]:
+        got = _hash_candidate(snap, f, base, tmp_dir, _is_chunked(version, f), lists)
         with lock:
-            if read:
+            if got.read:
                 result.hashed += 1
                 result.hashed_bytes += f.size
                 if progress is not None:
@@ -643,14 +715,17 @@ def _commit(
             elif f.hash_recorded:
                 result.hash_reused += 1
                 result.hash_reused_bytes += f.size
-        return f, h, temp
+        return f, got
 
     # A hash as text: the xxh128, or a chunked file's chunk list (the base tree's
     # hash_text, and what the commit log records), so the comparisons are like for like.
     outputs: list[_Output] = []
     mode_changes: list[tuple[FileState, str]] = []
     with ThreadPoolExecutor(max_workers=options.workers) as pool:
-        for f, h, temp in pool.map(hash_one, candidates):
+        for f, got in pool.map(hash_one, candidates):
+            h, temp = got.text, got.temp
+            if got.whole is not None:
+                log_db.add_chunk_list(got.whole, f.size, h)
             before = committed.get(f.path)
             prev_hash = before.hash if before is not None else f.base_hash
             prev_runnable = before.runnable if before is not None else f.base_runnable
