@@ -152,11 +152,12 @@ def test_patched_chunked_base_file(tmp_path: Path, chunked_base: tuple[Local, by
     assert (local.store_dir / data_key(path.hash)).read_bytes() == bytes(now)
 
 
-def test_mode_change_of_a_chunked_base_file(
+def test_mode_change_and_rename_of_chunked_base_files(
     tmp_path: Path, chunked_base: tuple[Local, bytes]
 ) -> None:
     """A chmod only: the entry keeps the base's chunk list (known, not read) and the
-    execute bit; nothing is uploaded."""
+    execute bit; then renamed: an output at its new path with the same chunk list, not
+    read; nothing is uploaded."""
     local, big = chunked_base
     m = local.mount()
     os.chmod(m.path / "plates" / "big.exr", 0o755)
@@ -165,5 +166,11 @@ def test_mode_change_of_a_chunked_base_file(
     entry = entries(tmp_path / "o1")["plates/big.exr"]
     assert entry.runnable and entry.hash is None
     assert list(entry.chunkhashes or ()) == chunk_hashes(big)
+    os.rename(m.path / "plates" / "big.exr", m.path / "plates" / "moved.exr")
+    moved = commit(str(m.path), "--output", str(tmp_path / "o3"), *V2)
+    assert moved["files"] == 1 and moved["deleted"] == 1 and moved["hashed"] == 0
+    assert moved["uploaded"] == 0 and moved["skipped"] == 2
+    entry = entries(tmp_path / "o3")["plates/moved.exr"]
+    assert list(entry.chunkhashes or ()) == chunk_hashes(big) and entry.size == SIZE
     again = commit(str(m.path), "--output", str(tmp_path / "o2"), *V2)
     assert again["manifest_hash"] is None
