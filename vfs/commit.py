@@ -15,10 +15,9 @@ Steps (:func:`commit_overlay`):
    per chunk (``chunkhashes``, reference §2; :class:`~vfs.hashing.ChunkHasher`): its hash
    is then the chunk list, compared with the base's chunk list (``hash_text``) or the last
    commit's, and recorded as such. A whole-file hash the mount recorded does not give the
-   chunk hashes, so such a file is read once (the commit log then keeps its chunk list by
-   whole-file hash, and a later commit reuses it unread); one still holding a chunked base
-   file's content keeps that chunk list unread, and one still holding a base object hashed
-   whole keeps that hash (the format allows ``hash`` at any size, and the object is in the store).
+   chunk hashes, so such a file is read; one still holding a chunked base file's content
+   keeps that chunk list unread, and one still holding a base object hashed whole keeps
+   that hash (the format allows ``hash`` at any size, and the object is in the store).
 3. Upload the outputs' CAS objects, ``Data/{hash}.xxh128`` (reference/job-attachments.md
    §4, §8.3), one per 256 MiB chunk of a chunked file (bytes ``[i * 256 MiB, (i + 1) *
    256 MiB)``, sent from that range with the store's ``put_file_range``; write-behind
