@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import subprocess
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from vfs.hashing import (
     EMPTY_HASH,
     FILE_BUFFER_SIZE,
+    ChunkHasher,
     hash_bytes,
     hash_file,
     hash_stream,
@@ -125,3 +127,23 @@ def test_hash_file_follows_symlinks(files: dict[str, tuple[Path, bytes]], tmp_pa
 def test_random_data(data: bytes) -> None:
     assert hash_bytes(data) == hash_data(data, HashAlgorithm.XXH128)
     assert hash_stream(io.BytesIO(data), 97)[0] == hash_bytes(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=300),
+    chunk_size=st.integers(min_value=1, max_value=64),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+)
+def test_chunk_hasher_matches_per_slice_hashes(data: bytes, chunk_size: int,
+                                               cuts: list[int]) -> None:  # fmt: skip
+    """Fed in any slices, ChunkHasher gives the xxh128 of each ``chunk_size`` piece (the
+    last one shorter, none for no bytes), as format 2025-12-04-beta's chunkhashes."""
+    hasher = ChunkHasher(chunk_size)
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for lo, hi in itertools.pairwise(bounds):
+        hasher.update(data[lo:hi])
+    expected = [xxhash.xxh3_128_hexdigest(data[i : i + chunk_size])
+                for i in range(0, len(data), chunk_size)]  # fmt: skip
+    assert hasher.digests() == expected
+    assert hasher.hexdigest() == ",".join(expected)

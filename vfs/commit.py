@@ -11,9 +11,18 @@ Steps (:func:`commit_overlay`):
    only the outputs: a file whose hash differs from what its path held before (the base
    manifest, or the last commit). A file rewritten with identical bytes, or only touched,
    is not an output; in format 2025-12-04-beta a changed execute bit is recorded, and so
-   are deletions.
+   are deletions. In format 2025-12-04-beta a file larger than one 256 MiB chunk is hashed
+   per chunk (``chunkhashes``, reference §2; :class:`~vfs.hashing.ChunkHasher`): its hash
+   is then the chunk list, compared with the base's chunk list (``hash_text``) or the last
+   commit's, and recorded as such. A whole-file hash the mount recorded does not give the
+   chunk hashes, so such a file is read; one still holding a chunked base file's content
+   keeps that chunk list unread, and one still holding a base object hashed whole keeps
+   that hash (the format allows ``hash`` at any size, and the object is in the store).
 3. Upload the outputs' CAS objects, ``Data/{hash}.xxh128`` (reference/job-attachments.md
-   §4, §8.3); an object the store has at the right size is skipped, and so is one the
+   §4, §8.3), one per 256 MiB chunk of a chunked file (bytes ``[i * 256 MiB, (i + 1) *
+   256 MiB)``, sent from that range with the store's ``put_file_range``; write-behind
+   stores whole files, so it rarely spares a chunk); an object the store has at the right
+   size is skipped, and so is one the
    mount's write-behind stored in the same store (recorded in the overlay, verified as it
    was sent: no request at all). Unlike deadline, the
    data goes up *before* the manifest, so a published manifest never names missing data.
@@ -51,13 +60,15 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from xxhash import xxh3_128
+
 from vfs.errors import UploadError, VfsError
-from vfs.hashing import hash_bytes, new_hasher
+from vfs.hashing import ChunkHasher, hash_bytes, new_hasher
 from vfs.manifest import (
     FILE_CHUNK_SIZE_BYTES,
     MANIFEST_VERSION_V1,
@@ -83,6 +94,7 @@ from vfs.storage import (
     output_manifest_name,
     session_action_manifest_prefix,
 )
+from vfs.storage.slices import FileSlice, RangeUploadStore, ShortReadError
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +256,11 @@ class CommitLog:
     ``manifest_hash``, ``manifest_version``, ``start_time`` (seconds since the epoch),
     ``key`` and ``state`` (``pending`` until the manifest upload is confirmed, then
     ``done``). ``committed``: per path (bytes), what the last finished commit recorded
-    (``hash``, NULL for a deletion; ``runnable``). Raises ``sqlite3.Error``.
+    (``hash``: the xxh128, or a chunked file's chunk hashes joined by commas; NULL for a
+    deletion; ``runnable``). ``chunk_lists``: content read by a commit for its 256 MiB
+    chunk hashes, by whole-file xxh128 and size (bytes) -> the chunk hashes joined by commas
+    (a fact about bytes: a later commit of content whose whole hash the mount recorded
+    need not read it again). Raises ``sqlite3.Error``.
     """
 
     SCHEMA = """
@@ -254,6 +270,9 @@ class CommitLog:
         created REAL NOT NULL);
     CREATE TABLE IF NOT EXISTS committed (
         path BLOB PRIMARY KEY, hash TEXT, runnable INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS chunk_lists (
+        hash TEXT NOT NULL, size INTEGER NOT NULL, chunks TEXT NOT NULL,
+        PRIMARY KEY (hash, size)) WITHOUT ROWID;
     """
 
     def __init__(self, path: str) -> None:
@@ -271,6 +290,25 @@ class CommitLog:
             bytes(p).decode("utf-8", "surrogateescape"): Committed(h, bool(r))
             for p, h, r in self.conn.execute("SELECT path, hash, runnable FROM committed")
         }
+
+    def chunk_lists(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The chunk lists known for ``(whole-file xxh128, size)`` keys."""
+        out: dict[tuple[str, int], str] = {}
+        for h, size in set(keys):
+            row = self.conn.execute(
+                "SELECT chunks FROM chunk_lists WHERE hash = ? AND size = ?", (h, size)
+            ).fetchone()
+            if row is not None:
+                out[(h, size)] = str(row[0])
+        return out
+
+    def add_chunk_list(self, whole: str, size: int, chunks: str) -> None:
+        """Record that content of ``size`` bytes hashing to ``whole`` has chunk hashes
+        ``chunks`` (joined by commas)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO chunk_lists (hash, size, chunks) VALUES (?, ?, ?)",
+            (whole, size, chunks),
+        )
 
     def pending_start(self, target: str) -> float | None:
         """The start time an unfinished commit to ``target`` chose, if any."""
@@ -365,21 +403,109 @@ class OutputSelection:
 
 @dataclass(slots=True)
 class _Output:
+    """An output file: its state, its content hash as text (``hash``: the xxh128, or for a
+    chunked file the chunk hashes joined by commas, as the commit log records it) and the
+    temp file holding its assembled content, if any (``lock``: held while it is made)."""
+
     state: FileState
     hash: str
     temp: str | None  # assembled content (a base file written in part), to upload
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def chunks(self) -> list[str] | None:
+        """The chunk hashes of a chunked file (format 2025-12-04-beta), else ``None``."""
+        return _chunks_of(self.hash)
+
+
+def _chunks_of(text: str) -> list[str] | None:
+    """A content hash as text, split into chunk hashes when it is a chunk list."""
+    return text.split(",") if "," in text else None
+
+
+def _file_entry(path: str, text: str, size: int, mtime_us: int, runnable: bool) -> ManifestFilePath:
+    """A v2 file entry with ``hash`` or, for a chunk list, ``chunkhashes`` (reference §2)."""
+    chunks = _chunks_of(text)
+    if chunks is not None:
+        return ManifestFilePath.chunked(path, chunks, size, mtime_us, runnable=runnable)
+    return ManifestFilePath.file(path, text, size, mtime_us, runnable=runnable)
+
+
+def _is_chunked(version: str, f: FileState) -> bool:
+    """Whether an output is hashed per 256 MiB chunk: format 2025-12-04-beta and larger
+    than one chunk (reference §2: ``chunkhashes`` only when ``size > chunk``)."""
+    return version == MANIFEST_VERSION_V2 and f.size > FILE_CHUNK_SIZE_BYTES
+
+
+ChunkLists = Mapping[tuple[str, int], str]
+"""Chunk lists (hashes joined by commas) by whole-file xxh128 and size (:class:`CommitLog`)."""
+
+
+def _known_text(
+    snap: OverlaySnapshot, f: FileState, chunked: bool, lists: ChunkLists
+) -> str | None:
+    """A candidate's content hash as text when known without reading: a chunked base file's
+    chunk list; in a chunked output, a recorded whole-file hash gives the chunk list only
+    when an earlier commit read that content (``lists``; else ``None``: read), and the whole
+    hash of content still the base object's is kept (the format allows ``hash`` at any
+    size, and that object is in the store)."""
+    if f.known_hash is None:
+        chunks = snap.base_chunks(f.ino) if chunked else None
+        return ",".join(chunks) if chunks is not None else None
+    if chunked and f.hash_recorded:
+        return lists.get((f.known_hash, f.size))
+    return f.known_hash
+
+
+@dataclass(frozen=True, slots=True)
+class _Hashed:
+    """A candidate's content hash as text (``text``), the temp file holding its assembled
+    content (or ``None``), whether it was read, and for a chunked file read, its whole-file
+    xxh128 (``whole``, for :meth:`CommitLog.add_chunk_list`)."""
+
+    text: str
+    temp: str | None
+    read: bool
+    whole: str | None = None
+
+
+class _ChunksAndWhole:
+    """Chunk hashes and the whole-file hash of one stream, in one pass."""
+
+    def __init__(self) -> None:
+        self.chunks = ChunkHasher(FILE_CHUNK_SIZE_BYTES)
+        self.whole = new_hasher()
+
+    def update(self, data: bytes) -> None:
+        self.chunks.update(data)
+        self.whole.update(data)
+
+    def hexdigest(self) -> str:
+        return self.chunks.hexdigest()
 
 
 def _hash_candidate(
-    snap: OverlaySnapshot, f: FileState, base: ObjectStore, tmp_dir: str
-) -> tuple[str, str | None]:
-    """``(xxh128, temp file or None)`` of a candidate's content: known, or read from its
-    data file, or assembled into a temp file from data file and base objects (read from
-    ``base``, the mount's store)."""
-    if f.known_hash is not None:
-        return f.known_hash, None
+    snap: OverlaySnapshot,
+    f: FileState,
+    base: ObjectStore,
+    tmp_dir: str,
+    chunked: bool,
+    lists: ChunkLists,
+) -> _Hashed:
+    """A candidate's content hash: known (:func:`_known_text`), or read from its data file,
+    or assembled into a temp file from data file and base objects (read from ``base``, the
+    mount's store). ``chunked``: hash each 256 MiB chunk (:func:`_is_chunked`; the text is
+    the chunk list)."""
+    known = _known_text(snap, f, chunked, lists)
+    if known is not None:
+        return _Hashed(known, None, False)
     path = snap.data_path(f.ino)
-    hasher = new_hasher()
+    hasher: _ChunksAndWhole | xxh3_128 = _ChunksAndWhole() if chunked else new_hasher()
+
+    def result(temp: str | None) -> _Hashed:
+        whole = hasher.whole.hexdigest() if isinstance(hasher, _ChunksAndWhole) else None
+        return _Hashed(hasher.hexdigest(), temp, True, whole)
+
     if path is not None:
         with open(path, "rb", buffering=0) as src:
             left = f.size
@@ -389,7 +515,7 @@ def _hash_candidate(
                     piece = bytes(min(left, 8 * 1024 * 1024))
                 hasher.update(piece)
                 left -= len(piece)
-        return hasher.hexdigest(), None
+        return result(None)
     fd, temp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{f.ino}-")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -399,23 +525,24 @@ def _hash_candidate(
     except BaseException:
         os.unlink(temp)
         raise
-    return hasher.hexdigest(), temp
+    return result(temp)
 
 
 def _upload_source(snap: OverlaySnapshot, out: _Output, base: ObjectStore, tmp_dir: str) -> str:
     """A local file with the output's content, for ``put_file`` (base objects read from
-    ``base``)."""
-    if out.temp is not None:
-        return out.temp
-    path = snap.data_path(out.state.ino)
-    if path is not None and os.stat(path).st_size == out.state.size:
-        return path
-    fd, temp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{out.state.ino}-")
-    with os.fdopen(fd, "wb") as f:
-        for piece in snap.read_content(out.state.ino, base):
-            f.write(piece)
-    out.temp = temp
-    return temp
+    ``base``). Thread-safe: the chunks of one output share it."""
+    with out.lock:
+        if out.temp is not None:
+            return out.temp
+        path = snap.data_path(out.state.ino)
+        if path is not None and os.stat(path).st_size == out.state.size:
+            return path
+        fd, temp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{out.state.ino}-")
+        with os.fdopen(fd, "wb") as f:
+            for piece in snap.read_content(out.state.ino, base):
+                f.write(piece)
+        out.temp = temp
+        return temp
 
 
 # -- the commit ----------------------------------------------------------------------------------
@@ -568,15 +695,18 @@ def _commit(
 ) -> CommitResult:
     base, store = stores  # the mount's store (base objects), the one committed to
     committed = log_db.committed()
+    recorded = [f for f in candidates if f.hash_recorded and _is_chunked(version, f)]
+    lists = log_db.chunk_lists((f.known_hash, f.size) for f in recorded if f.known_hash)
     if on_total is not None:
-        to_hash = sum(f.size for f in candidates if f.known_hash is None)
+        to_hash = sum(f.size for f in candidates
+                      if _known_text(snap, f, _is_chunked(version, f), lists) is None)  # fmt: skip
         on_total(to_hash + sum(f.size for f in candidates if f.hash_recorded) + to_hash)
     lock = threading.Lock()
 
-    def hash_one(f: FileState) -> tuple[FileState, str, str | None]:
-        h, temp = _hash_candidate(snap, f, base, tmp_dir)
+    def hash_one(f: FileState) -> tuple[FileState, _Hashed]:
+        got = _hash_candidate(snap, f, base, tmp_dir, _is_chunked(version, f), lists)
         with lock:
-            if f.known_hash is None:
+            if got.read:
                 result.hashed += 1
                 result.hashed_bytes += f.size
                 if progress is not None:
@@ -584,12 +714,17 @@ def _commit(
             elif f.hash_recorded:
                 result.hash_reused += 1
                 result.hash_reused_bytes += f.size
-        return f, h, temp
+        return f, got
 
+    # A hash as text: the xxh128, or a chunked file's chunk list (the base tree's
+    # hash_text, and what the commit log records), so the comparisons are like for like.
     outputs: list[_Output] = []
-    mode_changes: list[FileState] = []
+    mode_changes: list[tuple[FileState, str]] = []
     with ThreadPoolExecutor(max_workers=options.workers) as pool:
-        for f, h, temp in pool.map(hash_one, candidates):
+        for f, got in pool.map(hash_one, candidates):
+            h, temp = got.text, got.temp
+            if got.whole is not None:
+                log_db.add_chunk_list(got.whole, f.size, h)
             before = committed.get(f.path)
             prev_hash = before.hash if before is not None else f.base_hash
             prev_runnable = before.runnable if before is not None else f.base_runnable
@@ -599,7 +734,7 @@ def _commit(
             if temp is not None:
                 os.unlink(temp)
             if f.runnable != prev_runnable:
-                mode_changes.append(f)
+                mode_changes.append((f, h))
     deleted: list[str] = []
     link_outputs: list[tuple[str, str]] = []
     if version == MANIFEST_VERSION_V1:
@@ -659,8 +794,7 @@ def _commit(
         (o.state.path, o.hash, o.state.runnable) for o in outputs
     ]
     if version == MANIFEST_VERSION_V2:
-        entries += [(f.path, f.base_hash if f.path not in committed else
-                     committed[f.path].hash, f.runnable) for f in mode_changes]  # fmt: skip
+        entries += [(f.path, h, f.runnable) for f, h in mode_changes]
         entries += [(p, None, False) for p in deleted]
         entries += [(p, _link_hash(t), False) for p, t in link_outputs]
     log_db.finish(commit_id, entries)
@@ -705,7 +839,7 @@ def _encode(
     version: str,
     dirs: list[str],
     outputs: list[_Output],
-    mode_changes: list[FileState],
+    mode_changes: list[tuple[FileState, str]],
     deleted: list[str],
     links: list[tuple[str, str]],
     log_db: CommitLog,
@@ -729,19 +863,10 @@ def _encode(
         )
     files: list[ManifestFilePath] = []
     for o in outputs:
-        if o.state.size > FILE_CHUNK_SIZE_BYTES:
-            raise CommitError(
-                f"{o.state.path} is larger than {FILE_CHUNK_SIZE_BYTES} bytes: chunked files "
-                f"are not written by vfs commit yet",
-                hint=f"commit with --manifest-version {MANIFEST_VERSION_V1}",
-            )
         st = o.state
-        files.append(ManifestFilePath.file(st.path, o.hash, st.size, st.mtime_us,
-                                           runnable=st.runnable))  # fmt: skip
-    for f in mode_changes:
-        h = f.known_hash or f.base_hash
-        assert h is not None
-        files.append(ManifestFilePath.file(f.path, h, f.size, f.mtime_us, runnable=f.runnable))
+        files.append(_file_entry(st.path, o.hash, st.size, st.mtime_us, st.runnable))
+    for f, h in mode_changes:
+        files.append(_file_entry(f.path, h, f.size, f.mtime_us, f.runnable))
     gone_dirs: set[str] = set()
     for p in deleted:
         gone = _gone_directory(snap, p, dirs)
@@ -754,6 +879,50 @@ def _encode(
     return encode_manifest_v2(ManifestV2(files=files, dirs=marks, parent_manifest_hash=parent))
 
 
+@dataclass(frozen=True, slots=True)
+class _Object:
+    """A CAS object to store: ``hash`` (its key's), made from ``length`` bytes of output
+    ``out``'s content at ``offset`` (a whole file, or one 256 MiB chunk: ``chunk``)."""
+
+    hash: str
+    out: _Output
+    offset: int
+    length: int
+    chunk: bool
+
+
+def _objects(outputs: list[_Output]) -> list[_Object]:
+    """The distinct CAS objects of the outputs: one per file, or one per chunk of a chunked
+    file (``Data/{chunkhash}.xxh128``, bytes ``[i * 256 MiB, (i + 1) * 256 MiB)``;
+    reference §2)."""
+    by_hash: dict[str, _Object] = {}
+    for o in outputs:
+        chunks = o.chunks
+        if chunks is None:
+            by_hash.setdefault(o.hash, _Object(o.hash, o, 0, o.state.size, False))
+            continue
+        for i, h in enumerate(chunks):
+            start = i * FILE_CHUNK_SIZE_BYTES
+            length = min(FILE_CHUNK_SIZE_BYTES, o.state.size - start)
+            by_hash.setdefault(h, _Object(h, o, start, length, True))
+    return list(by_hash.values())
+
+
+def _put_range(store: ObjectStore, key: str, source: str, obj: _Object) -> None:
+    """Store bytes ``[obj.offset, obj.offset + obj.length)`` of local file ``source`` as
+    ``key``: through the store's ranged upload (multipart above :data:`SMALL_OBJECT`), or
+    read into memory for a store without one."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        if isinstance(store, RangeUploadStore):
+            store.put_file_range(key, fd, obj.offset, obj.length,
+                                 multipart=obj.length > SMALL_OBJECT)  # fmt: skip
+        else:
+            store.put_bytes(key, FileSlice(fd, obj.offset, obj.length).read())
+    finally:
+        os.close(fd)
+
+
 def _upload_objects(
     snap: OverlaySnapshot,
     outputs: list[_Output],
@@ -763,54 +932,55 @@ def _upload_objects(
     result: CommitResult,
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Upload each distinct object once; skip those the store has at the right size.
-    ``stores``: the mount's (base objects are read from it) and the one uploaded to.
-    Raises :class:`UploadError` listing the objects that failed."""
+    """Upload each distinct object once (a whole file, or each chunk of a chunked one);
+    skip those the store has at the right size. ``stores``: the mount's (base objects are
+    read from it) and the one uploaded to. Raises :class:`UploadError` listing the objects
+    that failed."""
     base, store = stores
-    by_hash: dict[str, _Output] = {}
-    for o in outputs:
-        by_hash.setdefault(o.hash, o)
+    objects = _objects(outputs)
     lock = threading.Lock()
     failures: list[str] = []
     behind = snap.uploaded(store.uri)  # stored by write-behind, verified as they were sent
 
-    def one(o: _Output) -> None:
-        key = data_key(o.hash)
+    def one(obj: _Object) -> None:
+        key = data_key(obj.hash)
         try:
-            if behind.get(o.hash) == o.state.size:
+            if behind.get(obj.hash) == obj.length:
                 with lock:
                     result.skipped += 1
-                    result.skipped_bytes += o.state.size
+                    result.skipped_bytes += obj.length
                     result.written_behind += 1
-                    result.written_behind_bytes += o.state.size
-            elif store.head(key) == o.state.size:
+                    result.written_behind_bytes += obj.length
+            elif store.head(key) == obj.length:
                 with lock:
                     result.skipped += 1
-                    result.skipped_bytes += o.state.size
+                    result.skipped_bytes += obj.length
             else:
-                source = _upload_source(snap, o, base, tmp_dir)
-                if o.state.size <= SMALL_OBJECT:  # one PUT, no transfer manager
+                source = _upload_source(snap, obj.out, base, tmp_dir)
+                if obj.chunk:
+                    _put_range(store, key, source, obj)
+                elif obj.length <= SMALL_OBJECT:  # one PUT, no transfer manager
                     with open(source, "rb") as f:
-                        store.put_bytes(key, f.read(o.state.size))
+                        store.put_bytes(key, f.read(obj.length))
                 else:
                     store.put_file(key, source)
                 with lock:
                     result.uploaded += 1
-                    result.uploaded_bytes += o.state.size
-        except (VfsError, OSError) as e:
+                    result.uploaded_bytes += obj.length
+        except (VfsError, OSError, ShortReadError) as e:
             with lock:
-                failures.append(f"{o.state.path} ({store.describe(key)}): {e}")
+                failures.append(f"{obj.out.state.path} ({store.describe(key)}): {e}")
             return
         if progress is not None:
             with lock:
-                progress(o.state.size)
+                progress(obj.length)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, by_hash.values()))
+        list(pool.map(one, objects))
     if failures:
         shown = "\n  ".join(failures[:10])
         raise UploadError(
-            f"{len(failures)} of {len(by_hash)} objects were not uploaded:\n  {shown}",
+            f"{len(failures)} of {len(objects)} objects were not uploaded:\n  {shown}",
             hint="run vfs commit again (it resumes)",
         )
 

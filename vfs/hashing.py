@@ -65,3 +65,41 @@ def hash_file(path: str | os.PathLike[str], buffer_size: int = FILE_BUFFER_SIZE)
     """
     with open(path, "rb", buffering=0) as f:
         return hash_stream(f, buffer_size)[0]
+
+
+class ChunkHasher:
+    """The xxh128 of each ``chunk_size``-byte piece of a stream fed in any slices, the last
+    piece shorter (format 2025-12-04-beta's ``chunkhashes``: 256 MiB chunks, rusty-attachments
+    ``hash.rs`` ``FILE_CHUNK_SIZE_BYTES``; reference/job-attachments.md §2). Same interface
+    as :func:`new_hasher`: ``update(bytes)``; :meth:`hexdigest` gives the chunk hashes
+    joined by commas (how ``vfs`` writes a chunked file's content hash as text),
+    :meth:`digests` the list."""
+
+    def __init__(self, chunk_size: int) -> None:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk size must be positive, not {chunk_size}")
+        self.chunk_size = chunk_size
+        self._done: list[str] = []
+        self._hasher = xxhash.xxh3_128()
+        self._fill = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash the next bytes of the stream."""
+        view = memoryview(data)
+        while len(view):
+            take = min(len(view), self.chunk_size - self._fill)
+            self._hasher.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.chunk_size:
+                self._done.append(self._hasher.hexdigest())
+                self._hasher = xxhash.xxh3_128()
+                self._fill = 0
+
+    def digests(self) -> list[str]:
+        """The chunk hashes of the bytes so far (none for an empty stream)."""
+        return self._done + ([self._hasher.hexdigest()] if self._fill else [])
+
+    def hexdigest(self) -> str:
+        """The chunk hashes of the bytes so far, joined by commas."""
+        return ",".join(self.digests())

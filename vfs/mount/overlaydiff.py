@@ -409,6 +409,20 @@ class OverlaySnapshot(DirentView):
             base is not None and base in tree.runnable, recorded,
         )  # fmt: skip
 
+    def base_chunks(self, ino: int) -> tuple[str, ...] | None:
+        """The chunk hashes (format 2025-12-04-beta ``chunkhashes``, 256 MiB each) of file
+        ``ino`` when its content is still that of a chunked base file (no byte written,
+        same size), else ``None``: its content is then known without reading it."""
+        chunks = self.tree.chunks.get(ino)
+        if chunks is None:
+            return None
+        node = self.nodes.get(ino)
+        if node is not None and (
+            node.data or min(node.size, node.base_limit) != self.tree.size[ino]
+        ):
+            return None
+        return chunks
+
     def deleted_paths(self) -> list[str]:
         """Base files (paths) that are no longer regular files at their path, sorted."""
         tree = self.tree
