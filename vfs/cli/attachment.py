@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -35,6 +36,8 @@ from vfs.transfer import (
 )
 from vfs.transfer.sync_output import OutputSync, sleep_until
 from vfs.transfer.upload import plan_objects
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(cls=VfsGroup)
@@ -348,23 +351,29 @@ def _line(text: str) -> None:
     sys.stdout.flush()
 
 
+def _worker_step_options(func: F) -> F:
+    """The worker agent's script arguments, shared by both sync steps: ``-s3/--s3-uri``
+    (also ``--store``) and ``-wp/--worker-properties``."""
+    func = click.option(
+        "-wp",
+        "--worker-properties",
+        required=True,
+        metavar="FILE",
+        help="JSON list of worker manifest properties (the worker agent's file).",
+    )(func)
+    return click.option(
+        "-s3",
+        "--s3-uri",
+        "--store",
+        "s3_uri",
+        required=True,
+        metavar="URI",
+        help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
+    )(func)
+
+
 @attachment.command("worker-download")
-@click.option(
-    "-s3",
-    "--s3-uri",
-    "--store",
-    "s3_uri",
-    required=True,
-    metavar="URI",
-    help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
-)
-@click.option(
-    "-wp",
-    "--worker-properties",
-    required=True,
-    metavar="FILE",
-    help="JSON list of worker manifest properties (the worker agent's file).",
-)
+@_worker_step_options
 @click.option(
     "--conflict-resolution",
     type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
@@ -409,22 +418,7 @@ def worker_download(
 
 
 @attachment.command("worker-upload")
-@click.option(
-    "-s3",
-    "--s3-uri",
-    "--store",
-    "s3_uri",
-    required=True,
-    metavar="URI",
-    help="Store root: s3://BUCKET/PREFIX (the queue's job attachments root) or file:///DIR.",
-)
-@click.option(
-    "-wp",
-    "--worker-properties",
-    required=True,
-    metavar="FILE",
-    help="JSON list of worker manifest properties (the worker agent's file).",
-)
+@_worker_step_options
 @click.option("--workers", default=8, show_default=True, help="Parallel uploads.")
 @click.option(
     "--hash-cache-dir",
