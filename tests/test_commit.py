@@ -402,3 +402,31 @@ def test_renamed_base_files_are_outputs_at_their_new_paths(tmp_path: Path, local
         decode_manifest_v2((tmp_path / "o2.manifest").read_bytes()).parent_manifest_hash
         == (got["manifest_hash"])
     )
+
+
+def test_many_outputs_are_looked_up_by_one_listing_not_a_head_each(
+    tmp_path: Path, s3_client: Any, s3_bucket: str, s3_relay: S3Relay, vfs_mount: Mount
+) -> None:
+    """From 100 objects on, ``vfs commit`` lists ``Data/`` (one request per 1,000 keys)
+    instead of sending a HEAD per object, as the upload orchestrator does; objects the
+    listing shows are skipped, the others uploaded byte-exact."""
+    base = put_base(s3_client, s3_bucket, tmp_path)
+    m = vfs_mount(tmp_path / "mnt", [base], f"s3://{s3_bucket}/{PREFIX}", "--writable",
+                  "--overlay-dir", str(tmp_path / "overlay"),
+                  "--endpoint-url", s3_relay.url)  # fmt: skip
+    (m.path / "renders").mkdir()
+    frames = {f"renders/f{i:03}.exr": os.urandom(1000 + i) for i in range(120)}
+    for path, content in frames.items():
+        (m.path / path).write_bytes(content)
+    for content in list(frames.values())[:20]:  # already stored: to be skipped
+        s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{data_key(hash_bytes(content))}",
+                             Body=content)  # fmt: skip
+    before = len(s3_relay.seen)
+    got = commit(str(m.path), "--output", str(tmp_path / "o"), "--endpoint-url", s3_relay.url)
+    seen = s3_relay.seen[before:]
+    assert got["files"] == 120 and got["uploaded"] == 100 and got["skipped"] == 20
+    assert [r for r in seen if r.method == "HEAD"] == []
+    assert len([r for r in seen if r.method == "GET" and "list-type=2" in r.path]) == 1
+    for content in frames.values():
+        key = f"{PREFIX}/{data_key(hash_bytes(content))}"
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == content

@@ -95,6 +95,7 @@ from vfs.storage import (
     session_action_manifest_prefix,
 )
 from vfs.storage.slices import FileSlice, RangeUploadStore, ShortReadError
+from vfs.transfer.upload import FATAL_ERRORS, LIST_MIN_OBJECTS, settle_by_listing
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class CommitOptions:
     file_system_location_name: str | None = None
     store_uri: str | None = None
     wait: bool = False
-    workers: int = 8
+    workers: int = 16
     include_dotfiles: bool = False
 
 
@@ -941,6 +942,7 @@ def _upload_objects(
     lock = threading.Lock()
     failures: list[str] = []
     behind = snap.uploaded(store.uri)  # stored by write-behind, verified as they were sent
+    present, missing = _listed(store, [o for o in objects if behind.get(o.hash) != o.length])
 
     def one(obj: _Object) -> None:
         key = data_key(obj.hash)
@@ -951,7 +953,7 @@ def _upload_objects(
                     result.skipped_bytes += obj.length
                     result.written_behind += 1
                     result.written_behind_bytes += obj.length
-            elif store.head(key) == obj.length:
+            elif key in present or (key not in missing and store.head(key) == obj.length):
                 with lock:
                     result.skipped += 1
                     result.skipped_bytes += obj.length
@@ -983,6 +985,24 @@ def _upload_objects(
             f"{len(failures)} of {len(objects)} objects were not uploaded:\n  {shown}",
             hint="run vfs commit again (it resumes)",
         )
+
+
+def _listed(store: ObjectStore, objects: list[_Object]) -> tuple[set[str], set[str]]:
+    """Keys of ``objects`` an S3 store is known to have (right size) and to lack, from a
+    listing of ``Data/`` instead of a ``HEAD`` each (:func:`settle_by_listing`, as the
+    upload orchestrator does); for fewer than :data:`LIST_MIN_OBJECTS` objects, or another
+    store, nothing is settled. A failed listing settles nothing either (the HEAD
+    requests then report the error), except a fatal one, raised at once as an
+    :class:`UploadError`."""
+    if len(objects) < LIST_MIN_OBJECTS or not store.uri.startswith("s3://"):
+        return set(), set()
+    try:
+        return settle_by_listing(store, {data_key(o.hash): o.length for o in objects})
+    except FATAL_ERRORS as e:
+        raise UploadError(f"no object was uploaded: {e}") from None
+    except VfsError as e:
+        log.info("listing %s failed (%s); asking for each object", store.uri, e)
+        return set(), set()
 
 
 def _write_file(path: str, data: bytes) -> None:

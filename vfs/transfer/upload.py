@@ -408,48 +408,34 @@ class _Run:
 
     def list_existing(self, objects: list[_Object]) -> tuple[list[_Object], list[_Object]]:
         """Settle what it can of ``objects`` by listing the CAS folder of an S3 store
-        (within the orchestrator's ``list_budget``); present ones are counted as skipped.
-        Returns ``(missing, still unknown)``. Without ``list_existing``, or for fewer than
-        :data:`LIST_MIN_OBJECTS` objects: all unknown (a ``HEAD`` each is cheaper)."""
+        (:func:`settle_by_listing`, within the orchestrator's ``list_budget``); present ones
+        are counted as skipped. Returns ``(missing, still unknown)``. Without
+        ``list_existing``, or for fewer than :data:`LIST_MIN_OBJECTS` objects: all unknown
+        (a ``HEAD`` each is cheaper)."""
         if self.fatal is not None or self.stopped():
             return [], []
         if len(objects) < LIST_MIN_OBJECTS or not self.o.list_existing:
             return [], objects
-        wanted = {o.key: o for o in objects}
-        folder = objects[0].key.rsplit("/", 1)[0] + "/"
-        budget = max(1, round(len(objects) * self.o.list_budget * 1000))  # keys
-        present: set[str] = set()
-        last = ""
-        ordered = True  # S3 lists keys in ascending order; a local directory need not
-        complete = True
         try:
-            for n, (key, size) in enumerate(self.store.list_keys(folder), 1):
-                ordered = ordered and key >= last
-                last = key
-                obj = wanted.get(key)
-                if obj is not None and size == obj.size:
-                    present.add(key)
-                if n >= budget:
-                    complete = False
-                    break
+            present, missing = settle_by_listing(
+                self.store, {o.key: o.size for o in objects}, self.o.list_budget
+            )
         except FATAL_ERRORS as e:
             self.set_fatal(e)
             return [], []
         except StoreError as e:
-            log.info("listing %s failed (%s); asking for each object", folder, e)
+            log.info("listing the CAS folder failed (%s); asking for each object", e)
             return [], objects
-        missing: list[_Object] = []
         unknown: list[_Object] = []
+        missing_objects: list[_Object] = []
         for obj in objects:
             if obj.key in present:
                 self.skipped(obj)
-            elif complete or (ordered and obj.key <= last):
-                missing.append(obj)
+            elif obj.key in missing:
+                missing_objects.append(obj)
             else:
                 unknown.append(obj)
-        log.debug("listing %s: %d present, %d missing, %d left to HEAD", folder,
-                  len(present), len(missing), len(unknown))  # fmt: skip
-        return missing, unknown
+        return missing_objects, unknown
 
     def check(self, obj: _Object) -> _Object | None:
         """``obj`` when it must be uploaded; ``None`` when the store has it (or the upload
@@ -566,6 +552,37 @@ class _Run:
                 on_bytes(source.length)
         finally:
             os.close(fd)
+
+
+def settle_by_listing(
+    store: ObjectStore, wanted: dict[str, int], budget: float = LIST_BUDGET
+) -> tuple[set[str], set[str]]:
+    """Look for the CAS objects ``wanted`` (``{key: size in bytes}``, keys in one folder,
+    e.g. ``Data/…``) by listing that folder instead of a ``HEAD`` each: at most
+    ``len(wanted) × budget × 1,000`` keys (:data:`LIST_BUDGET`) are listed. Returns
+    ``(present, missing)``: keys listed with the right size, and keys the listing proves
+    absent (it ended, or S3's ascending order passed them); the others are still unknown
+    and need a ``HEAD``. Raises the store's errors (:class:`StoreError`) from the listing."""
+    if not wanted:
+        return set(), set()
+    folder = next(iter(wanted)).rsplit("/", 1)[0] + "/"
+    limit = max(1, round(len(wanted) * budget * 1000))  # keys
+    present: set[str] = set()
+    last = ""
+    ordered = True  # S3 lists keys in ascending order; a local directory need not
+    complete = True
+    for n, (key, size) in enumerate(store.list_keys(folder), 1):
+        ordered = ordered and key >= last
+        last = key
+        if wanted.get(key) == size:
+            present.add(key)
+        if n >= limit:
+            complete = False
+            break
+    missing = {k for k in wanted if k not in present and (complete or (ordered and k <= last))}
+    log.debug("listing %s: %d present, %d missing, %d left to HEAD", folder, len(present),
+              len(missing), len(wanted) - len(present) - len(missing))  # fmt: skip
+    return present, missing
 
 
 def _hash_range(fd: int, offset: int, length: int) -> str:
