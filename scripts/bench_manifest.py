@@ -45,35 +45,27 @@ import os
 import sys
 from pathlib import Path
 
-
-def _reexec_in_venv() -> None:
-    """Run under the project's virtualenv python (deadline and vfs live there)."""
-    root = Path(__file__).resolve().parent.parent
-    venv = Path(os.environ.get("VFS_VENV") or root / ".venv")
-    python = venv / "bin" / "python"
-    if python.exists() and Path(sys.prefix).resolve() != venv.resolve():
-        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
-
-
 if __name__ == "__main__":
-    _reexec_in_venv()
+    from venv_reexec import reexec_in_venv
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
+    reexec_in_venv(__file__)
 
-import xxhash  # noqa: E402
+import argparse
+import functools
+import json
+import logging
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from vfs.testing.bench import log, timed  # noqa: E402
-from vfs.testing.bench import render_table as render_rows  # noqa: E402
+import xxhash
+
+from vfs.testing.bench import log, timed
+from vfs.testing.bench import render_table as render_rows
 
 GIB = 1024**3
 MIB = 1024**2

@@ -49,22 +49,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
-
-def _reexec_in_venv() -> None:
-    """Run under the project's virtualenv python (boto3, moto, deadline, vfs live there)."""
-    root = Path(__file__).resolve().parent.parent
-    venv = Path(os.environ.get("VFS_VENV") or root / ".venv")
-    python = venv / "bin" / "python"
-    if python.exists() and Path(sys.prefix).resolve() != venv.resolve():
-        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
-
 
 if __name__ == "__main__":
-    _reexec_in_venv()
+    from venv_reexec import reexec_in_venv
 
-# ruff: noqa: E402  (imports after the re-exec above)
+    reexec_in_venv(__file__)
+
+
 import argparse
 import concurrent.futures
 import contextlib
