@@ -40,6 +40,17 @@ from vfs.transfer.upload import plan_objects
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _conflict_option(default: ConflictResolution, when: str) -> Callable[[F], F]:
+    """``--conflict-resolution`` with ``default``; ``when``: the help's opening words."""
+    return click.option(
+        "--conflict-resolution",
+        type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
+        default=default.value,
+        show_default=True,
+        help=f"{when}: skip it, overwrite it, or write 'name (1).ext'.",
+    )
+
+
 @click.group(cls=VfsGroup)
 def attachment() -> None:
     """Upload and download job attachment data."""
@@ -280,13 +291,7 @@ def _summary_line(manifest: str, dest: str, s: TransferStatistics) -> str:
     help="JSON rules file; a manifest whose name holds a rule's hashed source path goes to "
     "that rule's destination (as deadline).",
 )
-@click.option(
-    "--conflict-resolution",
-    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
-    default=ConflictResolution.CREATE_COPY.value,
-    show_default=True,
-    help="When a file exists: skip it, overwrite it, or write 'name (1).ext'.",
-)
+@_conflict_option(ConflictResolution.CREATE_COPY, "When a file exists")
 @click.option("--verify-hash", is_flag=True, help="Hash every file before it gets its name.")
 @click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
 @s3_options
@@ -312,13 +317,7 @@ def download(
     fail every file (no bucket, access denied, no credentials).
     """
     s3 = make_s3_options(endpoint_url, expected_bucket_owner)  # --profile/--region: env
-    rules: list[PathMappingRule] = []
-    if path_mapping_rules:
-        try:
-            with open(path_mapping_rules, encoding="utf-8") as f:
-                rules = parse_path_mapping_rules(json.load(f))
-        except (OSError, ValueError) as e:
-            raise VfsError(f"cannot read path mapping rules {path_mapping_rules}: {e}") from None
+    rules = _read_rules(path_mapping_rules)
     pairs = download_destinations(list(manifests), list(roots), dest, rules)
     store = open_store(s3_root_uri, s3)
     orch = DownloadOrchestrator(store, workers=workers, verify_hash=verify_hash)
@@ -374,13 +373,7 @@ def _worker_step_options(func: F) -> F:
 
 @attachment.command("worker-download")
 @_worker_step_options
-@click.option(
-    "--conflict-resolution",
-    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
-    default=ConflictResolution.CREATE_COPY.value,
-    show_default=True,
-    help="When a file exists: skip it, overwrite it, or write 'name (1).ext'.",
-)
+@_conflict_option(ConflictResolution.CREATE_COPY, "When a file exists")
 @click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
 @s3_options
 def worker_download(
@@ -608,13 +601,7 @@ def prepare_job(
     metavar="SECONDS",
     help="Poll again every SECONDS until Ctrl-C.",
 )
-@click.option(
-    "--conflict-resolution",
-    type=click.Choice([c.value for c in ConflictResolution], case_sensitive=False),
-    default=ConflictResolution.OVERWRITE.value,
-    show_default=True,
-    help="When a different file exists: skip it, overwrite it, or write 'name (1).ext'.",
-)
+@_conflict_option(ConflictResolution.OVERWRITE, "When a different file exists")
 @click.option("--verify-hash", is_flag=True, help="Hash every file before it gets its name.")
 @click.option("--workers", default=16, show_default=True, help="Parallel file downloads.")
 @s3_options
