@@ -203,7 +203,7 @@ def upload_outputs(tmp: Path, agent_dir: str, endpoint: str, bucket: str,
         "DEADLINE_SESSIONACTION_START_TIME": str(time.time()), "PYTHONIOENCODING": "utf-8",
     }  # fmt: skip
     out = subprocess.run(
-        [sys.executable, str(COMPAT / "worker_upload.py"), agent_dir,
+        [sys.executable, str(COMPAT / "worker_agent.py"), agent_dir, "upload",
          "-s3", f"s3://{bucket}/{PREFIX}", "-wp", str(properties)],
         capture_output=True, text=True, timeout=120, cwd=work, env=env,
     )  # fmt: skip

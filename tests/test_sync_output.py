@@ -351,7 +351,7 @@ def worker_upload(tmp: Path, agent_dir: str, endpoint: str, bucket: str, task: s
         "DEADLINE_SESSIONACTION_START_TIME": str(start), "PYTHONIOENCODING": "utf-8",
     }  # fmt: skip
     out = subprocess.run(
-        [sys.executable, str(COMPAT / "worker_upload.py"), agent_dir,
+        [sys.executable, str(COMPAT / "worker_agent.py"), agent_dir, "upload",
          "-s3", f"s3://{bucket}/{PREFIX}", "-wp", str(work / "props.json")],
         capture_output=True, text=True, timeout=120, cwd=work, env=env, check=False,
     )  # fmt: skip

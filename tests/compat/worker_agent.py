@@ -5,16 +5,22 @@ Usage:
 * ``python worker_agent.py AGENT_DIR download -s3 URI -wp PROPERTIES.json``: the agent's
   ``sessions/actions/scripts/attachment_download.py``, unchanged, as ``__main__``;
 * ``python worker_agent.py AGENT_DIR upload -s3 URI -wp PROPERTIES.json``: likewise
-  ``attachment_upload.py`` (as tests/compat/worker_upload.py);
+  ``attachment_upload.py``, which the agent runs after each task (reference/
+  job-attachments.md §8.4), with the same arguments and environment;
 * ``python worker_agent.py AGENT_DIR models PROPERTIES.json``: for each entry of the file,
   the agent's ``WorkerManifestProperties`` methods, printed as one JSON list of
   ``{"to_dict", "as_output_metadata", "to_path_mapping_rule", "get_hashed_source_path",
   "local_output_relative_directories"}``.
 
-AGENT_DIR is an unpacked ``deadline-cloud-worker-agent`` wheel. As in worker_upload.py, the
-agent package is not installed (its releases pin another ``deadline``): its
-``sessions/attachment_models.py`` is loaded as is, and ``aws.deadline`` is replaced by no-op
-telemetry recorders, which never change what is transferred.
+AGENT_DIR is an unpacked ``deadline-cloud-worker-agent`` wheel (scripts/bootstrap puts one
+under the venv). Why not install the package: every release pins a
+``deadline``/``deadline-job-attachments`` other than the ``deadline==0.60.10`` the tests use
+(pip finds no resolution), and its ``__init__`` imports the whole agent (openjd, the
+installer, the scheduler). The scripts need only two agent modules, provided here: the
+wheel's own ``sessions/attachment_models.py``, loaded as is (``WorkerManifestProperties`` and
+the output-manifest name, metadata and path handling are the agent's), and
+``aws.deadline``, replaced by no-op telemetry recorders, which never change what is
+transferred.
 """
 
 from __future__ import annotations
