@@ -144,6 +144,23 @@ def test_s3_missing_bucket(s3_endpoint: str) -> None:
         store.head("Data/x")
 
 
+def test_s3_transfer_uploads_name_the_missing_bucket(s3_endpoint: str, tmp_path: Path) -> None:
+    """s3transfer wraps the client's error (``S3UploadFailedError``); the uploads through it
+    (whole file, multipart range) still report the classified cause."""
+    store = S3Store("no-such-bucket-vfs", "p", S3Options(endpoint_url=s3_endpoint))
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(6 * 1024 * 1024))
+    with pytest.raises(BucketNotFoundError, match="does not exist"):
+        store.put_file("Data/f", path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BucketNotFoundError, match="does not exist"):
+            store.put_file_range("Data/g", fd, 0, 6 * 1024 * 1024, multipart=True,
+                                 part_size=5 * 1024 * 1024)  # fmt: skip
+    finally:
+        os.close(fd)
+
+
 def test_s3_head_of_a_missing_key_in_an_existing_bucket_is_none(
     s3_endpoint: str, s3_bucket: str
 ) -> None:

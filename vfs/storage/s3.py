@@ -118,6 +118,15 @@ class S3Store:
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.full_key(key)}"
 
+    def _transfer_error(self, e: Exception, key: str) -> StoreError:
+        """The error of an s3transfer upload of ``key``: s3transfer wraps the client's
+        errors (``S3UploadFailedError``), so the cause is classified when it is one, else
+        a plain :class:`StoreError` naming the key."""
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, ClientError | BotoCoreError):
+            return self._error(cause, key, "PUT")
+        return StoreError(f"PUT {self.describe(key)}: {e}", key=self.describe(key))
+
     def _error(self, e: ClientError | BotoCoreError, key: str, action: str) -> StoreError:
         return classify(
             e,
@@ -254,10 +263,7 @@ class S3Store:
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, key, "PUT") from None
         except Exception as e:  # s3transfer wraps client errors in S3UploadFailedError
-            cause = e.__cause__ or e.__context__
-            if isinstance(cause, ClientError | BotoCoreError):
-                raise self._error(cause, key, "PUT") from None
-            raise StoreError(f"PUT {self.describe(key)}: {e}", key=self.describe(key)) from None
+            raise self._transfer_error(e, key) from None
 
     def put_stream(self, key: str, stream: Readable) -> None:
         # s3transfer reads a stream without seek in order, part by part, and aborts the
@@ -269,10 +275,7 @@ class S3Store:
         except VfsError:  # the stream's own, e.g. content that changed: as it is
             raise
         except Exception as e:
-            cause = e.__cause__ or e.__context__
-            if isinstance(cause, ClientError | BotoCoreError):
-                raise self._error(cause, key, "PUT") from None
-            raise StoreError(f"PUT {self.describe(key)}: {e}", key=self.describe(key)) from None
+            raise self._transfer_error(e, key) from None
 
     def put_file_range(
         self,
@@ -365,12 +368,7 @@ class S3Store:
                     raise self._error(e, key, "PUT") from None
                 except Exception as e:  # s3transfer may wrap a client error
                     body.check(self.describe(key))
-                    cause = e.__cause__ or e.__context__
-                    if isinstance(cause, ClientError | BotoCoreError):
-                        raise self._error(cause, key, "PUT") from None
-                    raise StoreError(
-                        f"PUT {self.describe(key)}: {e}", key=self.describe(key)
-                    ) from None
+                    raise self._transfer_error(e, key) from None
         finally:
             manager.shutdown(cancel=True)
 
