@@ -53,6 +53,7 @@ from vfs.mount.blockfile import (
     encode_header,
     read_block_file,
     read_object_file,
+    write_block_temp,
     write_temp,
 )
 from vfs.mount.blocks import BLOCK_SIZE, block_length
@@ -268,11 +269,17 @@ class BlockCache:
         if checksum is None:
             checksum = block_checksum(data)
         header = encode_header(obj.hash, obj.size, index, BLOCK_SIZE, len(data), checksum)
-        return self.store(self.block_name(obj.hash, index), [header, data], HEADER_SIZE + len(data))
+        return self.store(
+            self.block_name(obj.hash, index), [header, data], HEADER_SIZE + len(data), direct=True
+        )
 
-    def store(self, name: str, parts: Sequence[bytes | memoryview], size: int) -> bool:
+    def store(
+        self, name: str, parts: Sequence[bytes | memoryview], size: int, *, direct: bool = False
+    ) -> bool:
         """Write entry ``name`` (``parts`` joined, ``size`` bytes): reserve the space
-        (evicting), write a temporary file, rename it into place and index it.
+        (evicting), write a temporary file, rename it into place and index it. With
+        ``direct``, ``parts`` are a block file's header and data, written past the page cache
+        (:func:`~vfs.mount.blockfile.write_block_temp`).
 
         Returns ``False``, without raising, when the entry was not cached: larger than the
         cache, the lock or index busy past their timeouts, the index damaged, the disk full.
@@ -286,7 +293,10 @@ class BlockCache:
         try:
             self._reserve(size)
             reserved = size
-            tmp = write_temp(self.tmp_dir, self._tmp_prefix, parts)
+            if direct:
+                tmp = write_block_temp(self.tmp_dir, self._tmp_prefix, parts[0], parts[1])
+            else:
+                tmp = write_temp(self.tmp_dir, self._tmp_prefix, parts)
             dest = self.path(name)
             with self._locked():
                 self._make_dirs(os.path.dirname(name))

@@ -35,16 +35,26 @@ def block_span(off: int, end: int) -> range:
     return range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1)
 
 
-def contiguous_runs(indices: list[int], max_run: int) -> list[list[int]]:
-    """``indices`` (ascending) grouped into runs of consecutive indices, each at most
-    ``max_run`` long: ``[1, 2, 3, 5] -> [[1, 2, 3], [5]]`` with ``max_run >= 3``."""
+def aligned_runs(indices: list[int], group: int) -> list[list[int]]:
+    """``indices`` (ascending) grouped into runs of consecutive indices that never cross a
+    multiple of ``group``, so each run lies in one aligned group of ``group`` blocks:
+    ``[1, 2, 3, 5] -> [[1, 2, 3], [5]]``, and ``[6, 7, 8, 9] -> [[6, 7], [8, 9]]`` with
+    ``group == 8``. Aligned runs make the same ranged GETs whichever block a reader starts
+    at, so readers of one file coalesce on them (and a sliding readahead window does not
+    cut them into one GET per block)."""
     runs: list[list[int]] = []
     for index in indices:
-        if runs and runs[-1][-1] == index - 1 and len(runs[-1]) < max_run:
+        if runs and runs[-1][-1] == index - 1 and index % group:
             runs[-1].append(index)
         else:
             runs.append([index])
     return runs
+
+
+def group_end(index: int, group: int, count: int) -> int:
+    """One past the last index of the aligned group of ``group`` indices holding ``index``,
+    at most ``count``."""
+    return min(count, (index // group + 1) * group)
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:

@@ -9,7 +9,10 @@ its download slot is not held by an abandoned thread.
   size and xxh128 before returning it.
 * :func:`fetch_blocks` gets consecutive blocks of a larger object with one ranged GET (the
   store checks the answer is the range asked for, see :meth:`ObjectStore.open_range`) and
-  hands each block, with its checksum, to ``deliver`` as soon as it is complete. A block
+  hands each block, with its checksum, to ``deliver`` as soon as it is complete. Each block is
+  read straight into its own page-aligned :class:`~vfs.mount.blockfile.BlockBuffer` (the
+  stream's ``readinto`` where it has one), which the block cache later writes to disk as it
+  is: no copy of the data is made in Python on the way. A block
   cannot be checked against the object's hash alone; that is :mod:`vfs.mount.verify`'s job.
 """
 
@@ -21,7 +24,7 @@ from collections.abc import Callable
 import xxhash
 
 from vfs.errors import CorruptObjectError, StoreError
-from vfs.mount.blockfile import block_checksum
+from vfs.mount.blockfile import block_checksum, new_block_buffer
 from vfs.mount.blocks import BLOCK_SIZE, block_length
 from vfs.mount.objects import ObjectRef
 from vfs.storage import ObjectStore, Readable, data_key
@@ -94,7 +97,7 @@ def fetch_blocks(
     first: int,
     count: int,
     abort: Abort,
-    deliver: Callable[[int, bytes, int], None],
+    deliver: Callable[[int, memoryview, int], None],
 ) -> None:
     """Blocks ``first`` … ``first + count - 1`` of the large object ``obj`` with one ranged
     GET; ``deliver(index, data, checksum)`` gets each as soon as it is complete (in order).
@@ -111,15 +114,40 @@ def fetch_blocks(
         abort.attach(body)
         for index in range(first, first + count):
             length = block_length(obj, index)
-            data = _read_up_to(body, length, abort, where)
-            if len(data) != length:
+            data = new_block_buffer(length).data()
+            got = _read_into(body, data, abort, where)
+            if got != length:
                 raise CorruptObjectError(
-                    f"object {where} ended {length - len(data)} bytes early in block {index}: "
+                    f"object {where} ended {length - got} bytes early in block {index}: "
                     "it is shorter than the manifest says",
                     key=where,
                 )
             abort.check(where)
             deliver(index, data, block_checksum(data))
+
+
+READ_CHUNK = 1024 * 1024
+"""Bytes asked of a stream per call (so that an abort is noticed between calls)."""
+
+
+def _read_into(body: Readable, view: memoryview, abort: Abort, where: str) -> int:
+    """Fill ``view`` from a stream (``readinto`` when it has one); returns the bytes read,
+    fewer only at the stream's end."""
+    readinto = getattr(body, "readinto", None)
+    got = 0
+    while got < len(view):
+        abort.check(where)
+        piece = view[got : got + READ_CHUNK]
+        if readinto is not None:
+            n = readinto(piece)
+        else:
+            chunk = body.read(len(piece))
+            n = len(chunk)
+            piece[:n] = chunk
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _read_up_to(body: Readable, length: int, abort: Abort, where: str) -> bytes:

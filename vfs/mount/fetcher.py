@@ -52,10 +52,11 @@ from vfs.mount.blockcache import BlockCache
 from vfs.mount.blockfile import CorruptEntryError
 from vfs.mount.blocks import (
     BLOCK_SIZE,
+    aligned_runs,
     backoff_delay,
     block_length,
     block_span,
-    contiguous_runs,
+    group_end,
     is_whole,
     nblocks,
 )
@@ -84,6 +85,10 @@ PREFETCH_WORKERS = 4
 WRITES_WAIT_S = 10.0
 """How long a background verification waits for cache writes under way (seconds) when a
 block it needs is neither in memory nor on disk yet."""
+
+WRITERS = 4
+"""Cache writes at once (worker threads): block files bypass the page cache, so each write
+waits for the disk; a few in parallel keep up with the network."""
 
 STREAMS = 256
 """Large objects hashed as their blocks arrive, at most, at once."""
@@ -156,7 +161,7 @@ class ContentFetcher:
         # Worker threads: downloads (also abandoned ones, until their socket is shut),
         # cache loads, cache writes. Download *slots* are the limit that matters.
         self._threads = trio.CapacityLimiter(4 * slots + 16)
-        self._writers = trio.CapacityLimiter(2)
+        self._writers = trio.CapacityLimiter(WRITERS)
         # (data, checksum taken on arrival); a hit on a verified object is checked against
         # the verified checksums, so a block of an older, wrong copy is never served.
         self.memory: cachetools.LRUCache[_Key, tuple[bytes | memoryview, int]] = (
@@ -212,6 +217,9 @@ class ContentFetcher:
         if off >= end:
             return b""
         self._readahead(parts, state, off, end, file_size)
+        hit = self._read_from_memory(parts, off, end)
+        if hit is not None:
+            return hit[0] if len(hit) == 1 else b"".join(hit)
         timeout = self.policy.fetch_timeout
         pieces: list[memoryview] = []
         with trio.move_on_after(timeout) as scope:
@@ -227,6 +235,50 @@ class ContentFetcher:
             where = self.store.describe(data_key(parts[0].hash))
             raise StoreError(f"{where}: no data within --fetch-timeout {timeout:g} s", key=where)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _read_from_memory(
+        self, parts: Sequence[ObjectRef], off: int, end: int
+    ) -> list[memoryview] | None:
+        """The pieces of bytes ``[off, end)`` when every block they need is in memory and
+        may be served without waiting (objects met before, not bad, verified when
+        ``strict``), else ``None``: the fast path of a sequential read, with no checkpoint,
+        deadline or task switch (the same checks as :meth:`_read_object`)."""
+        pieces: list[memoryview] = []
+        hits = 0
+        strict = self.policy.verify == "strict"
+        for number, obj in enumerate(parts):
+            start = number * CHUNK_SIZE
+            if start >= end:
+                break
+            if start + obj.size <= off:
+                continue
+            lo, hi = max(off, start) - start, min(end, start + obj.size) - start
+            if is_whole(obj):
+                data = self._from_memory(obj, 0)
+                if data is None:
+                    return None
+                pieces.append(memoryview(data)[lo:hi])
+                hits += 1
+                continue
+            contact = self._contact.get(obj.hash)
+            if (
+                contact is None
+                or not contact.is_set()
+                or obj.hash in self.verify.bad
+                or (strict and obj.hash not in self.verify.sums)
+            ):
+                return None
+            for index in block_span(lo, hi):
+                data = self._from_memory(obj, index)
+                if data is None:
+                    return None
+                first = index * BLOCK_SIZE
+                pieces.append(
+                    memoryview(data)[max(lo, first) - first : min(hi, first + BLOCK_SIZE) - first]
+                )
+                hits += 1
+        self.stats.add("cache.hits", hits)
+        return pieces
 
     async def _read_object(self, obj: ObjectRef, off: int, end: int) -> list[memoryview]:
         if is_whole(obj):
@@ -313,7 +365,7 @@ class ContentFetcher:
         """In a worker thread: fetch a run of blocks, delivering each on the event loop."""
         token = self._token
 
-        def deliver(index: int, data: bytes, checksum: int) -> None:
+        def deliver(index: int, data: memoryview, checksum: int) -> None:
             trio.from_thread.run_sync(
                 self._delivered, obj, index, data, checksum, jobs, trio_token=token
             )
@@ -321,7 +373,7 @@ class ContentFetcher:
         fetch_blocks(self.store, obj, first, count, abort, deliver)
 
     def _delivered(
-        self, obj: ObjectRef, index: int, data: bytes, checksum: int, jobs: dict[int, _Job]
+        self, obj: ObjectRef, index: int, data: memoryview, checksum: int, jobs: dict[int, _Job]
     ) -> None:
         """On the event loop: a fetched block arrived (raises into the worker thread, which
         stops the run, when it contradicts the verified content)."""
@@ -403,7 +455,8 @@ class ContentFetcher:
         it already (then it is not hashed again)."""
         event = self._contact.get(obj.hash)
         if event is not None:
-            await event.wait()
+            if not event.is_set():
+                await event.wait()
             return
         event = self._contact[obj.hash] = trio.Event()
         try:
@@ -441,7 +494,7 @@ class ContentFetcher:
         count = nblocks(obj)
         for first in range(0, count, RUN_BLOCKS):
             run = min(RUN_BLOCKS, count - first)
-            blocks: list[bytes] = await self._attempts(
+            blocks: list[memoryview] = await self._attempts(
                 obj, self._fetch_collect_sync, obj, first, run
             )
             for data in blocks:
@@ -451,9 +504,9 @@ class ContentFetcher:
 
     def _fetch_collect_sync(
         self, obj: ObjectRef, first: int, count: int, abort: Abort
-    ) -> list[bytes]:
+    ) -> list[memoryview]:
         """In a worker thread: blocks ``first`` … of ``obj`` from the store, in a list."""
-        blocks: list[bytes] = []
+        blocks: list[memoryview] = []
         fetch_blocks(self.store, obj, first, count, abort, lambda i, d, c: blocks.append(d))
         return blocks
 
@@ -554,16 +607,18 @@ class ContentFetcher:
             lo, hi = max(ahead.start, start), min(ahead.stop, start + part.size)
             if lo >= hi or is_whole(part) or not self._may_prefetch(part):
                 continue
-            # blocks after the ones this read needs (those are fetched on demand)
+            # blocks after the ones this read needs (those are fetched on demand), to the end
+            # of the aligned group the window reaches into: one GET per group
             after = (end - 1 - start) // BLOCK_SIZE + 1 if end > start else 0
+            last = group_end((hi - start - 1) // BLOCK_SIZE, RUN_BLOCKS, nblocks(part))
             wanted = [
                 i
-                for i in block_span(lo - start, hi - start)
+                for i in range((lo - start) // BLOCK_SIZE, last)
                 if i >= after
                 and (part.hash, i) not in self.memory and (part.hash, i) not in self._inflight
                 and i not in self._seen.get(part.hash, ())
             ]  # fmt: skip
-            for run in contiguous_runs(wanted, RUN_BLOCKS):
+            for run in aligned_runs(wanted, RUN_BLOCKS):
                 if self._runs >= self.slots.total_tokens - 1:
                     return  # one slot is always left for readers
                 jobs = self._register(part, run)
@@ -600,7 +655,7 @@ class ContentFetcher:
                 for index in sorted(set(jobs) - set(todo)):
                     loads.start_soon(load, index)
             todo = sorted(todo + missing)
-            for run in contiguous_runs(todo, RUN_BLOCKS):
+            for run in aligned_runs(todo, RUN_BLOCKS):
                 await self._fetch_run(obj, {i: jobs[i] for i in run})
                 self.stats.add("fetch.runs")
         except Exception as e:  # a reader that needs one of the blocks fetches it itself
@@ -672,7 +727,7 @@ class ContentFetcher:
             if i not in present and (obj.hash, i) not in self._inflight
             and (obj.hash, i) not in self.memory
         ]  # fmt: skip
-        for run in contiguous_runs(missing, RUN_BLOCKS):
+        for run in aligned_runs(missing, RUN_BLOCKS):
             await self._spare_slot()
             run = [i for i in run if (obj.hash, i) not in self._inflight]
             if not run:

@@ -150,7 +150,7 @@ def _warm_one(
         while run < RUN_BLOCKS and index + run < count and index + run not in present:
             run += 1
 
-        def deliver(i: int, data: bytes, checksum: int) -> None:
+        def deliver(i: int, data: memoryview, checksum: int) -> None:
             nonlocal fetched
             hasher.add(data)
             cache.store_block(obj, i, data, checksum)

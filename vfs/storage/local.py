@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -98,7 +99,7 @@ class LocalStore:
             raise self._error(e, key) from None
         return st.st_size
 
-    def _open_file(self, key: str) -> BinaryIO:
+    def _open_file(self, key: str) -> io.BufferedReader:
         """The object's file, open for reading; the store's errors naming the key."""
         try:
             return open(self._path(key), "rb")
@@ -283,7 +284,7 @@ class LocalStore:
 class _FileRange:
     """At most ``left`` bytes of an open file, from its current offset."""
 
-    def __init__(self, f: BinaryIO, left: int) -> None:
+    def __init__(self, f: io.BufferedReader, left: int) -> None:
         self._f = f
         self._left = left
 
@@ -294,6 +295,14 @@ class _FileRange:
         data = self._f.read(n)
         self._left -= len(data)
         return data
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        """Read up to ``len(buffer)`` bytes (no more than are left) into ``buffer``."""
+        if self._left <= 0:
+            return 0
+        n = self._f.readinto(buffer[: self._left]) or 0
+        self._left -= n
+        return n
 
     def abort(self) -> None:
         """Local reads do not stall on a network: nothing to give up."""

@@ -9,6 +9,7 @@ own ``AWS_ENDPOINT_URL``. When ``expected_bucket_owner`` is set it is sent as
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -404,6 +405,39 @@ class GuardedBody:
             where = self._store.describe(self._key)
             raise StoreError(f"GET {where}: the download was given up ({e})", key=where) from None
         return data
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        """Read up to ``len(buffer)`` bytes into ``buffer``; 0 at the end of the body.
+
+        The bytes go from the socket straight into ``buffer`` (``http.client``'s
+        ``readinto`` under urllib3's response, with the GIL released), not through a
+        ``bytes`` copied again in Python. Once the body was read to its end the connection
+        goes back to urllib3's pool, as urllib3 does itself. A connection that ends before
+        the length the server announced raises :class:`StoreError` (retried), like a read
+        through urllib3.
+        """
+        raw = getattr(self._body, "_raw_stream", None)
+        fp = getattr(raw, "_fp", None)
+        try:
+            if fp is None or not hasattr(fp, "readinto") or not hasattr(fp, "isclosed"):
+                n: int = self._body.readinto(buffer)
+                return n
+            left = getattr(fp, "length", None)
+            n = fp.readinto(buffer)
+            if fp.isclosed():
+                if n == 0 and len(buffer) and left:
+                    where = self._store.describe(self._key)
+                    raise StoreError(
+                        f"GET {where}: the connection closed with {left} bytes still to come",
+                        key=where,
+                    )
+                raw.release_conn()  # type: ignore[union-attr]
+            return n
+        except (ClientError, BotoCoreError) as e:
+            raise self._store._error(e, self._key, "GET") from None
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as e:
+            where = self._store.describe(self._key)
+            raise StoreError(f"GET {where}: the download was given up ({e})", key=where) from None
 
     def abort(self) -> None:
         """Shut the connection's socket down for reading, so that a ``read`` blocked in
