@@ -223,13 +223,7 @@ class ContentFetcher:
         timeout = self.policy.fetch_timeout
         pieces: list[memoryview] = []
         with trio.move_on_after(timeout) as scope:
-            for index, part in enumerate(parts):
-                start = index * CHUNK_SIZE
-                if start >= end:
-                    break
-                if start + part.size <= off:
-                    continue
-                lo, hi = max(off, start) - start, min(end, start + part.size) - start
+            for part, lo, hi in _spans(parts, off, end):
                 pieces += await self._read_object(part, lo, hi)
         if scope.cancelled_caught:
             where = self.store.describe(data_key(parts[0].hash))
@@ -246,13 +240,7 @@ class ContentFetcher:
         pieces: list[memoryview] = []
         hits = 0
         strict = self.policy.verify == "strict"
-        for number, obj in enumerate(parts):
-            start = number * CHUNK_SIZE
-            if start >= end:
-                break
-            if start + obj.size <= off:
-                continue
-            lo, hi = max(off, start) - start, min(end, start + obj.size) - start
+        for obj, lo, hi in _spans(parts, off, end):
             if is_whole(obj):
                 data = self._from_memory(obj, 0)
                 if data is None:
@@ -923,6 +911,17 @@ class ContentFetcher:
                 present = self.cache.present_blocks(obj.hash)
                 have += sum(block_length(obj, i) for i in present if i < nblocks(obj))
         return have / total
+
+
+def _spans(parts: Sequence[ObjectRef], off: int, end: int) -> Iterator[tuple[ObjectRef, int, int]]:
+    """The objects of a file made of ``parts`` (v2 chunks of ``CHUNK_SIZE``) that bytes
+    ``[off, end)`` of the file touch, each with its own ``[lo, hi)`` range of those bytes."""
+    for number, obj in enumerate(parts):
+        start = number * CHUNK_SIZE
+        if start >= end:
+            break
+        if start + obj.size > off:
+            yield obj, max(off, start) - start, min(end, start + obj.size) - start
 
 
 def _entry_size(entry: tuple[bytes | memoryview, int]) -> int:
