@@ -269,3 +269,56 @@ def test_verification_waits_for_cache_writes_under_way(tmp_path: Path) -> None:
         os.close(lock)
     assert stats.counters["verify.objects"] == 1
     assert stats.counters["fetch.blocks"] == count  # nothing fetched again
+
+
+def test_a_sequential_read_fetches_whole_aligned_groups(
+    tmp_path: Path,
+    s3_client,
+    s3_bucket: str,
+    s3_relay: S3Relay,  # type: ignore[no-untyped-def]
+) -> None:
+    """Readahead asks for the aligned group of RUN_BLOCKS blocks its window reaches into,
+    one ranged GET each, whichever block a reader is at: a 1 MiB-at-a-time read of 16
+    blocks costs a handful of GETs, not one per block."""
+    data = os.urandom(16 * BLOCK_SIZE)
+    obj = put(s3_client, s3_bucket, data)
+
+    async def body(f: ContentFetcher) -> None:
+        state = ReadaheadState()
+        for off in range(0, len(data), MiB):
+            got = await f.read([obj], off, MiB, state)
+            assert bytes(got) == data[off : off + MiB]
+
+    policy = FetchPolicy()
+    stats = run_with_fetcher(tmp_path / "c", s3_store(s3_relay, s3_bucket, policy), body, policy)
+    gets = s3_relay.gets(obj.hash)
+    assert stats.counters["fetch.blocks"] == 16
+    assert len(gets) <= 4, [g.range for g in gets]
+
+
+def test_a_connection_cut_mid_block_is_retried(
+    tmp_path: Path,
+    s3_client,
+    s3_bucket: str,
+    s3_relay: S3Relay,  # type: ignore[no-untyped-def]
+) -> None:
+    """A body that ends before its Content-Length (a reset connection) is a failed attempt,
+    retried, never a short or zero-filled block."""
+    data = os.urandom(3 * BLOCK_SIZE + 11)
+    obj = put(s3_client, s3_bucket, data)
+    s3_relay.reset_after = BLOCK_SIZE + 100_000
+
+    async def body(f: ContentFetcher) -> None:
+        got = await f.read([obj], 0, 10, ReadaheadState())  # block 0 arrives whole
+        assert bytes(got) == data[:10]
+        s3_relay.reset_after = 100_000  # every later GET is cut in its first block
+        with pytest.raises(StoreError):
+            await f.read([obj], 2 * BLOCK_SIZE, 10, ReadaheadState())
+        s3_relay.reset_after = None
+        await trio.sleep(f.policy.failure_ttl + 0.1)  # the failed read is remembered till then
+        got = await f.read([obj], 0, len(data), ReadaheadState())
+        assert bytes(got) == data
+
+    policy = FetchPolicy(attempts=2, fetch_timeout=30)
+    stats = run_with_fetcher(tmp_path / "c", s3_store(s3_relay, s3_bucket, policy), body, policy)
+    assert stats.counters["fetch.retries"] >= 1

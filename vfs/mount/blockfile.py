@@ -46,7 +46,7 @@ DIRECT_ALIGN = 4096
 logical block size Linux file systems use."""
 
 _direct = threading.local()  # per writer thread: its aligned staging buffer (an mmap)
-_direct_refused: set[int] = set()  # st_dev of directories whose file system refused O_DIRECT
+_direct_refused: set[str] = set()  # directories whose file system refused O_DIRECT
 
 
 class CorruptEntryError(VfsError):
@@ -206,52 +206,54 @@ def write_block_temp(
     When ``data`` is a :class:`BlockBuffer`'s data view, the buffer is written as it is;
     other bytes go through a reused page-aligned buffer of the calling thread. Either is
     padded to :data:`DIRECT_ALIGN` and the file truncated to its length after. A file system that
-    refuses ``O_DIRECT`` (tmpfs, some FUSE and network file systems) is remembered and written
-    through the page cache (:func:`write_temp`). Raises ``OSError`` (e.g. ``ENOSPC``); nothing
+    refuses ``O_DIRECT`` (``EINVAL`` on open or write: tmpfs before Linux 6.6, some FUSE and
+    network file systems) is remembered per ``tmp_dir`` and written through the page cache
+    (:func:`write_temp`). Raises ``OSError`` (e.g. ``ENOSPC``); nothing
     is left behind then.
     """
     size = len(header) + len(data)
-    try:
-        dev = os.stat(tmp_dir).st_dev
-    except OSError:
-        dev = -1
-    if dev in _direct_refused or not hasattr(os, "O_DIRECT"):
+    if tmp_dir in _direct_refused or not hasattr(os, "O_DIRECT"):
         return write_temp(tmp_dir, prefix, [header, data])
-    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
     fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
+    os.close(fd)
     try:
-        try:
-            direct = os.open(tmp, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            _direct_refused.add(dev)
-            os.close(fd)
-            fd = -1
+        _write_direct(tmp, header, data, size)
+    except OSError as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-            return write_temp(tmp_dir, prefix, [header, data])
-        try:
-            view = _in_place(header, data)
-            if view is None:
-                view = memoryview(_staging_buffer(padded))
-                view[: len(header)] = header
-                view[len(header) : size] = data
-                view[size:padded] = bytes(padded - size)
-            try:
-                done = 0
-                while done < padded:
-                    done += os.pwrite(direct, view[done:padded], done)
-            finally:
-                view.release()
-            if padded != size:
-                os.ftruncate(direct, size)
-        finally:
-            os.close(direct)
+        if e.errno != errno.EINVAL:
+            raise
+        _direct_refused.add(tmp_dir)
+        return write_temp(tmp_dir, prefix, [header, data])
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
     return tmp
+
+
+def _write_direct(
+    path: str, header: bytes | memoryview, data: bytes | memoryview, size: int
+) -> None:
+    """Write ``header`` and ``data`` (``size`` bytes in all) to the existing empty file
+    ``path`` with ``O_DIRECT``: whole pages from a page-aligned buffer, then truncated to
+    ``size``. Raises ``OSError`` (``EINVAL`` when the file system refuses ``O_DIRECT``)."""
+    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    try:
+        view = _in_place(header, data)
+        if view is None:
+            view = memoryview(_staging_buffer(padded))
+            view[: len(header)] = header
+            view[len(header) : size] = data
+            view[size:padded] = bytes(padded - size)
+        try:
+            done = 0
+            while done < padded:
+                done += os.pwrite(direct, view[done:padded], done)
+        finally:
+            view.release()
+        if padded != size:
+            os.ftruncate(direct, size)
+    finally:
+        os.close(direct)
