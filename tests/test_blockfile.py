@@ -17,7 +17,14 @@ import pytest
 from vfs.hashing import hash_bytes
 from vfs.mount import blockfile
 from vfs.mount.blockcache import BlockCache
-from vfs.mount.blockfile import HEADER_SIZE, new_block_buffer
+from vfs.mount.blockfile import (
+    HEADER_SIZE,
+    BufferPool,
+    CorruptEntryError,
+    WouldBlock,
+    _padded,
+    new_block_buffer,
+)
 from vfs.mount.blocks import BLOCK_SIZE
 from vfs.mount.objects import ObjectRef
 
@@ -143,3 +150,61 @@ def test_a_full_disk_keeps_what_was_cached_and_leaves_no_temporary_file(
         assert bytes(got) == data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
     assert cache.stats().entries == len(stored)
     assert cache.stats().used == len(stored) * (HEADER_SIZE + BLOCK_SIZE)
+
+
+def test_a_pooled_buffer_is_never_reused_while_a_view_of_it_lives() -> None:
+    """Buffers dropped from memory come back for reuse only once nothing uses them: a reader
+    still holding a slice of a block keeps its bytes."""
+    pool = BufferPool(_padded(BLOCK_SIZE), keep=4)
+    first = pool.take(BLOCK_SIZE).data()
+    first[:] = b"a" * BLOCK_SIZE
+    reader = first[100:200]  # a reply still being built from the block
+    pool.retire(first)
+    del first
+    second = pool.take(BLOCK_SIZE).data()
+    second[:] = b"b" * BLOCK_SIZE
+    assert bytes(reader) == b"a" * 100
+    assert second.obj is not reader.obj
+    owner = reader.obj
+    pool.retire(second)
+    del second, reader
+    third = pool.take(BLOCK_SIZE)  # now free: the first retired one comes back
+    assert third is owner
+    pool.retire(memoryview(b"not a block buffer"))  # ignored
+    short = pool.take(123)
+    assert short.length == 123 and len(short) == _padded(123)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2(RWF_NOWAIT)")
+def test_a_nowait_load_reads_only_from_the_page_cache_and_tells_nothing(tmp_path: Path) -> None:
+    """The event loop loads a block itself only when its file is in the page cache; a file
+    that is not (or is damaged) is left to the blocking load, which tells and removes it."""
+    cache = BlockCache(str(tmp_path / "c"), 1 << 30, min_free_ratio=0)
+    data = os.urandom(2 * BLOCK_SIZE)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    for i in range(2):
+        assert cache.store_block(obj, i, data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+    path = Path(cache.path(cache.block_name(obj.hash, 0)))
+    with pytest.raises(WouldBlock):  # written with O_DIRECT: not in the page cache
+        cache.load_block(obj, 0, nowait=True)
+    path.read_bytes()  # now it is
+    got, _ = cache.load_block(obj, 0, nowait=True)
+    assert bytes(got) == data[:BLOCK_SIZE]
+
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_SIZE + 5] ^= 1
+    path.write_bytes(bytes(raw))  # damaged, and in the page cache
+    with pytest.raises(WouldBlock):
+        cache.load_block(obj, 0, nowait=True)
+    assert path.exists()  # the event loop removes nothing
+    with pytest.raises(CorruptEntryError):
+        cache.load_block(obj, 0)
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):  # a miss costs no thread either
+        cache.load_block(obj, 0, nowait=True)
+    p1 = Path(cache.path(cache.block_name(obj.hash, 1)))
+    p1.write_bytes(p1.read_bytes() + b"x")  # extended by one byte
+    with pytest.raises(WouldBlock):
+        cache.load_block(obj, 1, nowait=True)
+    with pytest.raises(CorruptEntryError, match="bytes, expected"):
+        cache.load_block(obj, 1)

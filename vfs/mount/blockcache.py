@@ -49,6 +49,7 @@ from vfs.errors import VfsError
 from vfs.mount.blockfile import (
     HEADER_SIZE,
     CorruptEntryError,
+    WouldBlock,
     block_checksum,
     encode_header,
     read_block_file,
@@ -189,25 +190,47 @@ class BlockCache:
         return data
 
     def load_block(
-        self, obj: ObjectRef, index: int, expect_sum: int | None = None
+        self, obj: ObjectRef, index: int, expect_sum: int | None = None, *, nowait: bool = False
     ) -> tuple[memoryview, int]:
         """Block ``index`` of a large object and its checksum, checked against its header
         (and against ``expect_sum``, the checksum recorded when the object was verified).
 
         Raises ``FileNotFoundError`` on a miss and :class:`CorruptEntryError` (after
-        removing the entry) when the block fails a check.
+        removing the entry) when the block fails a check. With ``nowait`` (for the event
+        loop: no disk read, no lock, no SQLite) the block is loaded only when its file is
+        wholly in the page cache and passes every check; :class:`WouldBlock` otherwise,
+        and the blocking load tells what is wrong.
         """
         name = self.block_name(obj.hash, index)
         try:
             loaded = read_block_file(
                 self.path(name), obj.hash, obj.size, index, BLOCK_SIZE,
-                block_length(obj, index), expect_sum,
+                block_length(obj, index), expect_sum, nowait=nowait,
             )  # fmt: skip
         except CorruptEntryError:
+            if nowait:
+                raise WouldBlock from None
             self.remove([name])
             raise
         self.touch(name)
         return loaded
+
+    def advise_blocks(self, hash_: str, indices: Iterable[int]) -> None:
+        """Ask the kernel to read the block files ``indices`` of ``hash_`` into the page
+        cache in the background (``POSIX_FADV_WILLNEED``), so that loading them one after
+        the other finds them there (after ``drop_caches``, or on blocks written with
+        ``O_DIRECT``). Missing files and refusals are ignored: this is a hint."""
+        for index in indices:
+            try:
+                fd = os.open(self.path(self.block_name(hash_, index)), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def present_blocks(self, hash_: str) -> set[int]:
         """Indices of the blocks of ``hash_`` that have a file (not checked; a copy). Listed

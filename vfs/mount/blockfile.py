@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import xxhash
 
 from vfs.errors import VfsError
+from vfs.mount.blocks import BLOCK_SIZE
 
 HEADER_SIZE = 4096
 """Bytes of header before a block's data."""
@@ -85,6 +86,8 @@ def read_block_file(
     block_size: int,
     length: int,
     expect_sum: int | None = None,
+    *,
+    nowait: bool = False,
 ) -> tuple[memoryview, int]:
     """Load and check block ``index`` of an object from ``path``.
 
@@ -92,11 +95,16 @@ def read_block_file(
     ``expect_sum``, when given, is the checksum the block must have (recorded when the
     whole object was verified). Raises ``FileNotFoundError`` when the file is gone and
     :class:`CorruptEntryError` saying what is wrong when it does not pass every check.
+
+    With ``nowait`` the file is read only if all of it is in the page cache
+    (``preadv2(RWF_NOWAIT)``), so that the event loop may call it: :class:`WouldBlock` when
+    it is not (or is not whole), without telling more; the blocking load then tells.
     """
-    with open(path, "rb", buffering=0) as f:
-        raw = f.read(HEADER_SIZE + length + 1)
-    if len(raw) != HEADER_SIZE + length:
-        raise CorruptEntryError(path, f"{len(raw)} bytes, expected {HEADER_SIZE + length}")
+    buf = new_block_buffer(length)
+    raw = memoryview(buf)[: HEADER_SIZE + length]
+    got = _read_file(path, raw, nowait)
+    if got != HEADER_SIZE + length:
+        raise CorruptEntryError(path, f"{got} bytes, expected {HEADER_SIZE + length}")
     fields = raw[: _FIELDS.size]
     (header_sum,) = _HEADER_SUM.unpack_from(raw, _FIELDS.size)
     if xxhash.xxh3_64_intdigest(fields) != header_sum:
@@ -107,13 +115,47 @@ def read_block_file(
         raise CorruptEntryError(
             path, f"its header describes block {idx} of {h.hex()} ({size} bytes), not this block"
         )
-    data = memoryview(raw)[HEADER_SIZE:]
+    data = raw[HEADER_SIZE:]
     actual = xxhash.xxh3_64_intdigest(data)
     if actual != checksum:
         raise CorruptEntryError(path, "its data does not match the checksum taken on arrival")
     if expect_sum is not None and checksum != expect_sum:
         raise CorruptEntryError(path, "it differs from the block of the verified object")
     return data, checksum
+
+
+class WouldBlock(Exception):
+    """A ``nowait`` load would have waited for the disk."""
+
+
+def _read_file(path: str, into: memoryview, nowait: bool) -> int:
+    """Read ``path`` from its start into ``into``; returns the bytes read, one more than
+    ``len(into)`` when the file is longer. With ``nowait``, only when the bytes are all in the
+    page cache (``preadv2(RWF_NOWAIT)``): :class:`WouldBlock` otherwise, and for a short
+    read (not all cached, or the file too short: the blocking read tells which).
+    Raises ``FileNotFoundError`` when the file is gone."""
+    if nowait and not hasattr(os, "RWF_NOWAIT"):
+        raise WouldBlock
+    extra = bytearray(1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if nowait:
+            try:
+                got = os.preadv(fd, [into, extra], 0, os.RWF_NOWAIT)
+            except OSError:
+                raise WouldBlock from None
+            if got < len(into):
+                raise WouldBlock
+            return got
+        got = 0
+        while got <= len(into):
+            n = os.preadv(fd, [into[got:], extra] if got < len(into) else [extra], got)
+            if not n:
+                break
+            got += n
+        return got
+    finally:
+        os.close(fd)
 
 
 def read_object_file(path: str, obj_hash: str, size: int) -> bytes:
@@ -166,12 +208,71 @@ class BlockBuffer(mmap.mmap):
         return memoryview(self)[HEADER_SIZE : HEADER_SIZE + self.length]
 
 
+def _padded(length: int) -> int:
+    return -(-(HEADER_SIZE + length) // DIRECT_ALIGN) * DIRECT_ALIGN
+
+
+class BufferPool:
+    """Full-size :class:`BlockBuffer` s given back for reuse, so that a block read from disk
+    or the network lands in memory that is already mapped (no page faults, no zeroing:
+    measured as a quarter of the event loop's time on cache hits).
+
+    A buffer is *retired* (:meth:`retire`) when the fetcher drops it from memory, and handed
+    out again only once nothing uses it any more: no ``memoryview`` of it is left anywhere,
+    which the buffer itself knows (an ``mmap`` cannot be resized while views of it exist).
+    A buffer still in use is skipped, never reused. At most ``keep`` buffers are retired;
+    more are left to the garbage collector. Thread-safe.
+    """
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self.keep = keep
+        self._retired: dict[int, BlockBuffer] = {}  # id -> buffer, oldest first
+        self._lock = threading.Lock()
+
+    def take(self, length: int) -> BlockBuffer:
+        """A buffer for ``length`` bytes of block data: a retired one nothing uses when
+        one is at hand and the size fits, else a new one."""
+        if _padded(length) == self.size:
+            with self._lock:
+                for key, buf in self._retired.items():
+                    if _unused(buf):
+                        del self._retired[key]
+                        buf.length = length
+                        return buf
+        buf = BlockBuffer(-1, _padded(length), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf.length = length
+        return buf
+
+    def retire(self, data: bytes | memoryview) -> None:
+        """``data`` (a view of a buffer's data) was dropped by its owner: its buffer may be
+        reused once nothing else uses it."""
+        buf = data.obj if isinstance(data, memoryview) else None
+        if not isinstance(buf, BlockBuffer) or len(buf) != self.size:
+            return
+        with self._lock:
+            if len(self._retired) < self.keep:
+                self._retired.setdefault(id(buf), buf)
+
+
+def _unused(buf: BlockBuffer) -> bool:
+    """True when no ``memoryview`` of ``buf`` is alive (resizing an ``mmap`` to its own size
+    raises ``BufferError`` while views of it exist, and does nothing otherwise)."""
+    try:
+        buf.resize(len(buf))
+    except (BufferError, OSError, ValueError, SystemError):
+        return False
+    return True
+
+
+POOL = BufferPool(_padded(BLOCK_SIZE), keep=16)
+"""The process's pool of full-size block buffers (16 × 4 MiB at most)."""
+
+
 def new_block_buffer(length: int) -> BlockBuffer:
-    """A :class:`BlockBuffer` for ``length`` bytes of block data."""
-    padded = -(-(HEADER_SIZE + length) // DIRECT_ALIGN) * DIRECT_ALIGN
-    buf = BlockBuffer(-1, padded)
-    buf.length = length
-    return buf
+    """A :class:`BlockBuffer` for ``length`` bytes of block data (from :data:`POOL` when it
+    has one free; its content is then the previous block's, to be overwritten)."""
+    return POOL.take(length)
 
 
 def _in_place(header: bytes | memoryview, data: bytes | memoryview) -> memoryview | None:

@@ -49,7 +49,7 @@ from vfs.errors import (
     StoreError,
 )
 from vfs.mount.blockcache import BlockCache
-from vfs.mount.blockfile import CorruptEntryError
+from vfs.mount.blockfile import POOL, CorruptEntryError, WouldBlock
 from vfs.mount.blocks import (
     BLOCK_SIZE,
     aligned_runs,
@@ -164,9 +164,7 @@ class ContentFetcher:
         self._writers = trio.CapacityLimiter(WRITERS)
         # (data, checksum taken on arrival); a hit on a verified object is checked against
         # the verified checksums, so a block of an older, wrong copy is never served.
-        self.memory: cachetools.LRUCache[_Key, tuple[bytes | memoryview, int]] = (
-            cachetools.LRUCache(maxsize=max(policy.max_memory, 1), getsizeof=_entry_size)
-        )
+        self.memory = BlockMemory(max(policy.max_memory, 1))
         self._failed: cachetools.TTLCache[_Key, Exception] = cachetools.TTLCache(
             maxsize=4096, ttl=policy.failure_ttl
         )
@@ -332,7 +330,7 @@ class ContentFetcher:
     async def _produce_block(self, obj: ObjectRef, index: int) -> bytes | memoryview:
         try:
             expect = self.verify.expected_sum(obj, index)
-            data, checksum = await self._thread(self.cache.load_block, obj, index, expect)
+            data, checksum = await self._load_block(obj, index, expect)
             self.stats.add("cache.hits")
             self._arrived(obj, index, data, checksum)
             return data
@@ -346,6 +344,20 @@ class ContentFetcher:
         if job.data is None:  # pragma: no cover - the run delivers or raises
             raise StoreError(f"block {index} of {obj.hash} was not delivered")
         return job.data
+
+    async def _load_block(
+        self, obj: ObjectRef, index: int, expect: int | None
+    ) -> tuple[memoryview, int]:
+        """A cached block, checked (:meth:`BlockCache.load_block`): on the event loop when its
+        file is wholly in the page cache, else in a worker thread. Served from the thread
+        that replies to the kernel, a block costs the reply's copy about half as much as one
+        loaded on another core (measured: 1.16 → 1.65 GB/s on cache hits)."""
+        try:
+            loaded = self.cache.load_block(obj, index, expect, nowait=True)
+        except WouldBlock:
+            return await self._thread(self.cache.load_block, obj, index, expect)
+        self.stats.add("cache.inline")
+        return loaded
 
     def _fetch_run_sync(
         self, obj: ObjectRef, first: int, count: int, jobs: dict[int, _Job], abort: Abort
@@ -639,8 +651,11 @@ class ContentFetcher:
                 if not await self._prefetch_cached(obj, index, jobs[index]):
                     missing.append(index)
 
+            cached = sorted(set(jobs) - set(todo))
+            if len(cached) > 1:  # one disk read of them all at once, not one by one
+                await self._thread(self.cache.advise_blocks, obj.hash, cached)
             async with trio.open_nursery() as loads:  # cached: into memory, checked
-                for index in sorted(set(jobs) - set(todo)):
+                for index in cached:
                     loads.start_soon(load, index)
             todo = sorted(todo + missing)
             for run in aligned_runs(todo, RUN_BLOCKS):
@@ -732,7 +747,7 @@ class ContentFetcher:
         readers waiting on ``job``; ``False`` when it has to be fetched after all."""
         try:
             expect = self.verify.expected_sum(obj, index)
-            data, checksum = await self._thread(self.cache.load_block, obj, index, expect)
+            data, checksum = await self._load_block(obj, index, expect)
         except FileNotFoundError:
             return False
         except CorruptEntryError as e:
@@ -926,3 +941,17 @@ def _spans(parts: Sequence[ObjectRef], off: int, end: int) -> Iterator[tuple[Obj
 
 def _entry_size(entry: tuple[bytes | memoryview, int]) -> int:
     return len(entry[0])
+
+
+class BlockMemory(cachetools.LRUCache[_Key, tuple[bytes | memoryview, int]]):
+    """Blocks in memory, ``(data, checksum taken on arrival)`` by ``(hash, index)``, at most
+    ``maxsize`` bytes, least recently used out first. A block's buffer leaving goes back to
+    :data:`~vfs.mount.blockfile.POOL`, to be reused once nothing else uses it."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=_entry_size)
+
+    def __delitem__(self, key: _Key) -> None:
+        data = cachetools.Cache.__getitem__(self, key)[0]
+        super().__delitem__(key)
+        POOL.retire(data)

@@ -11,6 +11,7 @@ class MountStats:
     """Counters of one mount: FUSE requests by kind and cache/fetch outcomes.
 
     Keys: ``req.<op>`` per FUSE request kind, ``cache.hits``, ``cache.misses``,
+    ``cache.inline`` (blocks loaded on the event loop, their files in the page cache),
     ``fetch.objects``, ``fetch.bytes``, ``fetch.errors``, ``read.bytes``, ``eio``; on a
     writable mount also ``overlay.write.bytes``, ``overlay.blocks.written`` (base file blocks
     overwritten whole, nothing fetched), ``overlay.copyup.fetched`` (blocks written in too
