@@ -21,9 +21,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import xxhash
-
 from vfs.errors import CorruptObjectError, StoreError
+from vfs.hashing import hash_bytes
 from vfs.mount.blockfile import block_checksum, new_block_buffer
 from vfs.mount.blocks import BLOCK_SIZE, block_length
 from vfs.mount.objects import ObjectRef
@@ -85,7 +84,7 @@ def fetch_object(store: ObjectStore, obj: ObjectRef, abort: Abort) -> bytes:
             f"the manifest says {obj.size}",
             key=where,
         )
-    actual = xxhash.xxh3_128_hexdigest(data)
+    actual = hash_bytes(data)
     if actual != obj.hash:
         raise CorruptObjectError(f"object {where} hashes to {actual}, not {obj.hash}", key=where)
     return data

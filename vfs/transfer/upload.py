@@ -52,6 +52,7 @@ from vfs.errors import (
     UploadError,
     VfsError,
 )
+from vfs.hashing import hash_bytes
 from vfs.manifest import (
     FILE_CHUNK_SIZE_BYTES,
     HASH_ALG_XXH128,
@@ -517,7 +518,7 @@ class _Run:
             try:
                 if not multipart and source.length <= INLINE_LIMIT:
                     data = FileSlice(fd, source.offset, source.length).read()
-                    actual = xxhash.xxh3_128_hexdigest(data)
+                    actual = hash_bytes(data)
                 else:
                     actual = _hash_range(fd, source.offset, source.length)
             except ShortReadError:
