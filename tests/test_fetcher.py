@@ -322,3 +322,30 @@ def test_a_connection_cut_mid_block_is_retried(
     policy = FetchPolicy(attempts=2, fetch_timeout=30)
     stats = run_with_fetcher(tmp_path / "c", s3_store(s3_relay, s3_bucket, policy), body, policy)
     assert stats.counters["fetch.retries"] >= 1
+
+
+def test_readahead_fits_in_a_small_memory(tmp_path: Path) -> None:
+    """With --max-memory of 4 blocks (and a cache too small to keep them), a sequential read
+    fetches every block once: readahead runs and window shrink to fit memory, so blocks
+    fetched ahead are not evicted before the reader gets to them."""
+    store = LocalStore(str(tmp_path / "store"))
+    data = os.urandom(16 * BLOCK_SIZE)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    store.put_bytes(data_key(obj.hash), data)
+    policy = FetchPolicy(max_memory=4 * BLOCK_SIZE)
+    stats = MountStats()
+
+    async def main() -> None:
+        cache = BlockCache(str(tmp_path / "c"), 2 * BLOCK_SIZE, min_free_ratio=0)
+        fetcher = ContentFetcher(cache, store, stats, policy)
+        async with trio.open_nursery() as nursery:
+            fetcher.attach(nursery)
+            state = ReadaheadState()
+            for off in range(0, len(data), MiB):
+                got = await fetcher.read([obj], off, MiB, state)
+                assert bytes(got) == data[off : off + MiB]
+            await fetcher.drain(10)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert stats.counters["fetch.blocks"] == 16

@@ -156,8 +156,14 @@ class ContentFetcher:
         self.stats = stats
         self.policy = policy = policy or DEFAULT_POLICY
         self.on_bad = on_bad
-        slots = max(1, min(policy.max_fetches, policy.max_memory // BLOCK_SIZE))
+        memory_blocks = max(1, policy.max_memory // BLOCK_SIZE)
+        slots = max(1, min(policy.max_fetches, memory_blocks))
         self.slots = trio.CapacityLimiter(slots)
+        # Readahead within the memory it lands in: runs of at most a quarter of it, a window
+        # of at most half (the defaults, 256 MiB: 8-block runs, the whole 32-block window),
+        # so that blocks fetched ahead are not evicted before the reader gets to them.
+        self._run_blocks = max(1, min(RUN_BLOCKS, memory_blocks // 4))
+        self._ahead_bytes = max(1, memory_blocks // 2) * BLOCK_SIZE
         # Worker threads: downloads (also abandoned ones, until their socket is shut),
         # cache loads, cache writes. Download *slots* are the limit that matters.
         self._threads = trio.CapacityLimiter(4 * slots + 16)
@@ -492,8 +498,8 @@ class ContentFetcher:
         cached (nothing from memory or disk, which may hold an older, wrong copy)."""
         hasher = ObjectHasher()
         count = nblocks(obj)
-        for first in range(0, count, RUN_BLOCKS):
-            run = min(RUN_BLOCKS, count - first)
+        for first in range(0, count, self._run_blocks):
+            run = min(self._run_blocks, count - first)
             blocks: list[memoryview] = await self._attempts(
                 obj, self._fetch_collect_sync, obj, first, run
             )
@@ -602,6 +608,7 @@ class ContentFetcher:
         ahead = plan_readahead(state, off, end, size)
         if not ahead or self._nursery is None:
             return
+        ahead = range(ahead.start, min(ahead.stop, ahead.start + self._ahead_bytes))
         for number, part in enumerate(parts):
             start = number * CHUNK_SIZE
             lo, hi = max(ahead.start, start), min(ahead.stop, start + part.size)
@@ -610,7 +617,7 @@ class ContentFetcher:
             # blocks after the ones this read needs (those are fetched on demand), to the end
             # of the aligned group the window reaches into: one GET per group
             after = (end - 1 - start) // BLOCK_SIZE + 1 if end > start else 0
-            last = group_end((hi - start - 1) // BLOCK_SIZE, RUN_BLOCKS, nblocks(part))
+            last = group_end((hi - start - 1) // BLOCK_SIZE, self._run_blocks, nblocks(part))
             wanted = [
                 i
                 for i in range((lo - start) // BLOCK_SIZE, last)
@@ -618,7 +625,7 @@ class ContentFetcher:
                 and (part.hash, i) not in self.memory and (part.hash, i) not in self._inflight
                 and i not in self._seen.get(part.hash, ())
             ]  # fmt: skip
-            for run in aligned_runs(wanted, RUN_BLOCKS):
+            for run in aligned_runs(wanted, self._run_blocks):
                 if self._runs >= self.slots.total_tokens - 1:
                     return  # one slot is always left for readers
                 jobs = self._register(part, run)
@@ -658,7 +665,7 @@ class ContentFetcher:
                 for index in cached:
                     loads.start_soon(load, index)
             todo = sorted(todo + missing)
-            for run in aligned_runs(todo, RUN_BLOCKS):
+            for run in aligned_runs(todo, self._run_blocks):
                 await self._fetch_run(obj, {i: jobs[i] for i in run})
                 self.stats.add("fetch.runs")
         except Exception as e:  # a reader that needs one of the blocks fetches it itself
@@ -730,7 +737,7 @@ class ContentFetcher:
             if i not in present and (obj.hash, i) not in self._inflight
             and (obj.hash, i) not in self.memory
         ]  # fmt: skip
-        for run in aligned_runs(missing, RUN_BLOCKS):
+        for run in aligned_runs(missing, self._run_blocks):
             await self._spare_slot()
             run = [i for i in run if (obj.hash, i) not in self._inflight]
             if not run:
