@@ -216,7 +216,8 @@ def _padded(length: int) -> int:
 class BufferPool:
     """Full-size :class:`BlockBuffer` s given back for reuse, so that a block read from disk
     or the network lands in memory that is already mapped (no page faults, no zeroing:
-    measured as a quarter of the event loop's time on cache hits).
+    a fifth of the event loop's time on cache hits by perf; an in-process read of a cached
+    1 GiB object went from 2.45 to 2.75 GB/s).
 
     A buffer is *retired* (:meth:`retire`) when the fetcher drops it from memory, and handed
     out again only once nothing uses it any more: no ``memoryview`` of it is left anywhere,
