@@ -9,6 +9,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +209,20 @@ def test_a_nowait_load_reads_only_from_the_page_cache_and_tells_nothing(tmp_path
         cache.load_block(obj, 1, nowait=True)
     with pytest.raises(CorruptEntryError, match="bytes, expected"):
         cache.load_block(obj, 1)
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
+def test_advised_block_files_are_read_into_the_page_cache(tmp_path: Path) -> None:
+    cache = BlockCache(str(tmp_path / "c"), 1 << 30, min_free_ratio=0)
+    data = os.urandom(3 * BLOCK_SIZE)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    for i in range(3):
+        assert cache.store_block(obj, i, data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+    paths = [Path(cache.path(cache.block_name(obj.hash, i))) for i in range(3)]
+    assert [resident_bytes(p) for p in paths] == [0, 0, 0]  # written with O_DIRECT
+    cache.advise_blocks(obj.hash, [0, 2, 7])  # 7 has no file: ignored
+    deadline = time.monotonic() + 10
+    while resident_bytes(paths[0]) == 0 or resident_bytes(paths[2]) == 0:
+        assert time.monotonic() < deadline, "the kernel did not read the advised files"
+        time.sleep(0.05)
+    assert resident_bytes(paths[1]) == 0

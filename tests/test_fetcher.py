@@ -349,3 +349,27 @@ def test_readahead_fits_in_a_small_memory(tmp_path: Path) -> None:
 
     trio.run(main)
     assert stats.counters["fetch.blocks"] == 16
+
+
+def test_a_cache_hit_in_the_page_cache_is_loaded_on_the_event_loop(tmp_path: Path) -> None:
+    """Blocks whose files are in the page cache are loaded without a worker thread
+    (``cache.inline``); blocks written past the page cache are not, and read right."""
+    store = LocalStore(str(tmp_path / "store"))
+    data = os.urandom(3 * BLOCK_SIZE)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    store.put_bytes(data_key(obj.hash), data)
+
+    async def body(f: ContentFetcher) -> None:
+        got = await f.read([obj], 0, len(data), ReadaheadState())
+        assert bytes(got) == data
+
+    policy = FetchPolicy()
+    run_with_fetcher(tmp_path / "c", store, body, policy)  # cold: fetched and cached
+    first = run_with_fetcher(tmp_path / "c", store, body, policy)
+    assert first.counters["fetch.blocks"] == 0
+    for f in (tmp_path / "c").rglob("*"):
+        if f.is_file() and f.parent.parent.parent.name == "b":
+            f.read_bytes()  # the block files into the page cache
+    again = run_with_fetcher(tmp_path / "c", store, body, policy)
+    assert again.counters["fetch.blocks"] == 0
+    assert again.counters["cache.inline"] == 3
