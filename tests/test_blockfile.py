@@ -20,6 +20,7 @@ from vfs.mount import blockfile
 from vfs.mount.blockcache import BlockCache
 from vfs.mount.blockfile import (
     HEADER_SIZE,
+    POOL,
     BufferPool,
     CorruptEntryError,
     WouldBlock,
@@ -174,6 +175,12 @@ def test_a_pooled_buffer_is_never_reused_while_a_view_of_it_lives() -> None:
     pool.retire(memoryview(b"not a block buffer"))  # ignored
     short = pool.take(123)
     assert short.length == 123 and len(short) == _padded(123)
+    # the process's pool keeps at most 64 MiB of block data (README, Fetching)
+    assert POOL.keep * (POOL.size - HEADER_SIZE) <= 64 * MiB
+    held = [new_block_buffer(BLOCK_SIZE).data() for _ in range(POOL.keep + 5)]
+    for view in held:
+        POOL.retire(view)
+    assert len(POOL._retired) == POOL.keep
 
 
 @pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2(RWF_NOWAIT)")
