@@ -17,6 +17,10 @@ The header is padded to 4 KiB so that the data stays page-aligned (for ``O_DIREC
 readers see whole entries or nothing. Block files are written with ``O_DIRECT`` where the file
 system allows it (:func:`write_block_temp`): a cold read of a large file would otherwise spend
 a fifth of the daemon's CPU copying every block into fresh page cache it rarely reads again.
+A block file is read whole, header and data, into a page-aligned :class:`BlockBuffer` (the
+same layout as on disk) taken from :data:`POOL`, which recycles the buffers of blocks that
+left memory once nothing uses them; with ``nowait`` only from the page cache, so that the
+event loop itself may load a hit.
 """
 
 from __future__ import annotations
