@@ -1,7 +1,8 @@
 """Block files written past the page cache (``O_DIRECT``): what is written reads back exactly
 and passes every check, the page cache is not filled, a file system that refuses ``O_DIRECT``
 is written the ordinary way, and a full disk loses nothing already cached and leaves no
-temporary file."""
+temporary file. Block files read back: into pooled buffers never reused while a view of them
+lives; on the event loop only from the page cache; ahead with ``POSIX_FADV_WILLNEED``."""
 
 from __future__ import annotations
 
