@@ -373,3 +373,41 @@ def test_a_cache_hit_in_the_page_cache_is_loaded_on_the_event_loop(tmp_path: Pat
     again = run_with_fetcher(tmp_path / "c", store, body, policy)
     assert again.counters["fetch.blocks"] == 0
     assert again.counters["cache.inline"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_or_link_in_place_of_a_cache_file_is_replaced_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    """A FIFO put where a block file was would block whoever opens it until a writer comes
+    (the event loop too, which loads page-cached hits itself); a symbolic link could point
+    anywhere. Both are damaged entries: removed and fetched again, the reads right."""
+    store = LocalStore(str(tmp_path / "store"))
+    data = os.urandom(3 * BLOCK_SIZE)
+    obj = ObjectRef(hash_bytes(data), len(data))
+    store.put_bytes(data_key(obj.hash), data)
+    small = os.urandom(5000)
+    sobj = ObjectRef(hash_bytes(small), len(small))
+    store.put_bytes(data_key(sobj.hash), small)
+
+    async def body(f: ContentFetcher) -> None:
+        with trio.fail_after(30):
+            got = await f.read([obj], 0, len(data), ReadaheadState())
+            assert bytes(got) == data
+            assert bytes(await f.read([sobj], 0, 5000, ReadaheadState())) == small
+
+    run_with_fetcher(tmp_path / "c", store, body)
+    cache = BlockCache(str(tmp_path / "c"), 1 << 30)
+    fifo = Path(cache.path(cache.block_name(obj.hash, 1)))
+    fifo.unlink()
+    os.mkfifo(fifo)
+    link = Path(cache.path(cache.block_name(obj.hash, 2)))
+    link.unlink()
+    link.symlink_to(tmp_path / "store" / data_key(obj.hash))
+    whole = Path(cache.path(cache.object_name(sobj.hash)))
+    whole.unlink()
+    os.mkfifo(whole)
+    stats = run_with_fetcher(tmp_path / "c", store, body)
+    assert stats.counters["fetch.blocks"] == 2  # blocks 1 and 2 again
+    assert fifo.is_file() and not fifo.is_symlink() and link.is_file() and not link.is_symlink()
+    assert stats.counters["cache.corrupt"] == 2

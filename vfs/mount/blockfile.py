@@ -29,6 +29,7 @@ import contextlib
 import errno
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -138,11 +139,12 @@ def _read_file(path: str, into: memoryview, nowait: bool) -> int:
     ``len(into)`` when the file is longer. With ``nowait``, only when the bytes are all in the
     page cache (``preadv2(RWF_NOWAIT)``): :class:`WouldBlock` otherwise, and for a short
     read (not all cached, or the file too short: the blocking read tells which).
-    Raises ``FileNotFoundError`` when the file is gone."""
+    Raises ``FileNotFoundError`` when the file is gone and :class:`CorruptEntryError` when
+    it is not a regular file."""
     if nowait and not hasattr(os, "RWF_NOWAIT"):
         raise WouldBlock
     extra = bytearray(1)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = _open_regular(path)
     try:
         if nowait:
             try:
@@ -163,13 +165,33 @@ def _read_file(path: str, into: memoryview, nowait: bool) -> int:
         os.close(fd)
 
 
+def _open_regular(path: str) -> int:
+    """An fd of ``path`` open for reading, checked to be a regular file. The open never
+    waits (``O_NONBLOCK``: a FIFO or device put in the cache's place would otherwise block
+    the caller, the event loop included, until someone writes to it; ``O_NOFOLLOW``: a link
+    is not a cache entry). Raises ``FileNotFoundError`` and :class:`CorruptEntryError`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptEntryError(path, "it is a symbolic link, not a cache file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptEntryError(path, "it is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_object_file(path: str, obj_hash: str, size: int) -> bytes:
     """Load and check a whole object (``size`` bytes, xxh128 ``obj_hash``) from ``path``.
 
     Raises ``FileNotFoundError`` when the file is gone and :class:`CorruptEntryError` when
     its size or hash is wrong.
     """
-    with open(path, "rb", buffering=0) as f:
+    with open(_open_regular(path), "rb", buffering=0) as f:
         data = f.read(size + 1)
     if len(data) != size:
         raise CorruptEntryError(path, f"{len(data)} bytes, the manifest says {size}")

@@ -661,11 +661,14 @@ class ContentFetcher:
                     missing.append(index)
 
             cached = sorted(set(jobs) - set(todo))
-            if len(cached) > 1:  # one disk read of them all at once, not one by one
-                await self._thread(self.cache.advise_blocks, obj.hash, cached)
-            async with trio.open_nursery() as loads:  # cached: into memory, checked
-                for index in cached:
-                    loads.start_soon(load, index)
+            # a cache disk that hangs holds this run no longer than a read's budget: the
+            # blocks not loaded by then are left to their readers (woken by _finish below)
+            with trio.move_on_after(self.policy.fetch_timeout):
+                if len(cached) > 1:  # one disk read of them all at once, not one by one
+                    await self._thread(self.cache.advise_blocks, obj.hash, cached)
+                async with trio.open_nursery() as loads:  # cached: into memory, checked
+                    for index in cached:
+                        loads.start_soon(load, index)
             todo = sorted(todo + missing)
             for run in aligned_runs(todo, self._run_blocks):
                 await self._fetch_run(obj, {i: jobs[i] for i in run})
