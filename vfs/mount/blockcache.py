@@ -222,7 +222,10 @@ class BlockCache:
         ``O_DIRECT``). Missing files and refusals are ignored: this is a hint."""
         for index in indices:
             try:
-                fd = os.open(self.path(self.block_name(hash_, index)), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(
+                    self.path(self.block_name(hash_, index)),
+                    os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW,  # never waits
+                )
             except OSError:
                 continue
             try:

@@ -108,7 +108,11 @@ def read_block_file(
     """
     buf = new_block_buffer(length)
     raw = memoryview(buf)[: HEADER_SIZE + length]
-    got = _read_file(path, raw, nowait)
+    try:
+        got = _read_file(path, raw, nowait)
+    except WouldBlock:  # frequent (every hit not in the page cache): the buffer goes back
+        POOL.retire(raw)
+        raise
     if got != HEADER_SIZE + length:
         raise CorruptEntryError(path, f"{got} bytes, expected {HEADER_SIZE + length}")
     fields = raw[: _FIELDS.size]
