@@ -52,6 +52,7 @@ from vfs.mount.blockfile import (
     WouldBlock,
     block_checksum,
     encode_header,
+    open_entry,
     read_block_file,
     read_object_file,
     write_block_temp,
@@ -222,11 +223,8 @@ class BlockCache:
         ``O_DIRECT``). Missing files and refusals are ignored: this is a hint."""
         for index in indices:
             try:
-                fd = os.open(
-                    self.path(self.block_name(hash_, index)),
-                    os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW,  # never waits
-                )
-            except OSError:
+                fd = open_entry(self.path(self.block_name(hash_, index)))  # never waits
+            except (OSError, CorruptEntryError):
                 continue
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)

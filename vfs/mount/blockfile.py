@@ -148,7 +148,7 @@ def _read_file(path: str, into: memoryview, nowait: bool) -> int:
     if nowait and not hasattr(os, "RWF_NOWAIT"):
         raise WouldBlock
     extra = bytearray(1)
-    fd = _open_regular(path)
+    fd = open_entry(path)
     try:
         if nowait:
             try:
@@ -169,11 +169,11 @@ def _read_file(path: str, into: memoryview, nowait: bool) -> int:
         os.close(fd)
 
 
-def _open_regular(path: str) -> int:
-    """An fd of ``path`` open for reading, checked to be a regular file. The open never
-    waits (``O_NONBLOCK``: a FIFO or device put in the cache's place would otherwise block
-    the caller, the event loop included, until someone writes to it; ``O_NOFOLLOW``: a link
-    is not a cache entry). Raises ``FileNotFoundError`` and :class:`CorruptEntryError`."""
+def open_entry(path: str) -> int:
+    """An fd of the cache file ``path`` open for reading, checked to be a regular file. The
+    open never waits (``O_NONBLOCK``: a FIFO or device put in the cache's place would otherwise
+    block the caller, the event loop included, until someone writes to it; ``O_NOFOLLOW``: a
+    link is not a cache entry). Raises ``FileNotFoundError`` and :class:`CorruptEntryError`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as e:
@@ -195,7 +195,7 @@ def read_object_file(path: str, obj_hash: str, size: int) -> bytes:
     Raises ``FileNotFoundError`` when the file is gone and :class:`CorruptEntryError` when
     its size or hash is wrong.
     """
-    with open(_open_regular(path), "rb", buffering=0) as f:
+    with open(open_entry(path), "rb", buffering=0) as f:
         data = f.read(size + 1)
     if len(data) != size:
         raise CorruptEntryError(path, f"{len(data)} bytes, the manifest says {size}")
@@ -239,8 +239,14 @@ class BlockBuffer(mmap.mmap):
         return memoryview(self)[HEADER_SIZE : HEADER_SIZE + self.length]
 
 
+def _round_up(size: int) -> int:
+    """``size`` rounded up to a multiple of :data:`DIRECT_ALIGN`."""
+    return -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+
+
 def _padded(length: int) -> int:
-    return -(-(HEADER_SIZE + length) // DIRECT_ALIGN) * DIRECT_ALIGN
+    """Bytes of a :class:`BlockBuffer` for ``length`` bytes of block data."""
+    return _round_up(HEADER_SIZE + length)
 
 
 class BufferPool:
@@ -371,7 +377,7 @@ def _write_direct(
     """Write ``header`` and ``data`` (``size`` bytes in all) to the existing empty file
     ``path`` with ``O_DIRECT``: whole pages from a page-aligned buffer, then truncated to
     ``size``. Raises ``OSError`` (``EINVAL`` when the file system refuses ``O_DIRECT``)."""
-    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    padded = _round_up(size)
     direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
     try:
         view = _in_place(header, data)
