@@ -1137,9 +1137,8 @@ def warm_files(root: str) -> None:
     """Read every file under ``root`` once (into the page cache)."""
     for dirpath, _, names in os.walk(root):
         for n in names:
-            with contextlib.suppress(OSError), open(os.path.join(dirpath, n), "rb") as f:
-                while f.read(READ_BUFFER):
-                    pass
+            with contextlib.suppress(OSError):
+                timed_read(os.path.join(dirpath, n))
 
 
 def case_ttfb(ctx: Ctx, server: Server, ranged_ok: bool) -> None:
