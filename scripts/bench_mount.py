@@ -61,6 +61,7 @@ from vfs.testing.bench import (
     mbps,
     mount_entry,
     ratio,
+    settle_memory,
     signals_as_interrupt,
     start_moto,
     stop_server,
@@ -856,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     results.info["sizes"] = sizes
     results.info["python"] = sys.version.split()[0]
     bench = Bench(workdir)
+    results.notes.extend(settle_memory())
     started = time.perf_counter()
     status = 0
     try:

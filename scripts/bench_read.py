@@ -94,6 +94,7 @@ from vfs.testing.bench import (
     mbps,
     mount_entry,
     ratio,
+    settle_memory,
     signals_as_interrupt,
     start_moto,
     start_server,
@@ -1624,6 +1625,7 @@ def main(argv: list[str] | None = None) -> int:
         {"workdir": workdir, "sizes": asdict(sizes), "servers": servers, "cases": sorted(cases)}
     )
     bench = Bench(workdir, args.tools_dir)
+    results.notes.extend(settle_memory())
     sample_load(results, "start")
     started = time.perf_counter()
     status = 0

@@ -69,6 +69,7 @@ from vfs.testing.bench import (
     mbps,
     ratio,
     render_table,
+    settle_memory,
     signals_as_interrupt,
     start_moto,
     start_server,
@@ -392,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = tempfile.mkdtemp(prefix="vfs-bench-transfer-", dir="/tmp")
         remove = not args.keep
     isolate_aws(workdir, ACCESS_KEY, SECRET_KEY)
+    memory_notes = settle_memory()
     busy_before = cpu_busy()
     started = time.perf_counter()
     status = 0
     server: Server | None = None
     results = Results()
+    results.notes.extend(memory_notes)
     try:
         with signals_as_interrupt():
             try:

@@ -71,6 +71,7 @@ from vfs.testing.bench import (
     mbps,
     ratio,
     render_table,
+    settle_memory,
     signals_as_interrupt,
     start_moto,
     stop_server,
@@ -591,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(workdir, exist_ok=True)
     isolate_aws(workdir)
     b = Bench(workdir, sizes)
+    b.notes.extend(settle_memory())
     busy = cpu_busy()
     if busy is not None:
         b.notes.append(f"CPU busy with other work at the start: {busy:.0%} of all cores")
