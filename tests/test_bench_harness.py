@@ -41,7 +41,7 @@ def test_settle_memory_leaves_other_machines_alone(
     assert param.read_text() == "11\n"
 
 
-def test_touching_free_memory_backs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_touching_free_memory_backs_it() -> None:
     """The touch covers MemFree but the margin, in whole pages (here: 64 MiB of it)."""
     free = _mem_free()
     touched = bench._touch_free_memory(max(free - (64 << 20), 0))
