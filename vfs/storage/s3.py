@@ -9,6 +9,8 @@ own ``AWS_ENDPOINT_URL``. When ``expected_bucket_owner`` is set it is sent as
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import http.client
 import os
 import threading
@@ -18,8 +20,10 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+from botocore.utils import parse_timestamp
 
 from vfs.errors import (
     CorruptObjectError,
@@ -61,8 +65,37 @@ def _session(profile: str | None, region: str | None) -> boto3.session.Session:
     key = (profile, region, *(os.environ.get(name) for name in _SESSION_ENV))
     session = _sessions.get(key)
     if session is None:
-        session = _sessions[key] = boto3.session.Session(profile_name=profile, region_name=region)
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=parse_s3_timestamp
+        )
+        session = _sessions[key] = boto3.session.Session(
+            botocore_session=core, profile_name=profile, region_name=region
+        )
     return session
+
+
+def parse_s3_timestamp(value: str) -> datetime.datetime:
+    """botocore's response timestamp parser, without dateutil for S3's two formats.
+
+    S3 sends ISO 8601 in XML bodies (``LastModified`` of a listing:
+    ``2026-12-03T09:43:28.000Z``) and RFC 7231 dates in headers (``Last-Modified`` of a GET
+    or HEAD: ``Wed, 03 Dec 2026 09:43:28 GMT``). botocore's default parser hands both to
+    dateutil, which cost 0.1 ms of CPU per GET here (10 % of a 64 KiB GET's client CPU on
+    s3rver) and as much per key of a listing. Those two forms are parsed by the standard
+    library into the same instant (an aware UTC datetime); anything else (epoch seconds, no
+    zone) goes to botocore's :func:`~botocore.utils.parse_timestamp`, whose errors it raises.
+    """
+    if isinstance(value, str):
+        try:
+            if value.endswith(" GMT"):
+                return email.utils.parsedate_to_datetime(value)
+            if value.endswith("Z") and "T" in value:
+                return datetime.datetime.fromisoformat(value)
+        except (ValueError, TypeError, IndexError):
+            pass
+    parsed: datetime.datetime = parse_timestamp(value)
+    return parsed
 
 
 def make_s3_client(options: S3Options) -> S3Client:
