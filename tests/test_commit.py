@@ -23,6 +23,7 @@ import pytest
 from conftest import Mounted, Request, S3Relay
 from test_compat_deadline import oracle
 from test_mount import make_manifest
+from xxhash import xxh3_128_hexdigest
 
 from vfs.hashing import hash_bytes
 from vfs.manifest import (
@@ -306,6 +307,43 @@ def test_deadline_finds_and_downloads_our_outputs(
     again = commit(str(m.path), *IDS, "--start-time", str(start), "--endpoint-url", s3_endpoint)
     assert again["files"] == 0 and again["uploaded"] == 0
     assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
+
+
+def test_session_ids_default_to_the_workers_environment(
+    tmp_path: Path, s3_endpoint: str, s3_client: Any, s3_bucket: str, vfs_mount: Mount
+) -> None:
+    """No id option given: ``vfs commit`` takes the session ids and start time from the
+    worker's ``DEADLINE_*`` variables and writes the manifest under the official key with
+    its metadata; without ``DEADLINE_TASK_ID`` (a chunked step) the key has no task."""
+    base = put_base(s3_client, s3_bucket, tmp_path)
+    m = vfs_mount(tmp_path / "mnt", [base], f"s3://{s3_bucket}/{PREFIX}", "--writable",
+                  "--overlay-dir", str(tmp_path / "overlay"),
+                  "--endpoint-url", s3_endpoint)  # fmt: skip
+    expected = workload(m.path)
+    env = {"DEADLINE_FARM_ID": FARM, "DEADLINE_QUEUE_ID": QUEUE, "DEADLINE_JOB_ID": JOB,
+           "DEADLINE_STEP_ID": STEP, "DEADLINE_TASK_ID": TASK,
+           "DEADLINE_SESSIONACTION_ID": SA,
+           "DEADLINE_SESSIONACTION_START_TIME": "1795000000.25"}  # fmt: skip
+    got = commit(str(m.path), "--endpoint-url", s3_endpoint, env=env)
+    name = xxh3_128_hexdigest(str(m.path).encode()) + "_output"
+    key = (f"{PREFIX}/Manifests/{FARM}/{QUEUE}/{JOB}/{STEP}/{TASK}/"
+           f"2026-11-18T11:06:40.250000Z_{SA}/{name}")  # fmt: skip
+    assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
+    assert got["manifest_key"] == key.removeprefix(f"{PREFIX}/")
+    obj = s3_client.get_object(Bucket=s3_bucket, Key=key)
+    assert obj["Metadata"] == {"asset-root": str(m.path)}
+    check_manifest(obj["Body"].read(), m.path, expected)
+
+    (m.path / "out" / "frame.0002.exr").write_bytes(b"second frame")
+    sa2 = "sessionaction-" + "7" * 32 + "-2"
+    env = {**env, "DEADLINE_TASK_ID": "", "DEADLINE_SESSIONACTION_ID": sa2}
+    got = commit(str(m.path), "--endpoint-url", s3_endpoint, env=env)
+    key2 = f"{PREFIX}/Manifests/{FARM}/{QUEUE}/{JOB}/{STEP}/2026-11-18T11:06:40.250000Z_{sa2}/"
+    key2 += name
+    assert got["manifest_key"] == key2.removeprefix(f"{PREFIX}/")
+    obj = s3_client.get_object(Bucket=s3_bucket, Key=key2)
+    assert obj["Metadata"] == {"asset-root": str(m.path)}
+    check_manifest(obj["Body"].read(), m.path, {"out/frame.0002.exr": b"second frame"})
 
 
 def test_commit_killed_at_the_manifest_upload_resumes(
