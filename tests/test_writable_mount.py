@@ -4,6 +4,7 @@ mtime (the fsx-style randomized data test is in test_fsx.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import mmap
@@ -13,7 +14,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -367,6 +368,44 @@ def test_disk_full_gives_enospc_and_the_mount_stays_up(setup: Setup) -> None:
     finally:
         if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (made), unmounted at the end (lazily when
+    something still holds it)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True, timeout=30)  # fmt: skip
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False, timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_statfs_reports_the_overlay_directorys_disk(setup: Setup) -> None:
+    """statfs of a writable mount is the overlay disk's (a 37 MiB tmpfs here, unlike the
+    disk of everything else): same block counts and sizes, and the free space follows what
+    is written through the mount."""
+    with tmpfs(setup.tmp / "disk", "37m") as disk:
+        setup.overlay = disk / "overlay"
+        m = setup.mount()
+        tolerance = 256 * 1024  # bytes the overlay's database may take between two looks
+        for fill in (0, 5_000_000):
+            if fill:
+                with open(m.path / "filler.bin", "wb") as f:
+                    f.write(b"f" * fill)
+                    os.fsync(f.fileno())
+            mine, disks = os.statvfs(m.path), os.statvfs(setup.overlay)
+            assert (mine.f_blocks, mine.f_bsize, mine.f_frsize) == (
+                disks.f_blocks, disks.f_bsize, disks.f_frsize,
+            )  # fmt: skip
+            assert mine.f_blocks * mine.f_frsize == 37 * 1024 * 1024
+            assert abs(mine.f_bavail - disks.f_bavail) * disks.f_frsize <= tolerance
+            assert abs(mine.f_bfree - disks.f_bfree) * disks.f_frsize <= tolerance
+        assert mine.f_bavail * mine.f_frsize <= 37 * 1024 * 1024 - 5_000_000
+        unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
