@@ -22,6 +22,7 @@ from conftest import Mounted, pid_alive
 from test_mount import MTIME_BASE, make_manifest
 
 from vfs.mount.fs_rw import CHANGED_TIMEOUT
+from vfs.testing.bench import vfs_stats
 from vfs.testing.mounts import unmount_path, vfs_unmount_command, wait_exit
 
 BIG = 9 * 1024 * 1024 + 123  # three 4 MiB blocks, the last one partial
@@ -249,6 +250,42 @@ def test_writes_into_a_base_file_fetch_nothing(setup: Setup) -> None:
     data[2 * block :] = b"Y" * (BIG - 2 * block)
     assert p.read_bytes() == bytes(data)  # blocks 0 and 1 (around the extent) from the base
     assert p.stat().st_size == BIG
+
+
+def test_renaming_base_files_and_directories_fetches_nothing(rw: Mounted) -> None:
+    """Renaming a base file (also over another base file) or a directory holding base
+    files fetches no content and copies nothing up, also when the moved files are then
+    listed and stat'ed; only a read fetches."""
+    root = rw.path
+    fetch_keys = ("fetch.objects", "fetch.blocks", "fetch.bytes", "fetch.runs")
+
+    def fetched() -> dict[str, int]:
+        counters = vfs_stats(str(root))
+        return {k: counters.get(k, 0) for k in (*fetch_keys, "overlay.copyup.files")}
+
+    nothing = dict.fromkeys((*fetch_keys, "overlay.copyup.files"), 0)
+    assert fetched() == nothing
+    (root / "out").mkdir()
+    os.rename(root / "README", root / "out" / "README.moved")
+    os.rename(root / "big.bin", root / "textures" / "wood.png")  # over another base file
+    os.rename(root / "scenes", root / "out" / "scenes2")  # a directory of base files
+    moved = {
+        "out/README.moved": FILES["README"],
+        "textures/wood.png": FILES["big.bin"],
+        "out/scenes2/comp.nk": FILES["scenes/comp.nk"],
+        "out/scenes2/plates/plate.0001.exr": FILES["scenes/plates/plate.0001.exr"],
+    }
+    for path, data in moved.items():
+        assert (root / path).stat().st_size == len(data), path
+    assert sorted(os.listdir(root / "out" / "scenes2")) == ["comp.nk", "plates"]
+    assert fetched() == nothing
+    assert os.getxattr(root / "textures" / "wood.png", "user.vfs.hash")  # still the base's
+    assert fetched() == nothing
+    for path, data in moved.items():
+        assert (root / path).read_bytes() == data, path
+    after = fetched()
+    assert after["fetch.bytes"] >= sum(map(len, moved.values()))
+    assert after["overlay.copyup.files"] == 0
 
 
 def test_base_files_keep_manifest_size_and_mtime(rw: Mounted) -> None:
