@@ -28,6 +28,7 @@ from test_compat_deadline import oracle
 from test_mount import make_manifest
 from xxhash import xxh3_128_hexdigest
 
+from vfs.commit import CommitOptions, commit_overlay
 from vfs.hashing import hash_bytes
 from vfs.manifest import (
     MANIFEST_VERSION_V2,
@@ -283,6 +284,26 @@ def test_commit_shows_a_progress_bar_with_total_and_eta_on_a_terminal_only(
     quiet = run_vfs("commit", str(m.path), "--output", str(tmp_path / "o2"))
     assert "committing" not in quiet.stderr and "\x1b[" not in quiet.stderr, quiet.stderr
     assert quiet.stdout.startswith("committed 1 file(s), 100000 bytes")
+
+
+def test_commit_progress_adds_up_to_its_total(tmp_path: Path, local: Local) -> None:
+    """The bytes ``commit_overlay`` reports done end exactly at the last total it gave
+    (a bar ends full): with files hashed, a file rewritten with its own bytes (hashed, no
+    output), a renamed base file (an output not hashed) and nothing left to commit."""
+    m = local.mount()
+    workload(m.path)
+    os.rename(m.path / "README", m.path / "out" / "README.txt")
+    events: list[tuple[str, int]] = []  # ("total", n) and ("done", n), in order
+    for name in ("o1", "o2"):
+        events.clear()
+        got = commit_overlay(str(local.overlay), CommitOptions(output_file=str(tmp_path / name)),
+                             None, lambda n: events.append(("done", n)),
+                             lambda n: events.append(("total", n)))  # fmt: skip
+        assert events and events[0][0] == "total", events
+        totals = [n for what, n in events if what == "total"]
+        assert sum(n for what, n in events if what == "done") == totals[-1], events
+        assert totals[-1] == got.hashed_bytes + got.uploaded_bytes + got.skipped_bytes
+    assert got.files == 0 and got.uploaded_bytes + got.skipped_bytes == 0
 
 
 # -- S3 (moto), the official key, deadline as the oracle ----------------------------------------
