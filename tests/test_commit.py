@@ -461,6 +461,59 @@ def test_commit_killed_at_the_manifest_upload_resumes(
     assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
 
 
+def test_commit_killed_during_the_data_uploads_resumes(
+    tmp_path: Path, s3_client: Any, s3_bucket: str, s3_relay: S3Relay, local: Local
+) -> None:
+    """``vfs commit`` killed while its CAS objects go up: the small objects are stored,
+    big.bin's multipart upload has its second part stalled. Run again, it uploads only what
+    is missing, writes the manifest once with every output once, and the objects are
+    byte-exact."""
+    m = local.mount()
+    expected = workload(m.path)
+    args = [sys.executable, "-m", "vfs", "commit", str(m.path), *IDS, "--store",
+            f"s3://{s3_bucket}/{PREFIX}", "--endpoint-url", s3_relay.url, "--json"]  # fmt: skip
+    keys = {f"{PREFIX}/{data_key(hash_bytes(c))}": c for c in expected.values()}
+    big = f"{PREFIX}/{data_key(hash_bytes(expected['big.bin']))}"  # 9 MiB: two parts
+    s3_relay.stall, s3_relay.stall_only = 60.0, "partNumber=2"
+
+    def stalled() -> bool:
+        parts = [r for r in list(s3_relay.seen) if r.method == "PUT" and "partNumber=2" in r.path]
+        stored = set(listed(s3_client, s3_bucket, f"{PREFIX}/Data/"))
+        return bool(parts) and stored == set(keys) - {big}
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(stalled, timeout=60, what="the small objects stored, big.bin's part 2 sent")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == []
+    uploads = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [big]  # left unfinished by the kill
+    with sqlite3.connect(local.overlay / "commits.db") as db:
+        assert db.execute("SELECT state FROM commits").fetchall() == [("pending",)]
+
+    s3_relay.stall = 0.0
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(result.stdout.splitlines()[-1])
+    assert (got["files"], got["uploaded"], got["skipped"]) == (4, 1, 3)
+    assert got["uploaded_bytes"] == len(expected["big.bin"])
+    assert set(listed(s3_client, s3_bucket, f"{PREFIX}/Data/")) == set(keys)
+    for key, content in keys.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == content, key
+    [key] = listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/")
+    body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    manifest = check_manifest(body, m.path, expected)
+    assert sorted(e.path for e in manifest.paths) == sorted(expected)  # each once
+    with sqlite3.connect(local.overlay / "commits.db") as db:
+        assert sorted(db.execute("SELECT state FROM commits").fetchall()) == [
+            ("done",), ("superseded",),
+        ]  # fmt: skip
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(again.stdout.splitlines()[-1])["files"] == 0
+    assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
+
+
 def test_commit_errors_name_the_fix(tmp_path: Path, local: Local) -> None:
     r = run_vfs("commit", str(tmp_path), "--output", str(tmp_path / "x"), check=False)
     assert r.returncode != 0 and "not a writable vfs mount" in r.stderr
