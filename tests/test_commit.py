@@ -284,6 +284,12 @@ def test_commit_shows_a_progress_bar_with_total_and_eta_on_a_terminal_only(
     quiet = run_vfs("commit", str(m.path), "--output", str(tmp_path / "o2"))
     assert "committing" not in quiet.stderr and "\x1b[" not in quiet.stderr, quiet.stderr
     assert quiet.stdout.startswith("committed 1 file(s), 100000 bytes")
+    # With --json, not even on a terminal.
+    (m.path / "out" / "frame.0003.exr").write_bytes(os.urandom(100_000))
+    shown = run_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o3"), "--json")
+    assert "committing" not in shown and "\x1b[" not in shown, shown
+    frame = (m.path / "out" / "frame.0003.exr").read_bytes()
+    check_manifest((tmp_path / "o3").read_bytes(), m.path, {"out/frame.0003.exr": frame})
 
 
 def test_commit_progress_adds_up_to_its_total(tmp_path: Path, local: Local) -> None:
