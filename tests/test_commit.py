@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +26,9 @@ import pytest
 from conftest import Mounted, Request, S3Relay
 from test_compat_deadline import oracle
 from test_mount import make_manifest
+from xxhash import xxh3_128_hexdigest
 
+from vfs.commit import CommitOptions, commit_overlay
 from vfs.hashing import hash_bytes
 from vfs.manifest import (
     MANIFEST_VERSION_V2,
@@ -232,6 +237,81 @@ def test_files_open_for_writing_are_skipped_or_waited_for(tmp_path: Path, local:
                    {"out/busy.txt": b"partial and the rest"})  # fmt: skip
 
 
+def run_on_a_tty(*args: str, timeout: float = 120) -> str:
+    """``vfs ARGS`` with stderr on a pseudo-terminal (as in a shell); what it wrote there.
+    Fails when it exits non-zero, or is killed after ``timeout`` seconds."""
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vfs", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=sub,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})  # fmt: skip
+    os.close(sub)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"vfs {' '.join(args)} took over {timeout} s"
+            if not select.select([main], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+    finally:
+        os.close(main)
+        proc.kill()
+        proc.communicate()
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_commit_shows_a_progress_bar_with_total_and_eta_on_a_terminal_only(
+    tmp_path: Path, local: Local
+) -> None:
+    m = local.mount()
+    expected = workload(m.path)
+    shown = run_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o1"))
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)  # colours and cursor moves
+    assert "committing" in shown and "/s" in shown, shown  # the bar, with its rate
+    assert re.search(r"\d/[\d.]+ (bytes|kB|MB|GB)", shown), shown  # bytes done / total
+    assert re.search(r"\b\d:\d\d:\d\d\b", shown), shown  # the time remaining
+    check_manifest((tmp_path / "o1").read_bytes(), m.path, expected)
+    # Without a terminal, nothing of the bar.
+    (m.path / "out" / "frame.0002.exr").write_bytes(os.urandom(100_000))
+    quiet = run_vfs("commit", str(m.path), "--output", str(tmp_path / "o2"))
+    assert "committing" not in quiet.stderr and "\x1b[" not in quiet.stderr, quiet.stderr
+    assert quiet.stdout.startswith("committed 1 file(s), 100000 bytes")
+    # With --json, not even on a terminal.
+    (m.path / "out" / "frame.0003.exr").write_bytes(os.urandom(100_000))
+    shown = run_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o3"), "--json")
+    assert "committing" not in shown and "\x1b[" not in shown, shown
+    frame = (m.path / "out" / "frame.0003.exr").read_bytes()
+    check_manifest((tmp_path / "o3").read_bytes(), m.path, {"out/frame.0003.exr": frame})
+
+
+def test_commit_progress_adds_up_to_its_total(tmp_path: Path, local: Local) -> None:
+    """The bytes ``commit_overlay`` reports done end exactly at the last total it gave
+    (a bar ends full): with files hashed, a file rewritten with its own bytes (hashed, no
+    output), a renamed base file (an output not hashed) and nothing left to commit."""
+    m = local.mount()
+    workload(m.path)
+    os.rename(m.path / "README", m.path / "out" / "README.txt")
+    events: list[tuple[str, int]] = []  # ("total", n) and ("done", n), in order
+    for name in ("o1", "o2"):
+        events.clear()
+        got = commit_overlay(str(local.overlay), CommitOptions(output_file=str(tmp_path / name)),
+                             None, lambda n: events.append(("done", n)),
+                             lambda n: events.append(("total", n)))  # fmt: skip
+        assert events and events[0][0] == "total", events
+        totals = [n for what, n in events if what == "total"]
+        assert sum(n for what, n in events if what == "done") == totals[-1], events
+        assert totals[-1] == got.hashed_bytes + got.uploaded_bytes + got.skipped_bytes
+    assert got.files == 0 and got.uploaded_bytes + got.skipped_bytes == 0
+
+
 # -- S3 (moto), the official key, deadline as the oracle ----------------------------------------
 
 
@@ -308,6 +388,43 @@ def test_deadline_finds_and_downloads_our_outputs(
     assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
 
 
+def test_session_ids_default_to_the_workers_environment(
+    tmp_path: Path, s3_endpoint: str, s3_client: Any, s3_bucket: str, vfs_mount: Mount
+) -> None:
+    """No id option given: ``vfs commit`` takes the session ids and start time from the
+    worker's ``DEADLINE_*`` variables and writes the manifest under the official key with
+    its metadata; without ``DEADLINE_TASK_ID`` (a chunked step) the key has no task."""
+    base = put_base(s3_client, s3_bucket, tmp_path)
+    m = vfs_mount(tmp_path / "mnt", [base], f"s3://{s3_bucket}/{PREFIX}", "--writable",
+                  "--overlay-dir", str(tmp_path / "overlay"),
+                  "--endpoint-url", s3_endpoint)  # fmt: skip
+    expected = workload(m.path)
+    env = {"DEADLINE_FARM_ID": FARM, "DEADLINE_QUEUE_ID": QUEUE, "DEADLINE_JOB_ID": JOB,
+           "DEADLINE_STEP_ID": STEP, "DEADLINE_TASK_ID": TASK,
+           "DEADLINE_SESSIONACTION_ID": SA,
+           "DEADLINE_SESSIONACTION_START_TIME": "1795000000.25"}  # fmt: skip
+    got = commit(str(m.path), "--endpoint-url", s3_endpoint, env=env)
+    name = xxh3_128_hexdigest(str(m.path).encode()) + "_output"
+    key = (f"{PREFIX}/Manifests/{FARM}/{QUEUE}/{JOB}/{STEP}/{TASK}/"
+           f"2026-11-18T11:06:40.250000Z_{SA}/{name}")  # fmt: skip
+    assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
+    assert got["manifest_key"] == key.removeprefix(f"{PREFIX}/")
+    obj = s3_client.get_object(Bucket=s3_bucket, Key=key)
+    assert obj["Metadata"] == {"asset-root": str(m.path)}
+    check_manifest(obj["Body"].read(), m.path, expected)
+
+    (m.path / "out" / "frame.0002.exr").write_bytes(b"second frame")
+    sa2 = "sessionaction-" + "7" * 32 + "-2"
+    env = {**env, "DEADLINE_TASK_ID": "", "DEADLINE_SESSIONACTION_ID": sa2}
+    got = commit(str(m.path), "--endpoint-url", s3_endpoint, env=env)
+    key2 = f"{PREFIX}/Manifests/{FARM}/{QUEUE}/{JOB}/{STEP}/2026-11-18T11:06:40.250000Z_{sa2}/"
+    key2 += name
+    assert got["manifest_key"] == key2.removeprefix(f"{PREFIX}/")
+    obj = s3_client.get_object(Bucket=s3_bucket, Key=key2)
+    assert obj["Metadata"] == {"asset-root": str(m.path)}
+    check_manifest(obj["Body"].read(), m.path, {"out/frame.0002.exr": b"second frame"})
+
+
 def test_commit_killed_at_the_manifest_upload_resumes(
     tmp_path: Path, s3_endpoint: str, s3_client: Any, s3_bucket: str, s3_relay: S3Relay,
     local: Local,
@@ -345,6 +462,59 @@ def test_commit_killed_at_the_manifest_upload_resumes(
     assert unquote(put.path.split("?")[0]).endswith(key)
     body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     check_manifest(body, m.path, expected)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(again.stdout.splitlines()[-1])["files"] == 0
+    assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]
+
+
+def test_commit_killed_during_the_data_uploads_resumes(
+    tmp_path: Path, s3_client: Any, s3_bucket: str, s3_relay: S3Relay, local: Local
+) -> None:
+    """``vfs commit`` killed while its CAS objects go up: the small objects are stored,
+    big.bin's multipart upload has its second part stalled. Run again, it uploads only what
+    is missing, writes the manifest once with every output once, and the objects are
+    byte-exact."""
+    m = local.mount()
+    expected = workload(m.path)
+    args = [sys.executable, "-m", "vfs", "commit", str(m.path), *IDS, "--store",
+            f"s3://{s3_bucket}/{PREFIX}", "--endpoint-url", s3_relay.url, "--json"]  # fmt: skip
+    keys = {f"{PREFIX}/{data_key(hash_bytes(c))}": c for c in expected.values()}
+    big = f"{PREFIX}/{data_key(hash_bytes(expected['big.bin']))}"  # 9 MiB: two parts
+    s3_relay.stall, s3_relay.stall_only = 60.0, "partNumber=2"
+
+    def stalled() -> bool:
+        parts = [r for r in list(s3_relay.seen) if r.method == "PUT" and "partNumber=2" in r.path]
+        stored = set(listed(s3_client, s3_bucket, f"{PREFIX}/Data/"))
+        return bool(parts) and stored == set(keys) - {big}
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(stalled, timeout=60, what="the small objects stored, big.bin's part 2 sent")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == []
+    uploads = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [big]  # left unfinished by the kill
+    with sqlite3.connect(local.overlay / "commits.db") as db:
+        assert db.execute("SELECT state FROM commits").fetchall() == [("pending",)]
+
+    s3_relay.stall = 0.0
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(result.stdout.splitlines()[-1])
+    assert (got["files"], got["uploaded"], got["skipped"]) == (4, 1, 3)
+    assert got["uploaded_bytes"] == len(expected["big.bin"])
+    assert set(listed(s3_client, s3_bucket, f"{PREFIX}/Data/")) == set(keys)
+    for key, content in keys.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == content, key
+    [key] = listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/")
+    body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    manifest = check_manifest(body, m.path, expected)
+    assert sorted(e.path for e in manifest.paths) == sorted(expected)  # each once
+    with sqlite3.connect(local.overlay / "commits.db") as db:
+        assert sorted(db.execute("SELECT state FROM commits").fetchall()) == [
+            ("done",), ("superseded",),
+        ]  # fmt: skip
     again = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(again.stdout.splitlines()[-1])["files"] == 0
     assert listed(s3_client, s3_bucket, f"{PREFIX}/Manifests/") == [key]

@@ -4,16 +4,21 @@ mtime (the fsx-style randomized data test is in test_fsx.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import inspect
 import json
 import mmap
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,9 @@ from conftest import Mounted, pid_alive
 from test_mount import MTIME_BASE, make_manifest
 
 from vfs.mount.fs_rw import CHANGED_TIMEOUT
+from vfs.testing.bench import vfs_stats
 from vfs.testing.mounts import unmount_path, vfs_unmount_command, wait_exit
+from vfs.testing.relay import wait_for
 
 BIG = 9 * 1024 * 1024 + 123  # three 4 MiB blocks, the last one partial
 
@@ -182,12 +189,21 @@ def test_attributes_and_refusals(rw: Mounted) -> None:
     os.utime(p, ns=(1_600_000_000_000_000_123, 1_600_000_000_000_000_123))
     assert p.stat().st_mtime_ns == 1_600_000_000_000_000_123
     assert p.read_bytes() == FILES["scenes/comp.nk"]
-    rw.expect_log(r"hard link to .* refused")
-    assert errno_of(lambda: os.link(p, root / "hard")) == errno.EPERM
-    rw.expect_log(r"mknod of .* refused")
-    assert errno_of(lambda: os.mkfifo(root / "fifo")) == errno.EPERM
-    rw.expect_log(r"chown of .* refused")
-    assert errno_of(lambda: os.chown(p, 1234, 1234)) == errno.EPERM
+    # Each refusal: its errno and exactly one log line naming it (chown too when root asks,
+    # as these tests do: a vfs mount has one owner).
+    refusals = {
+        r"hard link to scenes/comp\.nk refused \(EPERM\)": lambda: os.link(p, root / "hard"),
+        r"mknod of 'fifo' refused \(EPERM\)": lambda: os.mkfifo(root / "fifo"),
+        r"chown of scenes/comp\.nk refused \(EPERM\)": lambda: os.chown(p, 1234, 1234),
+    }
+    for pattern, refused in refusals.items():
+        rw.expect_log(pattern)
+        assert errno_of(refused) == errno.EPERM, pattern
+    warnings = [line for line in rw.log_text().splitlines() if " WARNING " in line]
+    for pattern in refusals:
+        assert len([w for w in warnings if re.search(pattern, w)]) == 1, (pattern, warnings)
+    assert len(warnings) == len(refusals), warnings
+    assert not (root / "hard").exists() and not (root / "fifo").exists()
     sv = os.statvfs(root)
     assert sv.f_bavail > 0 and sv.f_blocks > 0
 
@@ -250,6 +266,42 @@ def test_writes_into_a_base_file_fetch_nothing(setup: Setup) -> None:
     assert p.stat().st_size == BIG
 
 
+def test_renaming_base_files_and_directories_fetches_nothing(rw: Mounted) -> None:
+    """Renaming a base file (also over another base file) or a directory holding base
+    files fetches no content and copies nothing up, also when the moved files are then
+    listed and stat'ed; only a read fetches."""
+    root = rw.path
+    fetch_keys = ("fetch.objects", "fetch.blocks", "fetch.bytes", "fetch.runs")
+
+    def fetched() -> dict[str, int]:
+        counters = vfs_stats(str(root))
+        return {k: counters.get(k, 0) for k in (*fetch_keys, "overlay.copyup.files")}
+
+    nothing = dict.fromkeys((*fetch_keys, "overlay.copyup.files"), 0)
+    assert fetched() == nothing
+    (root / "out").mkdir()
+    os.rename(root / "README", root / "out" / "README.moved")
+    os.rename(root / "big.bin", root / "textures" / "wood.png")  # over another base file
+    os.rename(root / "scenes", root / "out" / "scenes2")  # a directory of base files
+    moved = {
+        "out/README.moved": FILES["README"],
+        "textures/wood.png": FILES["big.bin"],
+        "out/scenes2/comp.nk": FILES["scenes/comp.nk"],
+        "out/scenes2/plates/plate.0001.exr": FILES["scenes/plates/plate.0001.exr"],
+    }
+    for path, data in moved.items():
+        assert (root / path).stat().st_size == len(data), path
+    assert sorted(os.listdir(root / "out" / "scenes2")) == ["comp.nk", "plates"]
+    assert fetched() == nothing
+    assert os.getxattr(root / "textures" / "wood.png", "user.vfs.hash")  # still the base's
+    assert fetched() == nothing
+    for path, data in moved.items():
+        assert (root / path).read_bytes() == data, path
+    after = fetched()
+    assert after["fetch.bytes"] >= sum(map(len, moved.values()))
+    assert after["overlay.copyup.files"] == 0
+
+
 def test_base_files_keep_manifest_size_and_mtime(rw: Mounted) -> None:
     root = rw.path
     (root / "scenes" / "comp.nk").write_bytes(b"changed")
@@ -302,6 +354,93 @@ def test_kill_9_then_remount_keeps_everything(setup: Setup) -> None:
     assert os.readlink(root / "out" / "link") == "frame.exr"
     for p, ino in inos.items():
         assert (root / p).lstat().st_ino == ino, p
+
+
+PIECE = 3000  # bytes of each write into big.bin
+STEP = 70_001  # between them: under 64 pieces per block in one pass, more in two (copy-up)
+WRITES = 1000  # more than the writer gets through before the kill
+
+
+def stream_chunk(i: int) -> bytes:
+    """The ``i``-th piece appended to the new file by :data:`WRITER`."""
+    rng = random.Random(i)
+    return rng.randbytes(rng.randrange(1, 50_000))
+
+
+def base_piece(i: int) -> tuple[int, bytes]:
+    """Where and what the ``i``-th write into big.bin puts (by :data:`WRITER`)."""
+    return (i * STEP) % (BIG - PIECE), random.Random(-1 - i).randbytes(PIECE)
+
+
+WRITER = f"""
+import os, random, sys
+BIG, PIECE, STEP = {BIG}, {PIECE}, {STEP}
+{inspect.getsource(stream_chunk)}
+{inspect.getsource(base_piece)}
+new = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+base = os.open(sys.argv[2], os.O_WRONLY)
+size = 0
+try:
+    for i in range({WRITES}):
+        data = stream_chunk(i)
+        while data:
+            n = os.pwrite(new, data, size)
+            data, size = data[n:], size + n
+        off, piece = base_piece(i)
+        os.pwrite(base, piece, off)
+        os.fsync(new)
+        os.fdatasync(base)
+        print(i, size, flush=True)  # both fsyncs returned: these bytes must survive
+except OSError as e:
+    print("error", e.errno, flush=True)
+"""
+
+
+def test_kill_9_during_fsynced_writes_loses_no_fsynced_byte(setup: Setup) -> None:
+    """A writer appends to a new file and patches a base file, fsyncing both after each
+    write, while the daemon gets SIGKILL mid-stream; after a remount with the same overlay,
+    every byte whose fsync returned is there, and nothing else changed (the write in flight
+    may or may not have landed). The base file's blocks hold extents and, in the first
+    block, a copy-up when the kill comes."""
+    m = setup.mount()
+    new, base = m.path / "stream.bin", m.path / "big.bin"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(new), str(base)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(writer.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(lines) >= 150 or writer.poll() is not None, timeout=120,
+                 what="150 fsynced writes")  # fmt: skip
+        os.kill(m.pid, signal.SIGKILL)
+        assert wait_exit(m.pid, 10)
+        writer.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    assert lines and lines[-1].startswith("error"), lines[-3:]  # killed mid-stream
+    acked = [tuple(map(int, line.split())) for line in lines[:-1]]
+    last, size = acked[-1]
+    assert 150 <= len(acked) < WRITES and last == len(acked) - 1
+    unmount_path(str(m.path), None, None)  # the dead daemon's mount
+
+    m2 = setup.mount()
+    got = (m2.path / "stream.bin").read_bytes()
+    assert len(got) >= size
+    stream = b"".join(stream_chunk(i) for i in range(last + 2))  # the one in flight too
+    assert got == stream[: len(got)], "the new file differs from what was written"
+    expected = bytearray(FILES["big.bin"])
+    for i in range(last + 1):
+        off, piece = base_piece(i)
+        expected[off : off + PIECE] = piece
+    off, piece = base_piece(last + 1)  # in flight: either state
+    got = (m2.path / "big.bin").read_bytes()
+    assert got[off : off + PIECE] in (bytes(expected[off : off + PIECE]), piece)
+    expected[off : off + PIECE] = got[off : off + PIECE]
+    assert len(got) == BIG
+    wrong = [i for i in range(0, BIG, PIECE) if got[i : i + PIECE] != expected[i : i + PIECE]]
+    assert not wrong, f"big.bin differs at offsets {wrong[:10]}"
 
 
 def test_default_overlay_dir_survives_a_clean_remount(
@@ -367,6 +506,44 @@ def test_disk_full_gives_enospc_and_the_mount_stays_up(setup: Setup) -> None:
     finally:
         if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (made), unmounted at the end (lazily when
+    something still holds it)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True, timeout=30)  # fmt: skip
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False, timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_statfs_reports_the_overlay_directorys_disk(setup: Setup) -> None:
+    """statfs of a writable mount is the overlay disk's (a 37 MiB tmpfs here, unlike the
+    disk of everything else): same block counts and sizes, and the free space follows what
+    is written through the mount."""
+    with tmpfs(setup.tmp / "disk", "37m") as disk:
+        setup.overlay = disk / "overlay"
+        m = setup.mount()
+        tolerance = 256 * 1024  # bytes the overlay's database may take between two looks
+        for fill in (0, 5_000_000):
+            if fill:
+                with open(m.path / "filler.bin", "wb") as f:
+                    f.write(b"f" * fill)
+                    os.fsync(f.fileno())
+            mine, disks = os.statvfs(m.path), os.statvfs(setup.overlay)
+            assert (mine.f_blocks, mine.f_bsize, mine.f_frsize) == (
+                disks.f_blocks, disks.f_bsize, disks.f_frsize,
+            )  # fmt: skip
+            assert mine.f_blocks * mine.f_frsize == 37 * 1024 * 1024
+            assert abs(mine.f_bavail - disks.f_bavail) * disks.f_frsize <= tolerance
+            assert abs(mine.f_bfree - disks.f_bfree) * disks.f_frsize <= tolerance
+        assert mine.f_bavail * mine.f_frsize <= 37 * 1024 * 1024 - 5_000_000
+        unmount_path(str(m.path), m.pid, vfs_unmount_command(str(m.path)))
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:

@@ -558,11 +558,13 @@ def commit_overlay(
 ) -> CommitResult:
     """Commit the changes of the overlay in ``overlay_dir`` (see the module).
 
-    ``progress(n)`` is called with bytes hashed or uploaded; ``on_total(n)`` once with the
-    bytes to hash and upload. Raises :class:`CommitError` (bad options, nothing to write
-    the manifest to, a v2 commit without a single base manifest), ``OverlayError`` (not an
-    overlay, base manifests changed), :class:`UploadError` (objects or the manifest could
-    not be stored) and the store's errors.
+    ``progress(n)`` is called with bytes hashed or uploaded (or found stored);
+    ``on_total(n)`` with the bytes to hash and upload: an estimate before hashing, then the
+    exact figure once the outputs are known (the bytes done end there). Raises
+    :class:`CommitError` (bad options, nothing to write the manifest to, a v2 commit without
+    a single base manifest), ``OverlayError`` (not an overlay, base manifests changed),
+    :class:`UploadError` (objects or the manifest could not be stored) and the store's
+    errors.
     """
     version = options.manifest_version
     if version not in (MANIFEST_VERSION_V1, MANIFEST_VERSION_V2):
@@ -736,6 +738,8 @@ def _commit(
                 os.unlink(temp)
             if f.runnable != prev_runnable:
                 mode_changes.append((f, h))
+    if on_total is not None:  # exact now: what was hashed, and the objects to store
+        on_total(result.hashed_bytes + sum(o.length for o in _objects(outputs)))
     deleted: list[str] = []
     link_outputs: list[tuple[str, str]] = []
     if version == MANIFEST_VERSION_V1:

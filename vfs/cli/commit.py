@@ -7,7 +7,7 @@ import os
 
 import click
 
-from vfs.cli.common import byte_progress, emit_json, make_s3_options, s3_options
+from vfs.cli.common import byte_bar, emit_json, make_s3_options, s3_options
 from vfs.manifest import MANIFEST_VERSION_V1, MANIFEST_VERSION_V2
 
 XATTR_OVERLAY = "user.vfs.overlay"
@@ -116,10 +116,12 @@ def commit(
         wait=wait,
         include_dotfiles=include_dotfiles,
     )
-    with byte_progress("committing", None, enabled=not as_json) as advance:
-        result = commit_overlay(
-            directory, options, make_s3_options(endpoint_url, expected_bucket_owner), advance
-        )
+    s3 = make_s3_options(endpoint_url, expected_bucket_owner)
+    with byte_bar("committing", None, enabled=not as_json, total_later=True) as bar:
+        if bar is None:
+            result = commit_overlay(directory, options, s3)
+        else:  # the bytes to hash and upload are known once the overlay was read
+            result = commit_overlay(directory, options, s3, bar.advance, bar.set_total)
     if as_json:
         emit_json(result.to_json())
         return

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -234,12 +235,22 @@ def size_callback(ctx: click.Context, param: click.Parameter, value: str | int) 
     return value if isinstance(value, int) else parse_size(value)
 
 
+@dataclass(frozen=True, slots=True)
+class ByteBar:
+    """A progress bar of bytes: ``advance(n)`` with each number of bytes done,
+    ``set_total(n)`` when the total becomes known (or changes)."""
+
+    advance: Callable[[int], None]
+    set_total: Callable[[int], None]
+
+
 @contextlib.contextmanager
-def byte_progress(
-    description: str, total: int | None, enabled: bool
-) -> Iterator[Callable[[int], None] | None]:
+def byte_bar(
+    description: str, total: int | None, enabled: bool, total_later: bool = False
+) -> Iterator[ByteBar | None]:
     """A progress bar of bytes on stderr, shown only when ``enabled`` and stderr is a
-    terminal; yields the function to call with each number of bytes done, or ``None``."""
+    terminal; yields it, or ``None``. With a ``total`` (or ``total_later``: one given with
+    :attr:`ByteBar.set_total`) the bar shows the time remaining."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
@@ -254,11 +265,22 @@ def byte_progress(
     )
 
     columns = [BarColumn(), DownloadColumn(), TransferSpeedColumn()]
-    if total is not None:
+    if total is not None or total_later:
         columns.append(TimeRemainingColumn())
     console = Console(stderr=True)  # stdout may be a pipe (--json, redirected summaries)
     with Progress(
         "[progress.description]{task.description}", *columns, transient=True, console=console
     ) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield ByteBar(lambda n: bar.advance(task, n), lambda n: bar.update(task, total=n))
+
+
+@contextlib.contextmanager
+def byte_progress(
+    description: str, total: int | None, enabled: bool
+) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar of bytes on stderr, shown only when ``enabled`` and stderr is a
+    terminal; yields the function to call with each number of bytes done, or ``None``
+    (:func:`byte_bar` with a total known from the start, or none)."""
+    with byte_bar(description, total, enabled) as bar:
+        yield None if bar is None else bar.advance
