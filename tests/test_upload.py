@@ -191,6 +191,20 @@ def test_cli_upload_to_file_store(tmp_path: Path, local_store: tuple[Path, str])
     assert f"{n} already in {uri}" in text.stdout
 
 
+@pytest.mark.parametrize("flag", ["--store", "--s3-root-uri"])
+def test_cli_upload_takes_store_and_deadline_flag(
+    tmp_path: Path, local_store: tuple[Path, str], flag: str
+) -> None:
+    """``--store`` as on every command that takes a store; deadline's ``--s3-root-uri``
+    is its alias."""
+    store_dir, uri = local_store
+    root = tmp_path / "root"
+    manifest_file = write_manifest_file(str(root), make_root(root), str(tmp_path / "m"))
+    [got] = cli_upload("-m", manifest_file, "-r", str(root), flag, uri, "--json")
+    assert (got["dest"], got["files_transferred"]) == (uri, len(distinct()))
+    assert stored(LocalStore(str(store_dir))) == distinct()
+
+
 def test_cli_upload_two_roots_paired_by_manifest_name(
     tmp_path: Path, local_store: tuple[Path, str]
 ) -> None:

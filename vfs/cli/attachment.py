@@ -96,6 +96,8 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
 )
 @click.option(
     "--s3-root-uri",
+    "--store",
+    "s3_root_uri",
     required=True,
     metavar="URI",
     help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
