@@ -235,10 +235,10 @@ def test_resolve_manifest_paths_posix_without_rules() -> None:
 def test_root_path_hash_matches_deadline(location: str | None, root: str) -> None:
     # deadline asset_sync.py::_upload_output_manifest_to_s3
     theirs = hash_data(f"{location or ''}{root}".encode(), HashAlgorithm.XXH128)
-    assert compute_root_path_hash(root, location) == theirs
+    assert compute_root_path_hash(location, root) == theirs
     # Without a location, the same as deadline's rule.get_hashed_source_path (attachment
     # download matches manifest file names with it).
     rule = dl_models.PathMappingRule("posix", root, "/dest")
     ours = PathMappingRule(PathFormat.POSIX, root, "/dest")
     assert ours.hashed_source_path() == rule.get_hashed_source_path(HashAlgorithm.XXH128)
-    assert compute_root_path_hash(root, None) == ours.hashed_source_path()
+    assert compute_root_path_hash(None, root) == ours.hashed_source_path()
