@@ -481,6 +481,47 @@ def test_resolved_paths_mapping_and_escape(tmp_path: Path) -> None:
         )
 
 
+def test_resolved_paths_create_v2_directories_inside_their_root(tmp_path: Path) -> None:
+    """A v2 manifest's directories, empty ones included, resolved like its files: created
+    at their mapped path, checked inside their root (a link leaving it, or a destination
+    outside every root, is refused before anything is written); delete markers ignored."""
+    m = ManifestV2(
+        files=[ManifestFilePath.file("out/a.exr", hash_bytes(b"frame"), 5, MTIME_US)],
+        dirs=[ManifestDirectoryPath("out/empty/inner"), ManifestDirectoryPath("out/e2"),
+              ManifestDirectoryPath("out/gone", deleted=True)],
+    )  # fmt: skip
+    store = LocalStore(str(tmp_path / "store"))
+    fill(store, {data_key(hash_bytes(b"frame")): b"frame"})
+    local = tmp_path / "local"
+    rules = [PathMappingRule(PathFormat.POSIX, "/proj/out", str(local))]
+    resolved = resolve_manifest_paths(
+        [*m.dirs, *m.files], "/proj", PathFormat.POSIX, PathMappingApplier(rules)
+    )
+    stats = DownloadOrchestrator(store).download_to_resolved_paths(resolved.resolved, [str(local)])
+    assert stats.files_transferred == 1 and tree(local) == {"a.exr": b"frame"}
+    assert (local / "empty/inner").is_dir() and (local / "e2").is_dir()
+    assert not (local / "gone").exists()
+    # A directory on the way that is a link leaving the root: refused, nothing written.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    local2 = tmp_path / "local2"
+    local2.mkdir()
+    (local2 / "empty").symlink_to(outside)
+    rules2 = [PathMappingRule(PathFormat.POSIX, "/proj/out", str(local2))]
+    resolved2 = resolve_manifest_paths(
+        [*m.dirs, *m.files], "/proj", PathFormat.POSIX, PathMappingApplier(rules2)
+    )
+    with pytest.raises(PathEscapeError, match="outside the destination root"):
+        DownloadOrchestrator(store).download_to_resolved_paths(resolved2.resolved, [str(local2)])
+    assert list(outside.iterdir()) == [] and sorted(os.listdir(local2)) == ["empty"]
+    # A directory whose mapped path is in none of the roots: refused.
+    with pytest.raises(PathEscapeError, match="inside none of the destination roots"):
+        DownloadOrchestrator(store).download_to_resolved_paths(
+            [r for r in resolved.resolved if isinstance(r.entry, ManifestDirectoryPath)],
+            [str(tmp_path / "elsewhere")],
+        )
+
+
 def test_missing_bucket_fails_fast_with_one_error(tmp_path: Path, s3_endpoint: str) -> None:
     files = {f"f{i}.txt": f"file {i}".encode() for i in range(400)}
     m, _ = make_manifest(files)
