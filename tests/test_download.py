@@ -171,6 +171,30 @@ def test_missing_and_corrupt_objects_named(tmp_path: Path) -> None:
     assert (d2 / "bad.txt").read_bytes() == b"wrong"
 
 
+def test_objects_of_the_wrong_size_refused_naming_the_key(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    """An object longer or shorter than the manifest's size, under the right key, fails
+    its file with an error naming the key (the longer one as soon as it runs over); no
+    file of either is left, not even a temporary one."""
+    files = {"long.txt": b"right", "short.txt": b"exactly ten", "ok.txt": b"fine"}
+    m, objects = make_manifest(files)
+    fill(store, objects)
+    long_key, short_key = data_key(hash_bytes(b"right")), data_key(hash_bytes(b"exactly ten"))
+    store.put_bytes(long_key, b"right and then some")
+    store.put_bytes(short_key, b"exactly")
+    with pytest.raises(DownloadError) as e:
+        DownloadOrchestrator(store).download_manifest(m, str(tmp_path / "d"))
+    text = str(e.value)
+    assert "2 of 3 files were not downloaded" in text
+    assert f"{store.describe(long_key)} has more than the 5 bytes the manifest gives long.txt" in (
+        text
+    )
+    assert f"{store.describe(short_key)} has 7 bytes, the manifest gives 11 for short.txt" in text
+    assert tree(tmp_path / "d") == {"ok.txt": b"fine"}
+    assert leftovers(tmp_path / "d") == []
+
+
 def test_v2_symlinks_runnable_empty_dirs(tmp_path: Path) -> None:
     data = b"#!/bin/sh\necho hi\n"
     m = ManifestV2(

@@ -458,6 +458,36 @@ def test_missing_bucket_stops_the_upload_at_once(s3_relay: S3Relay, tmp_path: Pa
     assert len(s3_relay.seen) <= 3 * 8, len(s3_relay.seen)
 
 
+@pytest.mark.parametrize("cause", ["access denied", "no credentials"])
+def test_unhealable_errors_stop_the_upload_at_once(
+    cause: str, s3_relay: S3Relay, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 403 on every request (the relay answers AccessDenied), or no credentials at all,
+    is reported once and stops the upload: neither each object's HEAD nor its PUT is
+    tried."""
+    files = {f"f{i:03d}.bin": random.Random(i).randbytes(100) for i in range(200)}
+    m = make_root(tmp_path / "root", files)
+    if cause == "access denied":
+        s3_relay.deny = (403, "AccessDenied", "Access Denied")
+    else:
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = S3Store(s3_bucket, "r", S3Options(endpoint_url=s3_relay.url))
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    with pytest.raises(UploadError) as info:
+        upload_manifest_files(m, str(tmp_path / "root"), store, workers=8)
+    text = str(info.value)
+    assert "upload stopped after 0 of 200 objects" in text
+    assert ("access denied" if cause == "access denied" else "no AWS credentials found") in text
+    hint = "permissions on s3://" if cause == "access denied" else "--profile"
+    assert text.count(hint) == 1  # the hint, once
+    assert len(calls) <= 3 * 8, calls  # a few in flight at most, not one per object
+    assert "PutObject" not in calls
+    if cause == "no credentials":
+        assert s3_relay.seen == []  # nothing could be signed, nothing was sent
+
+
 def run_on_a_tty(*args: str) -> str:
     """``vfs ARGS`` with stderr on a pseudo-terminal (as in a shell); what it wrote there."""
     import os
