@@ -531,3 +531,33 @@ def test_cli_rules_file_json_summary_and_errors(tmp_path: Path) -> None:
     assert str(rules) in err
     err = vfs(*base, "--dest", str(tmp_path / "d"), exit_code=1).stderr
     assert "cp.json was written for" in err and "another --checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    ("resolution", "want", "skipped"),
+    [
+        ("skip", {"a.exr": b"mine, kept"}, 1),
+        ("overwrite", {"a.exr": b"rendered"}, 0),
+        ("CREATE_COPY", {"a.exr": b"mine, kept", "a (1).exr": b"rendered"}, 0),
+    ],
+)
+def test_cli_conflict_resolution(
+    tmp_path: Path, resolution: str, want: dict[str, bytes], skipped: int
+) -> None:
+    """``--conflict-resolution`` (either case, as deadline's) decides what happens to a
+    different file already at an output's path."""
+    store = LocalStore(str(tmp_path / "store"))
+    put_output(store, TASK1, f"{SESSION}-1", T0, {"a.exr": b"rendered"})
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "a.exr").write_bytes(b"mine, kept")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"source_path_format": "posix", "source_path": ROOT,
+                                  "destination_path": str(local)}]))  # fmt: skip
+    got = json.loads(vfs(
+        "attachment", "sync-output", "--store", store.uri, "--farm-id", FARM, "--queue-id",
+        QUEUE, "--checkpoint", str(tmp_path / "cp.json"), "--path-mapping-rules", str(rules),
+        "--conflict-resolution", resolution, "--json",
+    ).stdout)  # fmt: skip
+    assert (got["files_transferred"], got["files_skipped"]) == (1 - skipped, skipped)
+    assert files_under(local) == want
