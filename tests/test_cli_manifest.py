@@ -1209,6 +1209,24 @@ def test_upload_then_download_by_key(
     assert none.returncode == 1 and "Traceback" not in none.stderr
 
 
+@pytest.mark.parametrize("flag", ["--store", "--s3-cas-uri"])
+def test_upload_and_download_take_store_and_deadline_flag(tmp_path: Path, flag: str) -> None:
+    """``--store`` as on every other command that takes a store, deadline's
+    ``--s3-cas-uri`` as its alias; both name the same store."""
+    root = tmp_path / "root"
+    put(root, "a.txt", b"alpha", 1_700_000_000_000_000_000)
+    f = snap(root, tmp_path / "m")
+    store = tmp_path / "store"
+    up = vfs_json("manifest", "upload", f, flag, f"file://{store}", "--asset-root", "/mnt/p")
+    key = f"Manifests/{os.path.basename(f)}"
+    assert up["uri"] == str(store / key)
+    assert (store / key).read_bytes() == Path(f).read_bytes()
+    dl = tmp_path / "dl"
+    [got] = vfs_json("manifest", "download", str(dl), flag, f"file://{store}", "--key", key)
+    assert (got["root"], got["keys"]) == ("/mnt/p", [key])
+    assert Path(got["manifest"]).read_bytes() == Path(f).read_bytes()
+
+
 FARM = "farm-0123456789abcdef0123456789abcdef"
 QUEUE = "queue-0123456789abcdef0123456789abcdef"
 JOB = "job-0123456789abcdef0123456789abcdef"

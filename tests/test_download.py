@@ -171,6 +171,30 @@ def test_missing_and_corrupt_objects_named(tmp_path: Path) -> None:
     assert (d2 / "bad.txt").read_bytes() == b"wrong"
 
 
+def test_objects_of_the_wrong_size_refused_naming_the_key(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    """An object longer or shorter than the manifest's size, under the right key, fails
+    its file with an error naming the key (the longer one as soon as it runs over); no
+    file of either is left, not even a temporary one."""
+    files = {"long.txt": b"right", "short.txt": b"exactly ten", "ok.txt": b"fine"}
+    m, objects = make_manifest(files)
+    fill(store, objects)
+    long_key, short_key = data_key(hash_bytes(b"right")), data_key(hash_bytes(b"exactly ten"))
+    store.put_bytes(long_key, b"right and then some")
+    store.put_bytes(short_key, b"exactly")
+    with pytest.raises(DownloadError) as e:
+        DownloadOrchestrator(store).download_manifest(m, str(tmp_path / "d"))
+    text = str(e.value)
+    assert "2 of 3 files were not downloaded" in text
+    assert f"{store.describe(long_key)} has more than the 5 bytes the manifest gives long.txt" in (
+        text
+    )
+    assert f"{store.describe(short_key)} has 7 bytes, the manifest gives 11 for short.txt" in text
+    assert tree(tmp_path / "d") == {"ok.txt": b"fine"}
+    assert leftovers(tmp_path / "d") == []
+
+
 def test_v2_symlinks_runnable_empty_dirs(tmp_path: Path) -> None:
     data = b"#!/bin/sh\necho hi\n"
     m = ManifestV2(
@@ -478,6 +502,47 @@ def test_resolved_paths_mapping_and_escape(tmp_path: Path) -> None:
     with pytest.raises(PathEscapeError, match="inside none of the destination roots"):
         DownloadOrchestrator(store).download_to_resolved_paths(
             resolved.resolved, [str(tmp_path / "elsewhere")]
+        )
+
+
+def test_resolved_paths_create_v2_directories_inside_their_root(tmp_path: Path) -> None:
+    """A v2 manifest's directories, empty ones included, resolved like its files: created
+    at their mapped path, checked inside their root (a link leaving it, or a destination
+    outside every root, is refused before anything is written); delete markers ignored."""
+    m = ManifestV2(
+        files=[ManifestFilePath.file("out/a.exr", hash_bytes(b"frame"), 5, MTIME_US)],
+        dirs=[ManifestDirectoryPath("out/empty/inner"), ManifestDirectoryPath("out/e2"),
+              ManifestDirectoryPath("out/gone", deleted=True)],
+    )  # fmt: skip
+    store = LocalStore(str(tmp_path / "store"))
+    fill(store, {data_key(hash_bytes(b"frame")): b"frame"})
+    local = tmp_path / "local"
+    rules = [PathMappingRule(PathFormat.POSIX, "/proj/out", str(local))]
+    resolved = resolve_manifest_paths(
+        [*m.dirs, *m.files], "/proj", PathFormat.POSIX, PathMappingApplier(rules)
+    )
+    stats = DownloadOrchestrator(store).download_to_resolved_paths(resolved.resolved, [str(local)])
+    assert stats.files_transferred == 1 and tree(local) == {"a.exr": b"frame"}
+    assert (local / "empty/inner").is_dir() and (local / "e2").is_dir()
+    assert not (local / "gone").exists()
+    # A directory on the way that is a link leaving the root: refused, nothing written.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    local2 = tmp_path / "local2"
+    local2.mkdir()
+    (local2 / "empty").symlink_to(outside)
+    rules2 = [PathMappingRule(PathFormat.POSIX, "/proj/out", str(local2))]
+    resolved2 = resolve_manifest_paths(
+        [*m.dirs, *m.files], "/proj", PathFormat.POSIX, PathMappingApplier(rules2)
+    )
+    with pytest.raises(PathEscapeError, match="outside the destination root"):
+        DownloadOrchestrator(store).download_to_resolved_paths(resolved2.resolved, [str(local2)])
+    assert list(outside.iterdir()) == [] and sorted(os.listdir(local2)) == ["empty"]
+    # A directory whose mapped path is in none of the roots: refused.
+    with pytest.raises(PathEscapeError, match="inside none of the destination roots"):
+        DownloadOrchestrator(store).download_to_resolved_paths(
+            [r for r in resolved.resolved if isinstance(r.entry, ManifestDirectoryPath)],
+            [str(tmp_path / "elsewhere")],
         )
 
 

@@ -231,7 +231,7 @@ def test_manifest_names_match_deadline() -> None:
         assert input_manifest_name(root) == name
         # Output: fsl + root, as asset_sync._upload_output_manifest_to_s3.
         expected = hash_data(f"{fsl or ''}{root}".encode(), HashAlgorithm.XXH128)
-        assert compute_root_path_hash(root, fsl) == expected
+        assert compute_root_path_hash(fsl, root) == expected
         assert output_manifest_name(root, fsl) == f"{expected}_output"
         assert ManifestProperties(root, file_system_location_name=fsl).output_manifest_name() == (
             f"{expected}_output"

@@ -7,6 +7,8 @@ are imported here as the oracle (test-only dependency; these modules do no I/O a
 from __future__ import annotations
 
 import json
+import ntpath
+import posixpath
 from pathlib import Path
 
 import pytest
@@ -216,6 +218,63 @@ def test_resolve_manifest_paths_windows_root() -> None:
     assert str(theirs.strict_transform(r"C:\Proj\out\a.exr")) == got.resolved[0].local_path
 
 
+RESOLVE_CASES = [
+    # (format, root as the source host wrote it, rules, manifest paths)
+    (W, r"\\server\share\proj", [(r"\\SERVER\Share", "/local/unc")],
+     ["a/b.exr", "c.txt", "sub/../d.txt"]),  # UNC root; the rule's case differs
+    (W, r"\\server\share\\", [(r"\\server\share", "/local/share")],
+     ["a.exr", "x/y.exr"]),  # the share itself, with a trailing separator
+    (W, "C:/Proj\\shots/", [(r"C:\proj\shots", "/local/shots")],
+     ["x/y.exr", "z.exr"]),  # mixed and trailing separators
+    (W, "C:\\Proj\\out\\\\", [("c:/proj/out/", "/local/out")],
+     ["a.exr", "sub/b.exr"]),  # doubled trailing separator; the rule's written with "/"
+    (W, r"D:\elsewhere", [(r"C:\Proj", "/local/proj")], ["a.exr"]),  # unmapped
+    (P, "/mnt/proj//", [("/mnt/proj", "/local/proj")], ["a/b.exr", "c.txt"]),
+    (P, "/mnt/we\\ird/", [("/mnt", "/local/mnt")], ["f.txt"]),  # "\\" is a name character
+    (P, "/mnt/proj", [("/mnt/proj/", "/local/proj")], ["./a//b.exr"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "root", "rules", "paths"), RESOLVE_CASES)
+def test_resolve_manifest_paths_unc_mixed_trailing_like_deadline(
+    fmt: PathFormat, root: str, rules: list[tuple[str, str]], paths: list[str]
+) -> None:
+    """Roots with UNC shares, mixed separators and trailing separators resolve as
+    deadline's sync-output resolves them (``_job_download_helpers.py::
+    _transform_manifests_to_absolute_paths``: the source format's ``normpath(join(root,
+    path))``, then ``strict_transform``, a ``ValueError`` meaning unmapped)."""
+    entries = [ManifestPath(p, "0" * 32, 1, 0) for p in paths]
+    got = resolve_manifest_paths(
+        entries, root, fmt, PathMappingApplier(PathMappingRule(fmt, s, d) for s, d in rules)
+    )
+    source_os = ntpath if fmt is W else posixpath
+    theirs = deadline_applier(fmt, rules)
+    want_resolved, want_unmapped = [], []
+    for p in paths:
+        source = source_os.normpath(source_os.join(root, p))
+        try:
+            want_resolved.append((p, str(theirs.strict_transform(source)), source))
+        except ValueError:
+            want_unmapped.append((p, source))
+    assert [(r.entry.path, r.local_path, r.source_path) for r in got.resolved] == want_resolved
+    assert [(u.entry.path, u.absolute_source_path) for u in got.unmapped] == want_unmapped
+
+
+def test_resolve_manifest_paths_spot_values() -> None:
+    """A few results written out, so that the table above is not only relative."""
+    e = [ManifestPath("a/b.exr", "0" * 32, 1, 0)]
+    unc = resolve_manifest_paths(
+        e, r"\\srv\share\proj\\", W, PathMappingApplier([PathMappingRule(W, r"\\SRV\share", "/l")])
+    )
+    assert [(r.source_path, r.local_path) for r in unc.resolved] == [
+        (r"\\srv\share\proj\a\b.exr", "/l/proj/a/b.exr")
+    ]
+    mixed = resolve_manifest_paths(e, "C:/Proj\\shots/", W, None)
+    assert [r.local_path for r in mixed.resolved] == [r"C:\Proj\shots\a\b.exr"]
+    posix = resolve_manifest_paths(e, "/mnt/we\\ird//", P, None)
+    assert [r.local_path for r in posix.resolved] == ["/mnt/we\\ird/a/b.exr"]
+
+
 def test_resolve_manifest_paths_posix_without_rules() -> None:
     entries = [ManifestPath("x/y.txt", "0" * 32, 1, 0)]
     got = resolve_manifest_paths(entries, "/root/", P, None)
@@ -235,10 +294,10 @@ def test_resolve_manifest_paths_posix_without_rules() -> None:
 def test_root_path_hash_matches_deadline(location: str | None, root: str) -> None:
     # deadline asset_sync.py::_upload_output_manifest_to_s3
     theirs = hash_data(f"{location or ''}{root}".encode(), HashAlgorithm.XXH128)
-    assert compute_root_path_hash(root, location) == theirs
+    assert compute_root_path_hash(location, root) == theirs
     # Without a location, the same as deadline's rule.get_hashed_source_path (attachment
     # download matches manifest file names with it).
     rule = dl_models.PathMappingRule("posix", root, "/dest")
     ours = PathMappingRule(PathFormat.POSIX, root, "/dest")
     assert ours.hashed_source_path() == rule.get_hashed_source_path(HashAlgorithm.XXH128)
-    assert compute_root_path_hash(root, None) == ours.hashed_source_path()
+    assert compute_root_path_hash(None, root) == ours.hashed_source_path()

@@ -29,6 +29,7 @@ from vfs.manifest import (
     ManifestPath,
     ManifestV2,
     decode_manifest,
+    encode_any_manifest,
     encode_manifest,
 )
 from vfs.pathmap import PathFormat, PathMappingRule
@@ -223,6 +224,27 @@ def test_merge_order_rules_and_unmapped_paths(tmp_path: Path) -> None:
     with checkpoint_lock(str(tmp_path / "cp2.json")), pytest.raises(SyncOutputError,
                                                                     match="another"):  # fmt: skip
         sync.poll()
+
+
+def test_v2_output_directories_created_by_sync(tmp_path: Path) -> None:
+    """A v2 output manifest's empty directories are created at their mapped path, as its
+    files are downloaded."""
+    store = LocalStore(str(tmp_path / "store"))
+    store.put_bytes(data_key(hash_bytes(b"frame")), b"frame")
+    m = ManifestV2(
+        files=[ManifestFilePath.file("r/a.exr", hash_bytes(b"frame"), 5, MTIME)],
+        dirs=[ManifestDirectoryPath("r/empty/inner"), ManifestDirectoryPath("cache")],
+    )
+    key = manifest_key(output_manifest_path(FARM, QUEUE, JOB, STEP, TASK1, f"{SESSION}-1",
+                                            T0, ROOT))  # fmt: skip
+    upload_manifest(store, key, encode_any_manifest(m), manifest_metadata(ROOT))
+    mapped = tmp_path / "mapped"
+    rules = [PathMappingRule(PathFormat.POSIX, ROOT, str(mapped))]
+    sync = OutputSync(store, FARM, QUEUE, rules=rules, dest=None,
+                      checkpoint_path=str(tmp_path / "cp.json"))  # fmt: skip
+    got = sync.poll()
+    assert got.stats.files_transferred == 1 and files_under(mapped) == {"r/a.exr": b"frame"}
+    assert (mapped / "r/empty/inner").is_dir() and (mapped / "cache").is_dir()
 
 
 def test_kill_9_mid_download_resumes(
@@ -509,3 +531,33 @@ def test_cli_rules_file_json_summary_and_errors(tmp_path: Path) -> None:
     assert str(rules) in err
     err = vfs(*base, "--dest", str(tmp_path / "d"), exit_code=1).stderr
     assert "cp.json was written for" in err and "another --checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    ("resolution", "want", "skipped"),
+    [
+        ("skip", {"a.exr": b"mine, kept"}, 1),
+        ("overwrite", {"a.exr": b"rendered"}, 0),
+        ("CREATE_COPY", {"a.exr": b"mine, kept", "a (1).exr": b"rendered"}, 0),
+    ],
+)
+def test_cli_conflict_resolution(
+    tmp_path: Path, resolution: str, want: dict[str, bytes], skipped: int
+) -> None:
+    """``--conflict-resolution`` (either case, as deadline's) decides what happens to a
+    different file already at an output's path."""
+    store = LocalStore(str(tmp_path / "store"))
+    put_output(store, TASK1, f"{SESSION}-1", T0, {"a.exr": b"rendered"})
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "a.exr").write_bytes(b"mine, kept")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"source_path_format": "posix", "source_path": ROOT,
+                                  "destination_path": str(local)}]))  # fmt: skip
+    got = json.loads(vfs(
+        "attachment", "sync-output", "--store", store.uri, "--farm-id", FARM, "--queue-id",
+        QUEUE, "--checkpoint", str(tmp_path / "cp.json"), "--path-mapping-rules", str(rules),
+        "--conflict-resolution", resolution, "--json",
+    ).stdout)  # fmt: skip
+    assert (got["files_transferred"], got["files_skipped"]) == (1 - skipped, skipped)
+    assert files_under(local) == want

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -14,12 +15,21 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import S3Relay, run_vfs
+from test_compat_deadline import oracle
 
 from vfs.errors import UploadError
-from vfs.hashing import hash_bytes
+from vfs.hashing import hash_bytes, hash_string
 from vfs.manifest import Manifest, ManifestPath, encode_manifest
 from vfs.snapshot import snapshot_directory, write_manifest_file
-from vfs.storage import LocalStore, ObjectStore, S3Options, S3Store, data_key
+from vfs.storage import (
+    LocalStore,
+    ObjectStore,
+    S3Options,
+    S3Store,
+    data_key,
+    download_manifest,
+    manifest_metadata,
+)
 from vfs.transfer import upload_manifest_files
 
 OWNER = "123456789012"
@@ -191,6 +201,20 @@ def test_cli_upload_to_file_store(tmp_path: Path, local_store: tuple[Path, str])
     assert f"{n} already in {uri}" in text.stdout
 
 
+@pytest.mark.parametrize("flag", ["--store", "--s3-root-uri"])
+def test_cli_upload_takes_store_and_deadline_flag(
+    tmp_path: Path, local_store: tuple[Path, str], flag: str
+) -> None:
+    """``--store`` as on every command that takes a store; deadline's ``--s3-root-uri``
+    is its alias."""
+    store_dir, uri = local_store
+    root = tmp_path / "root"
+    manifest_file = write_manifest_file(str(root), make_root(root), str(tmp_path / "m"))
+    [got] = cli_upload("-m", manifest_file, "-r", str(root), flag, uri, "--json")
+    assert (got["dest"], got["files_transferred"]) == (uri, len(distinct()))
+    assert stored(LocalStore(str(store_dir))) == distinct()
+
+
 def test_cli_upload_two_roots_paired_by_manifest_name(
     tmp_path: Path, local_store: tuple[Path, str]
 ) -> None:
@@ -259,6 +283,100 @@ def test_cli_upload_to_moto(
     # The endpoint can also come from AWS_ENDPOINT_URL.
     result = run_vfs("attachment", "upload", *args, "--json", env={"AWS_ENDPOINT_URL": s3_endpoint})
     assert json.loads(result.stdout)[0]["files_skipped"] == len(distinct())
+
+
+# -- --path-mapping-rules and --upload-manifest-path, deadline as the oracle ----------------
+
+
+def rules_file(path: Path, rules: dict[str, Path]) -> str:
+    """A deadline rules file mapping each POSIX source path to its local directory."""
+    path.write_text(json.dumps({"path_mapping_rules": [
+        {"source_path_format": "posix", "source_path": src, "destination_path": str(dst)}
+        for src, dst in rules.items()
+    ]}))  # fmt: skip
+    return str(path)
+
+
+def test_cli_upload_with_rules_and_manifest_path_like_deadline(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, s3_client: Any
+) -> None:
+    """Each manifest is read from the destination of the rule whose hashed source path its
+    name holds, and uploaded to Manifests/PREFIX/NAME with the source path as asset-root:
+    the same objects, keys, manifest bytes, metadata and hashes as deadline's
+    ``_attachment_upload`` (but for deadline's odd file-system-location-name)."""
+    sources = {"/mnt/proj/shot": {"a.txt": b"alpha", "sub/b.bin": b"b" * 5000},
+               "/mnt/caf\u00e9": {"c.txt": b"gamma", "a2.txt": b"alpha"}}  # fmt: skip
+    rules, manifests = {}, []
+    for i, (src, files) in enumerate(sources.items()):
+        local = tmp_path / f"local{i}"
+        rules[src] = local
+        manifest_file = tmp_path / "m" / f"{hash_string(src)}_input"
+        manifest_file.parent.mkdir(exist_ok=True)
+        manifest_file.write_bytes(encode_manifest(make_root(local, files)))
+        manifests.append(str(manifest_file))
+    rules_json = rules_file(tmp_path / "rules.json", rules)
+    prefix = "farm-1/queue-1/Inputs/0123"
+    ours = cli_upload(
+        *(a for m in manifests for a in ("-m", m)), "--path-mapping-rules", rules_json,
+        "--store", f"s3://{s3_bucket}/Ours", "--upload-manifest-path", prefix + "/",
+        "--endpoint-url", s3_endpoint, "--json",
+    )  # fmt: skip
+    theirs = oracle(
+        "attachment-upload", "--s3-root-uri", f"s3://{s3_bucket}/Theirs", "--endpoint",
+        s3_endpoint, "--cache-dir", str(tmp_path / "cc"), "--path-mapping-rules", rules_json,
+        "--upload-manifest-path", prefix, *manifests,
+        home=tmp_path / "home", env={"AWS_ENDPOINT_URL": s3_endpoint},
+    )  # fmt: skip
+    assert theirs["endpoint"] == s3_endpoint
+
+    def listing(root: str) -> dict[str, Any]:
+        got = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{root}/")["Contents"]
+        return {o["Key"].removeprefix(f"{root}/"): o for o in got}
+
+    assert set(listing("Ours")) == set(listing("Theirs"))
+    want = {**distinct(sources["/mnt/proj/shot"]), **distinct(sources["/mnt/caf\u00e9"])}
+    assert {k for k in listing("Ours") if k.startswith("Data/")} == set(want)
+    assert [o["source_root"] for o in ours] == list(sources)
+    assert [o["root"] for o in ours] == [str(p) for p in rules.values()]
+    for mine, info in zip(ours, theirs["uploads"], strict=True):
+        assert mine["manifest_key"] == f"Manifests/{info['output_manifest_path']}"
+        assert mine["manifest_hash"] == info["output_manifest_hash"]
+        a = s3_client.get_object(Bucket=s3_bucket, Key=f"Ours/{mine['manifest_key']}")
+        b = s3_client.get_object(Bucket=s3_bucket, Key=f"Theirs/{mine['manifest_key']}")
+        assert a["Body"].read() == b["Body"].read()
+        # DIFFERENCE: deadline records the rule's source_path_format ("posix") as
+        # file-system-location-name, which names a storage-profile location; vfs does not.
+        assert b["Metadata"].pop("file-system-location-name") == "posix"
+        assert a["Metadata"] == b["Metadata"] == manifest_metadata(info["source_path"])
+    assert "asset-root-json" in manifest_metadata("/mnt/caf\u00e9")
+
+
+def test_cli_upload_root_dirs_or_rules(tmp_path: Path, local_store: tuple[Path, str]) -> None:
+    """Exactly one of -r and --path-mapping-rules, as deadline; a manifest no rule names is
+    refused before anything is uploaded; with -r the manifest goes up with the root as its
+    asset-root."""
+    store_dir, uri = local_store
+    root = tmp_path / "root"
+    manifest_file = write_manifest_file(str(root), make_root(root), str(tmp_path / "m"))
+    rules = rules_file(tmp_path / "rules.json", {"/elsewhere": root})
+    for args, message in [
+        (("-r", str(root), "--path-mapping-rules", rules), "not both"),
+        ((), "give either --root-dirs or --path-mapping-rules"),
+        (("--path-mapping-rules", rules), f"no path mapping rule's source path belongs to "
+                                          f"manifest {manifest_file}"),
+    ]:  # fmt: skip
+        bad = cli_upload("-m", manifest_file, *args, "--store", uri, check=False)
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    assert list(store_dir.iterdir()) == []
+    [got] = cli_upload("-m", manifest_file, "-r", str(root), "--store", uri,
+                       "--upload-manifest-path", "P", "--json")  # fmt: skip
+    key = f"Manifests/P/{os.path.basename(manifest_file)}"
+    assert got["manifest_key"] == key
+    assert got["manifest_hash"] == hash_bytes(Path(manifest_file).read_bytes())
+    uploaded = download_manifest(LocalStore(str(store_dir)), key)
+    assert uploaded.asset_root == str(root)
+    assert stored(LocalStore(str(store_dir))) == distinct()
 
 
 # -- ExpectedBucketOwner through the CLI, observed on the wire --------------------------------
@@ -340,6 +458,36 @@ def test_missing_bucket_stops_the_upload_at_once(s3_relay: S3Relay, tmp_path: Pa
     assert len(s3_relay.seen) <= 3 * 8, len(s3_relay.seen)
 
 
+@pytest.mark.parametrize("cause", ["access denied", "no credentials"])
+def test_unhealable_errors_stop_the_upload_at_once(
+    cause: str, s3_relay: S3Relay, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 403 on every request (the relay answers AccessDenied), or no credentials at all,
+    is reported once and stops the upload: neither each object's HEAD nor its PUT is
+    tried."""
+    files = {f"f{i:03d}.bin": random.Random(i).randbytes(100) for i in range(200)}
+    m = make_root(tmp_path / "root", files)
+    if cause == "access denied":
+        s3_relay.deny = (403, "AccessDenied", "Access Denied")
+    else:
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = S3Store(s3_bucket, "r", S3Options(endpoint_url=s3_relay.url))
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    with pytest.raises(UploadError) as info:
+        upload_manifest_files(m, str(tmp_path / "root"), store, workers=8)
+    text = str(info.value)
+    assert "upload stopped after 0 of 200 objects" in text
+    assert ("access denied" if cause == "access denied" else "no AWS credentials found") in text
+    hint = "permissions on s3://" if cause == "access denied" else "--profile"
+    assert text.count(hint) == 1  # the hint, once
+    assert len(calls) <= 3 * 8, calls  # a few in flight at most, not one per object
+    assert "PutObject" not in calls
+    if cause == "no credentials":
+        assert s3_relay.seen == []  # nothing could be signed, nothing was sent
+
+
 def run_on_a_tty(*args: str) -> str:
     """``vfs ARGS`` with stderr on a pseudo-terminal (as in a shell); what it wrote there."""
     import os
@@ -385,7 +533,8 @@ def test_cli_ctrl_c_stops_an_upload_promptly(
 ) -> None:
     """Ctrl-C during ``vfs attachment upload``: no new object starts, the command exits
     within a few seconds (each PUT answered 0.5 s late) with a failure status and no
-    traceback, long before the 200 objects could have gone up."""
+    traceback, long before the 200 objects could have gone up, and the manifest
+    (``--upload-manifest-path``) is not uploaded."""
     root = tmp_path / "root"
     rng = random.Random(5)
     for i in range(200):
@@ -393,7 +542,8 @@ def test_cli_ctrl_c_stops_an_upload_promptly(
         (root / f"f{i:03}.bin").write_bytes(rng.randbytes(1000))
     manifest_file = write_manifest_file(str(root), snapshot_directory(str(root)), str(tmp_path))
     s3_relay.stall, s3_relay.stall_only = 0.5, "PUT "
-    args = ("-m", manifest_file, "-r", str(root), "--s3-root-uri", f"s3://{s3_bucket}/root")
+    args = ("-m", manifest_file, "-r", str(root), "--s3-root-uri", f"s3://{s3_bucket}/root",
+            "--upload-manifest-path", "P")  # fmt: skip
     relay_args = ("--endpoint-url", s3_relay.url, "--workers", "4")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vfs", "attachment", "upload", *args, *relay_args],
@@ -414,3 +564,4 @@ def test_cli_ctrl_c_stops_an_upload_promptly(
     assert "Traceback" not in err, err
     puts = [r for r in s3_relay.seen if r.method == "PUT"]
     assert len(puts) < 60, len(puts)
+    assert not [r for r in puts if "/Manifests/" in r.path]  # a stopped upload: no manifest

@@ -22,7 +22,8 @@ from test_render_node import worker_agent_dir
 from vfs.hashing import hash_bytes
 from vfs.manifest import Manifest, ManifestPath, encode_manifest
 from vfs.snapshot import snapshot_directory
-from vfs.transfer.worker import WorkerManifestProperties
+from vfs.transfer import LowTransferRateDetector
+from vfs.transfer.worker import WorkerManifestProperties, sync_inputs
 
 COMPAT = Path(__file__).resolve().parent / "compat"
 START_TIME = "1716416223.099999"
@@ -405,3 +406,39 @@ def test_worker_upload_puts_the_data_before_the_manifest(
         upload_outputs(snaps, store, "f/q/j/s/t/ts2_sa", out=lines.append)
     listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="root/Manifests/")["Contents"]
     assert [o["Key"] for o in listed] == [f"root/Manifests/{info.output_manifest_path}"]
+
+
+def test_low_transfer_rate_policy_is_the_worker_agents() -> None:
+    """The detector's defaults are the constants of the agent's attachment_download.py
+    (read from its source), and the worker step reports as often as deadline's progress
+    tracker calls the agent's handler (``CALLBACK_INTERVAL``): 60 reports under 10 KB/s
+    are one minute."""
+    import ast
+    import inspect
+
+    from deadline.job_attachments import progress_tracker
+
+    script = os.path.join(
+        worker_agent_dir(), "deadline_worker_agent/sessions/actions/scripts/attachment_download.py"
+    )
+    with open(script, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    # Only the constants' assignments (``10 * 10**3``, ``60``) are run, not the script.
+    wanted = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and all(isinstance(t, ast.Name) and t.id.startswith("LOW_TRANSFER_") for t in node.targets)
+    ]
+    theirs: dict[str, Any] = {}
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), script, "exec"), {}, theirs)
+    assert theirs == {"LOW_TRANSFER_RATE_THRESHOLD": 10_000, "LOW_TRANSFER_COUNT_THRESHOLD": 60}
+    d = LowTransferRateDetector()
+    assert (d.threshold, d.reports) == (
+        theirs["LOW_TRANSFER_RATE_THRESHOLD"],
+        theirs["LOW_TRANSFER_COUNT_THRESHOLD"],
+    )
+    params = inspect.signature(sync_inputs).parameters
+    assert params["low_rate_threshold"].default == theirs["LOW_TRANSFER_RATE_THRESHOLD"]
+    assert params["low_rate_reports"].default == theirs["LOW_TRANSFER_COUNT_THRESHOLD"]
+    assert params["progress_interval"].default == progress_tracker.CALLBACK_INTERVAL == 1

@@ -29,6 +29,11 @@ Subcommands:
 * ``download --bucket B --root-prefix P --endpoint URL --dest D [--conflict-resolution C]
   MANIFEST``: deadline's ``download.download_files_from_manifests`` of the manifest file
   into D (CAS prefix ``P/Data``); prints the processed and skipped file counts.
+* ``attachment-upload --s3-root-uri URI --endpoint URL --cache-dir C [--root-dir R]…
+  [--path-mapping-rules FILE] [--upload-manifest-path PREFIX] MANIFEST…``: deadline's
+  ``api.attachment._attachment_upload`` (what ``deadline attachment upload`` runs) to the S3
+  server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints ``{"endpoint": URL,
+  "uploads": [{output_manifest_path, output_manifest_hash, source_path}, …]}``.
 * ``manifest-upload --bucket B --root-prefix P [--s3-key-prefix K] --endpoint URL FILE``:
   deadline's ``api.manifest._manifest_upload`` (what ``deadline manifest upload`` runs) to
   the S3 server at URL (``AWS_ENDPOINT_URL`` must be set to it); prints ``{"endpoint": URL}``.
@@ -205,6 +210,24 @@ def cmd_manifest_upload(args: argparse.Namespace) -> dict[str, object]:
     return {"endpoint": endpoint_used}
 
 
+def cmd_attachment_upload(args: argparse.Namespace) -> dict[str, object]:
+    from dataclasses import asdict
+
+    from deadline.job_attachments.api.attachment import _attachment_upload
+
+    session, endpoint_used = _local_session(args.endpoint)
+    infos = _attachment_upload(
+        manifests=args.manifests,
+        s3_root_uri=args.s3_root_uri,
+        boto3_session=session,
+        root_dirs=args.root_dir,
+        path_mapping_rules=args.path_mapping_rules,
+        upload_manifest_path=args.upload_manifest_path,
+        s3_check_cache_dir=args.cache_dir,
+    )
+    return {"endpoint": endpoint_used, "uploads": [asdict(i) for i in infos]}
+
+
 def cmd_download(args: argparse.Namespace) -> dict[str, object]:
     from deadline.job_attachments.asset_manifests.decode import decode_manifest
     from deadline.job_attachments.download import download_files_from_manifests
@@ -275,6 +298,16 @@ def main(argv: list[str]) -> None:
     p.add_argument("--endpoint", required=True)
     p.add_argument("file")
     p.set_defaults(func=cmd_manifest_upload)
+
+    p = sub.add_parser("attachment-upload")
+    p.add_argument("--s3-root-uri", required=True)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--root-dir", action="append", default=[])
+    p.add_argument("--path-mapping-rules", default=None)
+    p.add_argument("--upload-manifest-path", default=None)
+    p.add_argument("manifests", nargs="+")
+    p.set_defaults(func=cmd_attachment_upload)
 
     p = sub.add_parser("download")
     p.add_argument("--bucket", required=True)

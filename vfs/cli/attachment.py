@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import click
 
@@ -22,10 +22,11 @@ from vfs.cli.common import (
 from vfs.defaults import default_cache_dir
 from vfs.errors import AccessDeniedError, BucketNotFoundError, StoreError, VfsError
 from vfs.hashing import hash_string
-from vfs.manifest import decode_any_manifest
+from vfs.manifest import decode_any_manifest, encode_any_manifest
 from vfs.pathmap import PathMappingRule, parse_path_mapping_rules
-from vfs.storage import open_store, read_location
+from vfs.storage import manifest_metadata, open_store, read_location, upload_manifest
 from vfs.storage.check_cache import S3CheckCache
+from vfs.storage.layout import MANIFEST_FOLDER, join_key
 from vfs.transfer import (
     ConflictResolution,
     DownloadError,
@@ -77,6 +78,48 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+class UploadSource(NamedTuple):
+    """Where one manifest's files are read (``local_root``) and the root they are recorded
+    under (``source_root``: the ``asset-root`` metadata of an uploaded manifest)."""
+
+    manifest: str
+    local_root: str
+    source_root: str
+
+
+def upload_sources(
+    manifests: list[str], roots: list[str], rules: list[PathMappingRule]
+) -> list[UploadSource]:
+    """Pair each manifest with the directory its files are read from.
+
+    As ``deadline attachment upload`` (``api/attachment.py::_attachment_upload``): exactly
+    one of ``roots`` and ``rules`` must be given. With ``roots``, :func:`pair_roots` (the
+    root is also the source root). With ``rules``, the first rule whose hashed source path
+    (xxh128 of ``source_path``) appears in the manifest's file name: files are read under
+    its ``destination_path`` and recorded under its ``source_path``. Raises
+    :class:`VfsError` for both or neither, or a manifest no rule matches.
+    """
+    if bool(roots) == bool(rules):
+        raise VfsError(
+            "give either --root-dirs or --path-mapping-rules" + (", not both" if roots else ""),
+            hint="-r DIR for each manifest, or a rules file whose source paths name them",
+        )
+    if roots:
+        return [UploadSource(m, r, r) for m, r in pair_roots(manifests, roots)]
+    out = []
+    for m in manifests:
+        name = os.path.basename(m.rstrip("/"))
+        rule = next((r for r in rules if r.hashed_source_path() in name), None)
+        if rule is None:
+            raise VfsError(
+                f"no path mapping rule's source path belongs to manifest {m}",
+                hint="the file name must hold xxh128 of a rule's source_path "
+                "(as `vfs manifest snapshot` and deadline name it)",
+            )
+        out.append(UploadSource(m, rule.destination_path, rule.source_path))
+    return out
+
+
 @attachment.command()
 @click.option(
     "-m",
@@ -91,14 +134,29 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
     "--root-dirs",
     "roots",
     multiple=True,
-    required=True,
     help="Root directory the manifest's paths are relative to (repeatable).",
 )
 @click.option(
+    "--path-mapping-rules",
+    default=None,
+    metavar="FILE",
+    help="JSON rules file instead of --root-dirs: a manifest whose name holds a rule's hashed "
+    "source path is read from that rule's destination (as deadline).",
+)
+@click.option(
     "--s3-root-uri",
+    "--store",
+    "s3_root_uri",
     required=True,
     metavar="URI",
     help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
+)
+@click.option(
+    "--upload-manifest-path",
+    default=None,
+    metavar="PREFIX",
+    help="Also upload each manifest, once its files are stored, to "
+    "Manifests/PREFIX/<manifest file name> with its root as asset-root metadata.",
 )
 @click.option("--workers", default=16, show_default=True, help="Small objects uploaded at once.")
 @click.option(
@@ -117,7 +175,9 @@ def pair_roots(manifests: list[str], roots: list[str]) -> list[tuple[str, str]]:
 def upload(
     manifests: tuple[str, ...],
     roots: tuple[str, ...],
+    path_mapping_rules: str | None,
     s3_root_uri: str,
+    upload_manifest_path: str | None,
     workers: int,
     s3_check_cache_dir: str | None,
     force_s3_check: bool,
@@ -132,8 +192,16 @@ def upload(
     up to 160 MiB go in parallel, larger ones one at a time as multipart uploads; v2
     manifests' chunked files go as one object per 256 MiB chunk. The upload stops at the
     first error that would fail every file (no bucket, access denied, no credentials).
+
+    The files of each manifest are read under its -r root, or, with --path-mapping-rules,
+    under the destination of the rule whose hashed source path its file name holds (as
+    deadline). With --upload-manifest-path the manifest itself (canonical encoding) goes to
+    Manifests/PREFIX/<file name> with asset-root metadata (the root, or the rule's source
+    path), after its files are stored; unlike deadline, not before, and not when the
+    upload stopped.
     """
     s3 = make_s3_options(endpoint_url, expected_bucket_owner)
+    sources = upload_sources(list(manifests), list(roots), _read_rules(path_mapping_rules))
     store = open_store(s3_root_uri, s3)
     check_cache = S3CheckCache(s3_check_cache_dir or default_cache_dir())
     orch = UploadOrchestrator(
@@ -142,18 +210,33 @@ def upload(
     results = []
     try:
         with ctrl_c_cancels() as interrupt:
-            for manifest_file, root in pair_roots(list(manifests), list(roots)):
-                m = decode_any_manifest(read_location(manifest_file, s3), source=manifest_file)
-                total = sum(o.size for o in plan_objects(m, root))
+            for src in sources:
+                m = decode_any_manifest(read_location(src.manifest, s3), source=src.manifest)
+                total = sum(o.size for o in plan_objects(m, src.local_root))
                 with byte_progress("uploading", total, not as_json) as advance:
                     stats = orch.upload_manifest(
-                        m, root, progress=interrupt.guard(_UploadBarFeed(advance, total))
+                        m, src.local_root, progress=interrupt.guard(_UploadBarFeed(advance, total))
+                    )
+                key = digest = None
+                if upload_manifest_path is not None and not stats.cancelled:
+                    key = join_key(
+                        MANIFEST_FOLDER,
+                        upload_manifest_path.strip("/"),
+                        os.path.basename(src.manifest.rstrip("/")),
+                    )
+                    digest = upload_manifest(
+                        store, key, encode_any_manifest(m), manifest_metadata(src.source_root)
                     )
                 results.append(
-                    {"manifest": manifest_file, "root": root, "dest": store.uri, **stats.as_dict()}
-                )
+                    {"manifest": src.manifest, "root": src.local_root, "dest": store.uri,
+                     **stats.as_dict(), "source_root": src.source_root,
+                     "manifest_key": key, "manifest_hash": digest}
+                )  # fmt: skip
                 if not as_json:
-                    click.echo(_upload_line(manifest_file, store.uri, stats))
+                    click.echo(_upload_line(src.manifest, store.uri, stats))
+                    if key is not None:
+                        click.echo(f"{src.manifest}: uploaded to {store.describe(key)} "
+                                   f"(hash {digest}, asset-root {src.source_root})")  # fmt: skip
                 if interrupt.hit:
                     break
     finally:

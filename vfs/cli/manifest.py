@@ -2,7 +2,8 @@
 
 Flags keep deadline's names where a counterpart exists (``--root``, ``-d/--destination``,
 ``-n/--name``, ``-i/--include``, ``-e/--exclude``, ``-ie/--include-exclude-config``, ``--diff``,
-``--force-rehash``, ``--manifest``, ``--s3-cas-uri``, ``--s3-manifest-prefix``, ``--json``).
+``--force-rehash``, ``--manifest``, ``--s3-cas-uri``, ``--s3-manifest-prefix``, ``--json``);
+commands that take a store also accept ``--store``, as the other command groups do.
 Every command prints JSON with ``--json`` for scripts.
 """
 
@@ -402,6 +403,8 @@ def show(
 @click.argument("manifest_file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--s3-cas-uri",
+    "--store",
+    "s3_cas_uri",
     required=True,
     metavar="URI",
     help="Store root: s3://BUCKET/PREFIX or file:///DIR.",
@@ -462,6 +465,8 @@ def upload(
 @click.argument("download_dir")
 @click.option(
     "--s3-cas-uri",
+    "--store",
+    "s3_cas_uri",
     required=True,
     metavar="URI",
     help="Store root: s3://BUCKET/PREFIX or file:///DIR.",

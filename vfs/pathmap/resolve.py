@@ -21,24 +21,28 @@ from vfs.storage.manifests import PathFormat
 
 
 class HasPath(Protocol):
-    """A manifest entry: v1 ``ManifestPath`` or v2 ``ManifestFilePath``."""
+    """A manifest entry: v1 ``ManifestPath``, v2 ``ManifestFilePath`` or
+    ``ManifestDirectoryPath``."""
 
     @property
     def path(self) -> str: ...
 
 
 E = TypeVar("E", bound=HasPath)
+E_co = TypeVar("E_co", bound=HasPath, covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class ResolvedManifestPath(Generic[E]):
+class ResolvedManifestPath(Generic[E_co]):
     """A manifest entry and the absolute local path it goes to.
 
-    ``entry`` is the manifest's entry (v1 ``ManifestPath`` or v2 ``ManifestFilePath``),
-    ``local_path`` an absolute path of this host, ``source_path`` the absolute path on the
-    source host (root joined with the entry's path)."""
+    ``entry`` is the manifest's entry (v1 ``ManifestPath``, v2 ``ManifestFilePath`` or
+    ``ManifestDirectoryPath``), ``local_path`` an absolute path of this host,
+    ``source_path`` the absolute path on the source host (root joined with the entry's
+    path). Immutable, so covariant in the entry type: resolved files are also resolved
+    entries of any wider type."""
 
-    entry: E
+    entry: E_co
     local_path: str
     source_path: str
 

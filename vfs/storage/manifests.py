@@ -93,11 +93,14 @@ def format_session_action_time(start_time: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def compute_root_path_hash(root_path: str, file_system_location_name: str | None = None) -> str:
-    """xxh128 of ``f"{file_system_location_name or ''}{root_path}"`` (UTF-8): the hash in an
-    output manifest's name, which ``_incremental_downloads`` uses to match keys to the job's
-    roots (reference §1.4; deadline ``asset_sync.py::_upload_output_manifest_to_s3``).
-    Raises ``UnicodeEncodeError`` for lone surrogates, as deadline does."""
+def compute_root_path_hash(file_system_location_name: str | None, root_path: str) -> str:
+    """xxh128 of ``f"{file_system_location_name or ''}{root_path}"`` (UTF-8), 32 hex digits:
+    the hash in an output manifest's name, which ``_incremental_downloads`` uses to match
+    keys to the job's roots (reference §1.4; deadline
+    ``asset_sync.py::_upload_output_manifest_to_s3``). The location name comes first, as
+    in the hashed string; ``None`` or ``""`` for a root outside any storage-profile
+    location (the hash of ``root_path`` alone). Raises ``UnicodeEncodeError`` for lone
+    surrogates, as deadline does."""
     return hash_string(f"{file_system_location_name or ''}{root_path}")
 
 
@@ -109,8 +112,8 @@ def input_manifest_name(root_path: str) -> str:
 
 
 def output_manifest_name(root_path: str, file_system_location_name: str | None = None) -> str:
-    """``{compute_root_path_hash(root_path, file_system_location_name)}_output``."""
-    return f"{compute_root_path_hash(root_path, file_system_location_name)}_{OUTPUT_SUFFIX}"
+    """``{compute_root_path_hash(file_system_location_name, root_path)}_output``."""
+    return f"{compute_root_path_hash(file_system_location_name, root_path)}_{OUTPUT_SUFFIX}"
 
 
 def new_manifest_guid() -> str:

@@ -50,6 +50,7 @@ from vfs.manifest import (
     HASH_ALG_XXH128,
     AnyManifest,
     Manifest,
+    ManifestDirectoryPath,
     ManifestFilePath,
     ManifestPath,
     ManifestV2,
@@ -76,6 +77,10 @@ READ_SIZE = 1024 * 1024
 
 Entry = ManifestPath | ManifestFilePath
 """A manifest entry of either format."""
+
+ResolvableEntry = ManifestPath | ManifestFilePath | ManifestDirectoryPath
+"""What :meth:`DownloadOrchestrator.download_to_resolved_paths` takes: a file entry of
+either format, or a v2 directory (created, even when empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +246,7 @@ class DownloadOrchestrator:
 
     def download_to_resolved_paths(
         self,
-        resolved: Iterable[ResolvedManifestPath[Entry]],
+        resolved: Iterable[ResolvedManifestPath[ResolvableEntry]],
         roots: Sequence[str],
         *,
         hash_alg: str = HASH_ALG_XXH128,
@@ -250,18 +255,27 @@ class DownloadOrchestrator:
         available_bytes: int | None = None,
     ) -> TransferStatistics:
         """Download entries to the absolute local paths already chosen for them
-        (:func:`vfs.pathmap.resolve_manifest_paths`).
+        (:func:`vfs.pathmap.resolve_manifest_paths`, of a manifest's files and, for a v2
+        manifest, of its ``dirs`` too: each directory entry is created, empty ones
+        included; deleted entries are ignored).
 
         Each local path must lie inside one of ``roots`` (the destinations of the path
-        mapping rules, say); the most specific root is the one checked, symlinks resolved.
-        Otherwise as :meth:`download_manifest`.
+        mapping rules, say; a directory may also be a root itself); the most specific root
+        is the one checked, symlinks resolved. Otherwise as :meth:`download_manifest`.
         """
         real_roots = sorted((os.path.abspath(r) for r in roots), key=len, reverse=True)
         items: list[_Item] = []
+        dirs: list[tuple[str, str]] = []
         for r in resolved:
             local = os.path.abspath(r.local_path)
+            is_dir = isinstance(r.entry, ManifestDirectoryPath)
             root = next(
-                (x for x in real_roots if local.startswith(x.rstrip(os.sep) + os.sep)), None
+                (
+                    x
+                    for x in real_roots
+                    if local.startswith(x.rstrip(os.sep) + os.sep) or (is_dir and local == x)
+                ),
+                None,
             )
             if root is None:
                 raise PathEscapeError(
@@ -270,10 +284,14 @@ class DownloadOrchestrator:
                     path=r.local_path,
                     hint="check the path mapping rules",
                 )
+            if isinstance(r.entry, ManifestDirectoryPath):
+                if not r.entry.deleted:
+                    dirs.append((local, root))
+                continue
             item = _items_of(r.entry, local, root)
             if item is not None:
                 items.append(item)
-        return self._run(items, [], hash_alg, conflict_resolution, progress, available_bytes)
+        return self._run(items, dirs, hash_alg, conflict_resolution, progress, available_bytes)
 
     # -- the run -------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ from typing import Any
 from vfs.defaults import default_cache_dir
 from vfs.errors import ManifestError, VfsError
 from vfs.hashing import hash_string
-from vfs.manifest import HASH_ALG_XXH128, AnyManifest, Manifest
+from vfs.manifest import HASH_ALG_XXH128, AnyManifest, Manifest, ManifestDirectoryPath
 from vfs.pathmap.applier import PathMappingApplier, split_source_path
 from vfs.pathmap.profiles import PathMappingRule
 from vfs.pathmap.resolve import ResolvedManifestPath, join_source_path
@@ -73,7 +73,7 @@ from vfs.storage.manifests import (
     download_manifest,
 )
 from vfs.transfer.conflicts import ConflictResolution
-from vfs.transfer.download import DownloadOrchestrator, Entry
+from vfs.transfer.download import DownloadOrchestrator, ResolvableEntry
 from vfs.transfer.localfs import DownloadError, remove_quietly
 from vfs.transfer.progress import ProgressCallback, TransferStatistics
 
@@ -318,7 +318,7 @@ class SyncPlan:
 
     keys: list[str] = field(default_factory=list)
     last_modified: dict[str, float] = field(default_factory=dict)
-    resolved: list[ResolvedManifestPath[Entry]] = field(default_factory=list)
+    resolved: list[ResolvedManifestPath[ResolvableEntry]] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
@@ -360,15 +360,18 @@ class SyncResult:
         }
 
 
-def _entry_size(entry: Entry) -> int:
-    return int(entry.size or 0)
+def _entry_size(entry: ResolvableEntry) -> int:
+    """Bytes of a file entry (0 for a directory)."""
+    return 0 if isinstance(entry, ManifestDirectoryPath) else int(entry.size or 0)
 
 
-def _entries(manifest: AnyManifest) -> list[Entry]:
-    """The files of a manifest of either format (v2 delete markers left out)."""
+def _entries(manifest: AnyManifest) -> list[ResolvableEntry]:
+    """The files of a manifest of either format and a v2 manifest's directories (empty
+    ones included), delete markers left out."""
     if isinstance(manifest, Manifest):
         return list(manifest.paths)
-    return [f for f in manifest.files if not f.deleted]
+    return [*(d for d in manifest.dirs if not d.deleted), *(f for f in manifest.files
+                                                             if not f.deleted)]  # fmt: skip
 
 
 def _folded_parts(path: str, fmt: PathFormat) -> tuple[str, ...]:
@@ -377,8 +380,11 @@ def _folded_parts(path: str, fmt: PathFormat) -> tuple[str, ...]:
     return tuple(p.lower() for p in parts) if fmt is PathFormat.WINDOWS else parts
 
 
-def _is_up_to_date(local_path: str, entry: Entry) -> bool:
-    """Whether ``local_path`` is a regular file with the entry's size and mtime (µs)."""
+def _is_up_to_date(local_path: str, entry: ResolvableEntry) -> bool:
+    """Whether ``local_path`` is a regular file with the entry's size and mtime (µs).
+    A directory entry is never up to date: creating it again costs nothing."""
+    if isinstance(entry, ManifestDirectoryPath):
+        return False
     if getattr(entry, "symlink_target", None) is not None or entry.mtime is None:
         return False
     try:
@@ -524,7 +530,7 @@ class OutputSync:
         for key in plan.unreadable:  # recorded as processed: reading it again cannot help
             plan.keys.append(key)
             plan.last_modified[key] = 0.0
-        merged: dict[str, ResolvedManifestPath[Entry]] = {}
+        merged: dict[str, ResolvedManifestPath[ResolvableEntry]] = {}
         for f in fetched:
             plan.keys.append(f.key.key)
             plan.last_modified[f.key.key] = f.last_modified

@@ -189,7 +189,7 @@ class WorkerManifestProperties:
         """xxh128 of ``f"{fileSystemLocationName or ''}{rootPath}"``: the name of this
         root's output manifests, ``{hash}_output`` (agent and deadline
         ``asset_sync.py::_upload_output_manifest_to_s3``; reference §1.4)."""
-        return compute_root_path_hash(self.root_path, self.file_system_location_name)
+        return compute_root_path_hash(self.file_system_location_name, self.root_path)
 
 
 def load_worker_manifest_properties(path: str) -> list[WorkerManifestProperties]:
