@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import stat
 from collections.abc import Awaitable, Callable
@@ -334,6 +335,67 @@ def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> Non
         big = w.ino(o, "d/big.bin")
         assert o.nodes[big].blocks == set()
         assert len(o.nodes[big].extents[0]) == MAX_EXTENTS + 1
+        assert await read_all(o, big) == bytes(expected)
+
+    w.run(after)
+
+
+def test_a_crash_between_the_gap_writes_of_a_copy_up_exposes_no_half_copied_block(
+    tmp_path: Path,
+) -> None:
+    """The process dies in the middle of a copy-up's gap writes: block 2 of d/big.bin,
+    written in too many pieces, has its base bytes fetched and its gaps written up to the
+    middle of the block only (the data file may not grow past it, ``RLIMIT_FSIZE``: the
+    next write fails with ``EFBIG``), then it is killed. The block must not be recorded
+    held whole before its gaps are written: after reopening, every write that returned is
+    there and the rest of the block, the unwritten half too, is the base's, never zeros."""
+    w = World(tmp_path)
+    start = 2 * BLOCK_SIZE  # far past the database and its WAL: only the data file is limited
+    limit = start + BLOCK_SIZE // 2
+    expected = bytearray(BIG)
+    for i in range(MAX_EXTENTS + 1):
+        expected[start + i * 1000] = ord("C")
+    pid = os.fork()
+    if pid == 0:
+        try:
+
+            async def main() -> None:
+                fetcher = ContentFetcher(BlockCache(w.cache_dir, 1 << 30), w.store, w.stats)
+                real = fetcher_reader(w.tree, fetcher)
+
+                async def limit_on_fetch(
+                    ino: int, off: int, size: int, state: ReadaheadState
+                ) -> bytes | memoryview:
+                    data = await real(ino, off, size, state)
+                    # The copy-up's fetch came back: from now on no file grows past `limit`.
+                    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a core dump
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+                    return data
+
+                o = Overlay.open(w.dir, w.tree, limit_on_fetch, w.stats)
+                async with trio.open_nursery() as nursery:
+                    fetcher.attach(nursery)
+                    big = w.ino(o, "d/big.bin")
+                    try:
+                        for i in range(MAX_EXTENTS + 1):
+                            await o.write(big, start + i * 1000, b"C")
+                    except OSError as e:
+                        if e.errno == errno.EFBIG:  # a gap write stopped at the limit
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        raise
+
+            trio.run(main)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+    async def after(o: Overlay) -> None:
+        big = w.ino(o, "d/big.bin")
+        with open(os.path.join(o.data_dir, str(big)), "rb") as f:  # the gaps were cut short
+            assert os.pread(f.fileno(), 200, limit - 100) == BIG[limit - 100 : limit] + bytes(100)
+        assert o.nodes[big].blocks == set()
+        assert len(o.nodes[big].extents[2]) == MAX_EXTENTS + 1
         assert await read_all(o, big) == bytes(expected)
 
     w.run(after)
