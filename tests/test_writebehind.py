@@ -9,7 +9,8 @@ fault-injecting relay).
 - With ``--upload-on-close`` the objects of closed files are in the store without a commit;
   the commit then sends no object (not even a HEAD) and the manifest downloads byte-exact.
   A file written again is stored again. A store that fails during write-behind leaves the
-  mount up and the commit does the work.
+  mount up and the commit does the work. Reads of the mount keep priority: while a read's
+  GET is held by the relay, a closed file's upload waits (up to ``YIELD_MAX`` per piece).
 - Write-behind never stores an object whose bytes do not hash to its key
   (:class:`~vfs.mount.writebehind.VerifyingReader`), on the local store and on S3 (single
   PUT and multipart).
@@ -21,13 +22,14 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mounted, S3Relay
+from conftest import Mounted, Request, S3Relay
 from test_commit import BASE, IDS, PREFIX, Local, check_manifest, commit, listed, put_base
 from test_overlay import World
 
@@ -337,6 +339,62 @@ def test_a_failing_store_leaves_the_mount_up_and_commit_does_the_work(
         key = f"{PREFIX}/{data_key(hash_bytes(data))}"
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == data
     s3_relay.down = False
+
+
+def test_reads_of_the_mount_hold_back_write_behind(
+    tmp_path: Path, s3_endpoint: str, s3_client: Any, s3_bucket: str, s3_relay: S3Relay,
+    vfs_mount: Mount,
+) -> None:  # fmt: skip
+    """Through a real mount: a demand read of an uncached base file has its GET held by the
+    relay; a file written and closed meanwhile is looked up (HEAD) but not sent while the
+    read is stalled: its upload waits for the mount's download slots to be free, up to
+    :data:`YIELD_MAX` per piece (it is never starved, so it goes up after that even while
+    the GET is still held). Then the read returns the base bytes and the object is stored."""
+    m = s3_mount(tmp_path, vfs_mount, s3_client, s3_bucket, s3_relay.url)
+    plate = BASE["scenes/plates/plate.0001.exr"]
+    stall = 8.0
+    s3_relay.stall = stall
+    s3_relay.stall_only = f"GET /{s3_bucket}/{PREFIX}/{data_key(hash_bytes(plate))}"
+    read: list[bytes | BaseException] = []
+
+    def demand_read() -> None:
+        try:
+            read.append((m.path / "scenes" / "plates" / "plate.0001.exr").read_bytes())
+        except BaseException as e:
+            read.append(e)
+
+    reader = threading.Thread(target=demand_read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: bool(s3_relay.gets(data_key(hash_bytes(plate)))), timeout=30,
+                 what="the read's GET at the relay")  # fmt: skip
+        held_since = time.monotonic()
+        frame = os.urandom(200_000)
+        key = f"{PREFIX}/{data_key(hash_bytes(frame))}"
+
+        def sent(method: str) -> list[Request]:
+            return [r for r in list(s3_relay.seen) if r.method == method and key in r.path]
+
+        write_sequential(m.path / "out" / "frame.exr", frame)  # closed: queued
+        wait_for(lambda: bool(sent("HEAD")), timeout=30, what="write-behind's HEAD")
+        # The upload has begun (the HEAD comes just before the bytes are read): it pauses.
+        until = time.monotonic() + 0.8 * YIELD_MAX
+        while time.monotonic() < until:
+            assert sent("PUT") == [], "write-behind sent its PUT while a read was stalled"
+            time.sleep(0.02)
+        assert stats(m.path).get("writebehind.uploaded.objects", 0) == 0
+        assert reader.is_alive() and time.monotonic() - held_since < stall, (
+            "the read's GET was not held for the whole check: the test proved nothing"
+        )
+        # Never starved: it goes up, and the read then gets the base bytes.
+        wait_for(lambda: bool(sent("PUT")), timeout=30, what="write-behind's PUT")
+    finally:
+        reader.join(timeout=stall + 30)
+    assert not reader.is_alive()
+    assert read == [plate]
+    wait_for(lambda: stats(m.path).get("writebehind.uploaded.objects", 0) == 1, timeout=30,
+             what="the upload counted")  # fmt: skip
+    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == frame
 
 
 # -- a wrong object is never stored ---------------------------------------------------------------
