@@ -291,7 +291,7 @@ def settle_memory(margin: int = GiB) -> list[str]:
     drifted by 20-40 % within one session. As root this turns reporting off
     (:data:`PAGE_REPORTING_ORDER` set to :data:`_NO_REPORTING`) until the process exits
     (``atexit`` restores the old order; :func:`signals_as_interrupt` turns SIGTERM into an
-    exit), then touches all free memory but ``margin`` bytes once (about 35 s for 19 GiB
+    exit), then touches all free memory but ``margin`` bytes once (8 to 35 s for 19-22 GiB
     there). Otherwise it only says that the numbers may drift. Without reporting: nothing."""
     try:
         with open(PAGE_REPORTING_ORDER) as f:
