@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import signal
 import sqlite3
 import subprocess
@@ -42,7 +40,7 @@ from vfs.manifest import (
 )
 from vfs.storage import data_key, format_session_action_time, output_manifest_name
 from vfs.testing import run_vfs
-from vfs.testing.mounts import unmount_path, vfs_unmount_command
+from vfs.testing.mounts import run_vfs_on_a_tty, unmount_path, vfs_unmount_command
 from vfs.testing.relay import wait_for
 
 BIG = 9 * 1024 * 1024 + 123  # three 4 MiB blocks, the last one partial
@@ -237,43 +235,12 @@ def test_files_open_for_writing_are_skipped_or_waited_for(tmp_path: Path, local:
                    {"out/busy.txt": b"partial and the rest"})  # fmt: skip
 
 
-def run_on_a_tty(*args: str, timeout: float = 120) -> str:
-    """``vfs ARGS`` with stderr on a pseudo-terminal (as in a shell); what it wrote there.
-    Fails when it exits non-zero, or is killed after ``timeout`` seconds."""
-    main, sub = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vfs", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=sub,
-                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})  # fmt: skip
-    os.close(sub)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"vfs {' '.join(args)} took over {timeout} s"
-            if not select.select([main], [], [], left)[0]:
-                continue
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # EIO: the last writer closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
-    finally:
-        os.close(main)
-        proc.kill()
-        proc.communicate()
-    return b"".join(chunks).decode(errors="replace")
-
-
 def test_commit_shows_a_progress_bar_with_total_and_eta_on_a_terminal_only(
     tmp_path: Path, local: Local
 ) -> None:
     m = local.mount()
     expected = workload(m.path)
-    shown = run_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o1"))
+    shown = run_vfs_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o1"))
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)  # colours and cursor moves
     assert "committing" in shown and "/s" in shown, shown  # the bar, with its rate
     assert re.search(r"\d/[\d.]+ (bytes|kB|MB|GB)", shown), shown  # bytes done / total
@@ -286,7 +253,7 @@ def test_commit_shows_a_progress_bar_with_total_and_eta_on_a_terminal_only(
     assert quiet.stdout.startswith("committed 1 file(s), 100000 bytes")
     # With --json, not even on a terminal.
     (m.path / "out" / "frame.0003.exr").write_bytes(os.urandom(100_000))
-    shown = run_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o3"), "--json")
+    shown = run_vfs_on_a_tty("commit", str(m.path), "--output", str(tmp_path / "o3"), "--json")
     assert "committing" not in shown and "\x1b[" not in shown, shown
     frame = (m.path / "out" / "frame.0003.exr").read_bytes()
     check_manifest((tmp_path / "o3").read_bytes(), m.path, {"out/frame.0003.exr": frame})

@@ -30,6 +30,7 @@ from vfs.storage import (
     download_manifest,
     manifest_metadata,
 )
+from vfs.testing.mounts import run_vfs_on_a_tty
 from vfs.transfer import upload_manifest_files
 
 OWNER = "123456789012"
@@ -488,32 +489,6 @@ def test_unhealable_errors_stop_the_upload_at_once(
         assert s3_relay.seen == []  # nothing could be signed, nothing was sent
 
 
-def run_on_a_tty(*args: str) -> str:
-    """``vfs ARGS`` with stderr on a pseudo-terminal (as in a shell); what it wrote there."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    main, sub = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vfs", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=sub, env={**os.environ,
-                            "COLUMNS": "120", "TERM": "xterm"})  # fmt: skip
-    os.close(sub)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # EIO: the last writer closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(main)
-    assert proc.wait(timeout=120) == 0
-    return b"".join(chunks).decode(errors="replace")
-
-
 def test_cli_upload_shows_progress_on_a_terminal_only(
     tmp_path: Path, local_store: tuple[Path, str]
 ) -> None:
@@ -521,7 +496,7 @@ def test_cli_upload_shows_progress_on_a_terminal_only(
     files = {f"f{i:03d}.bin": random.Random(i).randbytes(200_000) for i in range(40)}
     m = make_root(root, files)
     manifest_file = write_manifest_file(str(root), m, str(tmp_path / "manifests"))
-    shown = run_on_a_tty("attachment", "upload", "-m", manifest_file, "-r", str(root),
+    shown = run_vfs_on_a_tty("attachment", "upload", "-m", manifest_file, "-r", str(root),
                          "--s3-root-uri", local_store[1])  # fmt: skip
     assert "uploading" in shown and "/s" in shown  # the bar with its rate
     quiet = cli_upload("-m", manifest_file, "-r", str(root), "--s3-root-uri", local_store[1])

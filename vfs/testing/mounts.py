@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -53,6 +55,38 @@ def run_vfs(
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def run_vfs_on_a_tty(*args: str, timeout: float = 120) -> str:
+    """``vfs ARGS`` (this Python's ``-m vfs``) with stderr on a pseudo-terminal, as in a
+    shell (``COLUMNS=120``); what it wrote there. Raises ``AssertionError`` when it exits
+    non-zero or is still running after ``timeout`` seconds (it is then killed)."""
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vfs", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=sub,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})  # fmt: skip
+    os.close(sub)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"vfs {' '.join(args)} took over {timeout} s"
+            if not select.select([main], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+    finally:
+        os.close(main)
+        proc.kill()
+        proc.communicate()
+    return b"".join(chunks).decode(errors="replace")
 
 
 @dataclass
