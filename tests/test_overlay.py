@@ -294,14 +294,12 @@ def test_other_base_is_refused_and_a_dir_is_used_once(tmp_path: Path) -> None:
     assert w.dir in str(e.value) and "other base manifests" in str(e.value)
 
 
-def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> None:
-    """The process dies while block 0, written in too many pieces, is being copied up (its
-    base bytes being fetched). After reopening, every write that returned is there and the
-    rest of the block is the base's: nothing half copied shows."""
-    w = World(tmp_path)
-    expected = bytearray(BIG)
-    for i in range(MAX_EXTENTS):
-        expected[i * 1000] = ord("C")
+def _copy_up_killed(w: World, start: int, after_fetch: Callable[[], None]) -> None:
+    """In a child process: write ``b"C"`` at ``start + i * 1000`` of d/big.bin for ``i`` up
+    to :data:`MAX_EXTENTS` (the last write finds its block in too many pieces and copies it
+    up); ``after_fetch()`` runs once the copy-up's base bytes came back. The child must die
+    by SIGKILL: ``after_fetch`` sends it, or makes a later write fail with ``EFBIG``, on
+    which the child kills itself."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -310,26 +308,41 @@ def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> Non
                 fetcher = ContentFetcher(BlockCache(w.cache_dir, 1 << 30), w.store, w.stats)
                 real = fetcher_reader(w.tree, fetcher)
 
-                async def crash_on_fetch(
+                async def on_fetch(
                     ino: int, off: int, size: int, state: ReadaheadState
                 ) -> bytes | memoryview:
                     data = await real(ino, off, size, state)
-                    os.kill(os.getpid(), signal.SIGKILL)  # the copy-up's fetch came back
+                    after_fetch()
                     return data
 
-                o = Overlay.open(w.dir, w.tree, crash_on_fetch, w.stats)
+                o = Overlay.open(w.dir, w.tree, on_fetch, w.stats)
                 async with trio.open_nursery() as nursery:
                     fetcher.attach(nursery)
                     big = w.ino(o, "d/big.bin")
-                    for i in range(MAX_EXTENTS + 1):
-                        await o.write(big, i * 1000, b"C")
+                    try:
+                        for i in range(MAX_EXTENTS + 1):
+                            await o.write(big, start + i * 1000, b"C")
+                    except OSError as e:
+                        if e.errno == errno.EFBIG:  # a gap write stopped at the limit
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        raise
 
             trio.run(main)
         finally:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    expected[MAX_EXTENTS * 1000] = ord("C")  # its write returned before the copy-up began
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_a_crash_mid_copy_up_exposes_no_half_copied_block(tmp_path: Path) -> None:
+    """The process dies while block 0, written in too many pieces, is being copied up (its
+    base bytes being fetched). After reopening, every write that returned is there and the
+    rest of the block is the base's: nothing half copied shows."""
+    w = World(tmp_path)
+    expected = bytearray(BIG)
+    for i in range(MAX_EXTENTS + 1):  # the last write returned before the copy-up began
+        expected[i * 1000] = ord("C")
+    _copy_up_killed(w, 0, lambda: os.kill(os.getpid(), signal.SIGKILL))
 
     async def after(o: Overlay) -> None:
         big = w.ino(o, "d/big.bin")
@@ -355,40 +368,12 @@ def test_a_crash_between_the_gap_writes_of_a_copy_up_exposes_no_half_copied_bloc
     expected = bytearray(BIG)
     for i in range(MAX_EXTENTS + 1):
         expected[start + i * 1000] = ord("C")
-    pid = os.fork()
-    if pid == 0:
-        try:
 
-            async def main() -> None:
-                fetcher = ContentFetcher(BlockCache(w.cache_dir, 1 << 30), w.store, w.stats)
-                real = fetcher_reader(w.tree, fetcher)
+    def limit_file_size() -> None:  # from now on no file grows past `limit`
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a core dump
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
-                async def limit_on_fetch(
-                    ino: int, off: int, size: int, state: ReadaheadState
-                ) -> bytes | memoryview:
-                    data = await real(ino, off, size, state)
-                    # The copy-up's fetch came back: from now on no file grows past `limit`.
-                    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a core dump
-                    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-                    return data
-
-                o = Overlay.open(w.dir, w.tree, limit_on_fetch, w.stats)
-                async with trio.open_nursery() as nursery:
-                    fetcher.attach(nursery)
-                    big = w.ino(o, "d/big.bin")
-                    try:
-                        for i in range(MAX_EXTENTS + 1):
-                            await o.write(big, start + i * 1000, b"C")
-                    except OSError as e:
-                        if e.errno == errno.EFBIG:  # a gap write stopped at the limit
-                            os.kill(os.getpid(), signal.SIGKILL)
-                        raise
-
-            trio.run(main)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    _copy_up_killed(w, start, limit_file_size)
 
     async def after(o: Overlay) -> None:
         big = w.ino(o, "d/big.bin")
